@@ -1,0 +1,75 @@
+"""Layers shared by every network; each parameter carries logical axis names.
+
+Logical names are the vocabulary in `axturbo.sharding`; configs map them to mesh axes.
+Parameters are float32 (master weights); `dtype` is the compute dtype.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+
+
+def named_init(init, axes: Sequence[str | None]):
+  """Wraps an initializer so the parameter it makes carries logical axis names."""
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool = True,
+          dtype: Dtype = jnp.float32, kernel_init=nn.initializers.lecun_normal(),
+          name: str | None = None) -> nn.Dense:
+  """Dense layer with kernel (in, out) named `axes` and bias (out,) named `axes[1:]`."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=named_init(kernel_init, axes),
+                  bias_init=named_init(nn.initializers.zeros_init(), axes[1:]), name=name)
+
+
+def conv1d(features: int, kernel_size: int, axes: tuple[str | None, str | None], *,
+           stride: int = 1, padding: int | None = None, dilation: int = 1, use_bias: bool = True,
+           dtype: Dtype = jnp.float32, kernel_init=nn.initializers.lecun_normal(),
+           name: str | None = None) -> nn.Conv:
+  """Channels-last Conv1d, (B, T, C_in) -> (B, T', features), PyTorch padding semantics.
+
+  Kernel is (k, in, out) with names ('conv_width', *axes). `padding` defaults to the symmetric
+  `dilation * (k - 1) // 2` that PyTorch's `padding=k//2` gives for odd k.
+  """
+  if padding is None:
+    padding = dilation * (kernel_size - 1) // 2
+  return nn.Conv(features, (kernel_size,), strides=(stride,), padding=[(padding, padding)],
+                 kernel_dilation=(dilation,), use_bias=use_bias, dtype=dtype,
+                 param_dtype=jnp.float32,
+                 kernel_init=named_init(kernel_init, ('conv_width',) + tuple(axes)),
+                 bias_init=named_init(nn.initializers.zeros_init(), axes[1:]), name=name)
+
+
+def layer_norm(*, use_affine: bool = True, eps: float = 1e-5, axis_name: str = 'norm',
+               dtype: Dtype = jnp.float32, name: str | None = None) -> nn.LayerNorm:
+  """LayerNorm over the last axis; statistics in float32 whatever the compute dtype."""
+  return nn.LayerNorm(epsilon=eps, use_bias=use_affine, use_scale=use_affine, dtype=dtype,
+                      param_dtype=jnp.float32,
+                      scale_init=named_init(nn.initializers.ones_init(), (axis_name,)),
+                      bias_init=named_init(nn.initializers.zeros_init(), (axis_name,)),
+                      name=name)
+
+
+def rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """x / sqrt(mean(x^2) + eps) over the last axis (no learnable scale), computed in float32."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return y.astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str | None = None
+              ) -> jax.Array:
+  """Unmasked softmax attention. q: (B, Tq, N, H), k/v: (B, Tk, N, H) -> (B, Tq, N, H).
+
+  `implementation=None` lets XLA choose (CPU/TPU); 'cudnn' selects the cuDNN flash kernel on GPU.
+  """
+  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Sharding hint for an activation by logical names; a no-op outside a mesh/rules context."""
+  return nn.with_logical_constraint(x, tuple(axes))

@@ -1,0 +1,1 @@
+"""Flax Linen networks of AudioX-Turbo. One definition per network; many parameter trees."""

@@ -1,0 +1,124 @@
+"""Logical axis vocabulary and the default logical -> mesh rules.
+
+Parameters use the names below; activations use the `act_*` names so that the same logical
+dimension can be sharded differently as a weight (FSDP) and as an activation (batch).
+Mesh axes: 'data' (pure data parallel), 'fsdp' (data parallel + parameter sharding),
+'tensor' (model parallel over heads / MLP hidden units).
+"""
+
+# Parameter axes.
+PARAM_AXES = (
+    'embed',       # model width (trunk 1536, conditioning 768, ...)
+    'mlp',         # MLP hidden units
+    'heads',       # attention heads (q/k/v output, attention output input)
+    'kv',          # per-head feature size
+    'qkv',         # fused q/k/v output of a projection, when it cannot be split by head
+    'vocab',       # token vocabulary
+    'conv_width',  # convolution taps
+    'channels',    # convolution channels in the VAE and heads
+    'norm',        # normalisation scale/bias vectors
+    'length',      # learned maps along a sequence axis (e.g. 384 -> 237)
+    'layers',      # the scanned layer axis
+    'experts',     # MAF expert tokens
+)
+
+# Activation axes.
+ACTIVATION_AXES = ('act_batch', 'act_length', 'act_embed', 'act_heads', 'act_kv', 'act_mlp')
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Default rules: FSDP over the model width, tensor parallel over heads/MLP, batch over data+fsdp.
+DEFAULT_RULES = (
+    ('act_batch', ('data', 'fsdp')),
+    ('act_length', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_kv', None),
+    ('act_mlp', 'tensor'),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('qkv', 'tensor'),
+    ('vocab', 'tensor'),
+    ('conv_width', None),
+    ('channels', None),
+    ('norm', None),
+    ('length', None),
+    ('layers', None),
+    ('experts', None),
+)
+
+
+import math  # noqa: E402  (kept below the vocabulary, which is data)
+from typing import Any, Callable, Sequence  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+
+def mesh_shape(requested: Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """Fills the single -1 entry of `requested` so that the product equals `num_devices`."""
+  requested = tuple(int(d) for d in requested)
+  if len(requested) != len(MESH_AXES):
+    raise ValueError(f'mesh shape {requested} must have one entry per axis {MESH_AXES}')
+  free = [i for i, d in enumerate(requested) if d == -1]
+  if len(free) > 1:
+    raise ValueError(f'mesh shape {requested}: at most one axis may be -1')
+  known = math.prod(d for d in requested if d != -1)
+  if free:
+    if num_devices % known:
+      raise ValueError(f'mesh shape {requested} does not divide {num_devices} devices')
+    requested = tuple(num_devices // known if d == -1 else d for d in requested)
+  if math.prod(requested) != num_devices:
+    raise ValueError(f'mesh shape {requested} uses {math.prod(requested)} devices, '
+                     f'but {num_devices} are available')
+  return requested
+
+
+def make_mesh(requested: Sequence[int], devices: Sequence[Any] | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all, across hosts)."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = mesh_shape(requested, len(devices))
+  try:
+    return jax.make_mesh(shape, MESH_AXES, devices=devices)
+  except (AssertionError, ValueError, NotImplementedError, TypeError):
+    # Topology-unaware fallback (e.g. a device subset that make_mesh cannot lay out).
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Drops mesh axes from dimensions they do not divide (e.g. 237 positions, 3 gates)."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in names)
+    out.append(axes if names and dim % size == 0 else None)
+  return PartitionSpec(*out)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+  """NamedShardings for a tree of (possibly boxed) abstract arrays carrying logical names.
+
+  Leaves without names are replicated. A mesh axis that does not divide a dimension is dropped
+  for that dimension, so every tree can be placed on every mesh.
+  """
+  specs = nn.get_partition_spec(abstract_tree)
+  specs = nn.logical_to_mesh(specs, rules)
+  unboxed = nn.unbox(abstract_tree)
+  return jax.tree.map(
+      lambda spec, leaf: NamedSharding(mesh, _fit_spec(spec, leaf.shape, mesh)),
+      specs, unboxed, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=DEFAULT_RULES) -> Any:
+  """Runs `init_fn(*args)` under jit with output shardings derived from its logical names.
+
+  Parameters are created directly in their shards: a full-size model never sits on one host.
+  Returns the unboxed tree.
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = logical_shardings(abstract, mesh, rules)
+  return jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)

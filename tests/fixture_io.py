@@ -1,0 +1,44 @@
+"""Reading the parity fixtures in tests/fixtures/.
+
+A fixture is one compressed .npz with:
+  'meta'      a JSON string: the module's config and how the fixture was made,
+  'sd/<key>'  PyTorch state-dict tensors under their official names (random weights),
+  'in/<name>' inputs, 'out/<name>' the PyTorch module's outputs.
+The scripts that produced them import the official PyTorch code and are not part of this
+repository; each test's docstring says what was run.
+"""
+import json
+import pathlib
+
+import numpy as np
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
+
+
+def load_fixture(name: str) -> tuple[dict, dict, dict, dict]:
+  """Returns (state_dict, inputs, outputs, meta) of tests/fixtures/<name>.npz."""
+  with np.load(FIXTURES / f'{name}.npz', allow_pickle=False) as f:
+    meta = json.loads(str(f['meta']))
+    groups = {'sd': {}, 'in': {}, 'out': {}}
+    for key in f.files:
+      if key == 'meta':
+        continue
+      group, rest = key.split('/', 1)
+      groups[group][rest] = f[key]
+  return groups['sd'], groups['in'], groups['out'], meta
+
+
+def save_fixture(name: str, state_dict: dict, inputs: dict, outputs: dict, meta: dict) -> None:
+  """Writes a fixture (used by the out-of-tree generators; float64 is stored as float32)."""
+  arrays = {'meta': np.array(json.dumps(meta))}
+  for group, d in (('sd', state_dict), ('in', inputs), ('out', outputs)):
+    for k, v in d.items():
+      v = np.asarray(v)
+      arrays[f'{group}/{k}'] = v.astype(np.float32) if v.dtype == np.float64 else v
+  np.savez_compressed(FIXTURES / f'{name}.npz', **arrays)
+
+
+def rel_err(a, b) -> float:
+  """max|a - b| / max|b|: the relative error the parity tests bound."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
