@@ -47,8 +47,9 @@ def conv1d(features: int, kernel_size: int, axes: tuple[str | None, str | None],
 def layer_norm(*, use_affine: bool = True, eps: float = 1e-5, axis_name: str = 'norm',
                dtype: Dtype = jnp.float32, name: str | None = None) -> nn.LayerNorm:
   """LayerNorm over the last axis; statistics in float32 whatever the compute dtype."""
+  # use_fast_variance=False: E[x^2] - E[x]^2 loses precision on inputs with a large mean.
   return nn.LayerNorm(epsilon=eps, use_bias=use_affine, use_scale=use_affine, dtype=dtype,
-                      param_dtype=jnp.float32,
+                      param_dtype=jnp.float32, use_fast_variance=False,
                       scale_init=named_init(nn.initializers.ones_init(), (axis_name,)),
                       bias_init=named_init(nn.initializers.zeros_init(), (axis_name,)),
                       name=name)

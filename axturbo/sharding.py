@@ -14,10 +14,13 @@ PARAM_AXES = (
     'kv',          # per-head feature size
     'qkv',         # fused q/k/v output of a projection, when it cannot be split by head
     'vocab',       # token vocabulary
-    'conv_width',  # convolution taps
-    'channels',    # convolution channels in the VAE and heads
+    'conv_width',  # convolution taps (and 'conv_height' for 2-D patch embeddings)
+    'conv_height',
+    'channels',    # convolution channels in the VAE and heads ('channels_out' for the output
+    'channels_out',  # side of a channels -> channels map: a name may not repeat in one array)
     'norm',        # normalisation scale/bias vectors
-    'length',      # learned maps along a sequence axis (e.g. 384 -> 237)
+    'length',      # learned maps along a sequence axis (e.g. 384 -> 237; 'length_out' for
+    'length_out',  # the output side)
     'layers',      # the scanned layer axis
     'experts',     # MAF expert tokens
 )
@@ -42,7 +45,10 @@ DEFAULT_RULES = (
     ('qkv', 'tensor'),
     ('vocab', 'tensor'),
     ('conv_width', None),
+    ('conv_height', None),
     ('channels', None),
+    ('channels_out', None),
+    ('length_out', None),
     ('norm', None),
     ('length', None),
     ('layers', None),

@@ -42,3 +42,13 @@ def rel_err(a, b) -> float:
   """max|a - b| / max|b|: the relative error the parity tests bound."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def write_hf_folder(path: pathlib.Path, state_dict: dict, config: dict) -> pathlib.Path:
+  """Writes a Hugging Face style model folder: config.json + model.safetensors."""
+  from safetensors.numpy import save_file
+  path.mkdir(parents=True, exist_ok=True)
+  (path / 'config.json').write_text(json.dumps(config))
+  save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()},
+            str(path / 'model.safetensors'))
+  return path

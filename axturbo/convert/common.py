@@ -56,6 +56,14 @@ class StateDict:
     return sorted(k for k in self.arrays if k.startswith(self.prefix) and k not in self.taken)
 
 
+def reject_leftovers(sd: StateDict, allowed_prefixes: tuple[str, ...] = ()) -> None:
+  """Raises if a tensor under `sd`'s prefix was neither taken nor skipped (nor allowed)."""
+  left = [k for k in sd.untaken() if not (allowed_prefixes and k.startswith(allowed_prefixes))]
+  if left:
+    raise ConversionError(f'{sd.source}: {len(left)} tensors are neither mapped nor documented '
+                          f'as unused, e.g. {left[:8]}')
+
+
 def linear(sd: StateDict, key: str, in_features: int, out_features: int,
            bias: bool = True) -> dict:
   """torch Linear (out, in) -> Flax Dense {'kernel': (in, out), 'bias': (out,)}."""

@@ -4,7 +4,9 @@
 `.pth`, `.bin`) are read with torch's weights-only unpickler, which refuses any object other than
 tensors and plain containers; torch is an optional dependency needed only for these files.
 """
+import json
 import pathlib
+import struct
 from typing import Mapping
 
 import numpy as np
@@ -49,22 +51,37 @@ def _load_pickle(path: pathlib.Path) -> Mapping:
   return obj
 
 
+_SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
+                      'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8,
+                      'U8': np.uint8, 'BOOL': np.bool_}
+
+
 def _load_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  out = {}
+  """Parses a .safetensors file (JSON header + raw little-endian data); bfloat16 -> float32.
+
+  Parsed by hand because NumPy has no bfloat16; the format holds no code, only arrays.
+  """
   try:
-    with safe_open(str(path), framework='np') as f:
-      for k in f.keys():
-        out[k] = f.get_tensor(k)
-  except (TypeError, ValueError) as e:
-    # bf16 has no NumPy dtype; fall back to torch when it is installed.
-    if 'bf16' not in str(e).lower() and 'bfloat16' not in str(e).lower():
-      raise ConversionError(f'{path}: cannot read safetensors file: {e}') from e
-    from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
-    _torch()
-    out = {k: _to_numpy(v) for k, v in load_file(str(path)).items()}
-  except Exception as e:  # corrupt header, truncated file
-    raise ConversionError(f'{path}: cannot read safetensors file: {e}') from e
+    with open(path, 'rb') as f:
+      header = json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
+      data = f.read()
+  except (struct.error, ValueError, UnicodeDecodeError) as e:
+    raise ConversionError(f'{path}: not a valid safetensors file ({e})') from e
+  out = {}
+  for name, info in header.items():
+    if name == '__metadata__':
+      continue
+    start, end = info['data_offsets']
+    if end > len(data):
+      raise ConversionError(f'{path}: truncated: tensor {name!r} ends past the end of the file')
+    if info['dtype'] == 'BF16':
+      arr = (np.frombuffer(data[start:end], '<u2').astype(np.uint32) << 16).view(np.float32)
+    elif info['dtype'] in _SAFETENSORS_DTYPES:
+      arr = np.frombuffer(data[start:end],
+                          np.dtype(_SAFETENSORS_DTYPES[info['dtype']]).newbyteorder('<'))
+    else:
+      raise ConversionError(f'{path}: tensor {name!r} has unsupported dtype {info["dtype"]}')
+    out[name] = arr.reshape(info['shape'])
   return out
 
 

@@ -1,0 +1,1 @@
+"""Deterministic, procedurally generated training and evaluation data (no downloads)."""

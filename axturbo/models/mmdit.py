@@ -1,0 +1,295 @@
+"""The AudioX-Turbo velocity network: an MMDiT-named trunk with per-position adaLN conditioning.
+
+Shapes below use B = batch, T = `seq_len` latent frames (236 for a 10 s clip), L = T + 1 (the
+timestep token is prepended at position 0), D = `embed_dim`, N = `num_heads`, H = `head_dim`.
+
+Faithful to the released weights, quirks included (see docs/official_architecture.md §4.1, §9):
+  * N x H = 64 x 24 (not 24 x 64) at full size, so both are separate fields here.
+  * Conditioning enters only as per-position adaLN modulation, made by a dense map along the
+    sequence axis (cond_len -> L); there is no attention to conditioning tokens.
+  * The official time "cross-attention" has a single key, so it reduces to adding, in every
+    block, the headwise-RMS-normalised live half of its kv projection of the time embedding.
+    It is computed once per block and sample here; the dead query/key weights are not created.
+  * No output projection after self-attention: a kernel-3 conv plays that role; the FFN is a
+    kernel-3 convolutional SwiGLU; there is no final norm.
+"""
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from axturbo import layers
+
+ACT = ('act_batch', 'act_length', 'act_embed')
+ACT_HEADS = ('act_batch', 'act_length', 'act_heads', 'act_kv')
+
+# Rematerialisation policies by name; None means "store everything" (no remat).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def rope_tables(length: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+  """cos and sin of pos * theta^(-2i/head_dim), each (length, head_dim // 2), float32.
+
+  Built in float32 in the same order of operations as the official buffer.
+  """
+  if head_dim % 2:
+    raise ValueError(f'RoPE needs an even head_dim, got {head_dim}')
+  exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+  freqs = np.float32(1.0) / np.power(np.float32(theta), exponent, dtype=np.float32)
+  angles = np.arange(length, dtype=np.float32)[:, None] * freqs[None, :]
+  return np.cos(angles), np.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates adjacent feature pairs (2i, 2i+1) of x (B, L, N, H) by position, in float32."""
+  x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+  x0, x1 = x32[..., 0], x32[..., 1]
+  c, s = cos[None, :, None, :], sin[None, :, None, :]
+  out = jnp.stack([c * x0 - s * x1, s * x0 + c * x1], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)
+
+
+def _heads_dense(num_heads: int, head_dim: int, use_bias: bool, dtype, name: str):
+  """Dense D -> (N, H) with kernel (D, N, H) named ('embed', 'heads', 'kv')."""
+  return nn.DenseGeneral(
+      (num_heads, head_dim), axis=-1, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=layers.named_init(nn.initializers.lecun_normal(), ('embed', 'heads', 'kv')),
+      bias_init=layers.named_init(nn.initializers.zeros_init(), ('heads', 'kv')), name=name)
+
+
+class MMDiTBlock(nn.Module):
+  """One trunk block (official `MMDitSingleBlock` with the time context), scan-compatible.
+
+  Attributes:
+    emit: also return the block's output hidden state as the scan output (for read-outs).
+  """
+  embed_dim: int
+  num_heads: int
+  head_dim: int
+  mlp_hidden: int
+  kernel_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+  emit: bool = False
+
+  @nn.compact
+  def __call__(self, h, cond_act, rope, temb):
+    """h: (B, L, D); cond_act: SiLU of modulation tokens (B, L, D); rope: (cos, sin) each
+    (L, H/2); temb: (B, D). Returns (h', h' or None), h' (B, L, D)."""
+    d, n, hd, dt = self.embed_dim, self.num_heads, self.head_dim, self.dtype
+    mod = layers.dense(6 * d, ('embed', 'mlp'), dtype=dt, name='adaLN')(cond_act)
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
+
+    y = layers.layer_norm(use_affine=False, eps=1e-5, dtype=dt, name='norm1')(h)
+    y = y * (1 + scale1) + shift1
+    q, k, v = (_heads_dense(n, hd, True, dt, name)(y) for name in ('q', 'k', 'v'))
+    cos, sin = rope
+    q = apply_rope(layers.rms_normalize(q, 1e-6), cos, sin)
+    k = apply_rope(layers.rms_normalize(k, 1e-6), cos, sin)
+    q, k, v = (layers.constrain(a, ACT_HEADS) for a in (q, k, v))
+    a = layers.attention(q, k, v, implementation=self.attention_impl)
+    a = a.reshape(*a.shape[:2], n * hd)
+    a = layers.conv1d(d, self.kernel_size, ('heads', 'embed'), dtype=dt, name='attn_out')(a)
+    h = h + a * gate1
+
+    # The degenerate single-key time attention: its output is the normalised value row.
+    tv = layers.rms_normalize(_heads_dense(n, hd, False, dt, 'time_value')(temb), 1e-6)
+    h = h + tv.reshape(tv.shape[0], 1, n * hd)
+
+    y = layers.layer_norm(use_affine=False, eps=1e-5, dtype=dt, name='norm2')(h)
+    y = y * (1 + scale2) + shift2
+    conv = lambda f, axes, name: layers.conv1d(f, self.kernel_size, axes, use_bias=False,
+                                               dtype=dt, name=name)
+    u = nn.silu(conv(self.mlp_hidden, ('embed', 'mlp'), 'ffn_w1')(y))
+    u = u * conv(self.mlp_hidden, ('embed', 'mlp'), 'ffn_w3')(y)
+    u = layers.constrain(u, ('act_batch', 'act_length', 'act_mlp'))
+    h = h + conv(d, ('mlp', 'embed'), 'ffn_w2')(u) * gate2
+    h = layers.constrain(h, ACT)
+    return h, (h if self.emit else None)
+
+
+class LayerStack(nn.Module):
+  """The first `num_blocks` of `depth` blocks, scanned (params stacked on axis 'layers') or not.
+
+  With `num_blocks < depth` the scanned parameters are sliced to [:num_blocks] on the way in,
+  so early read-outs never run (or differentiate through) the later blocks.
+  """
+  depth: int
+  embed_dim: int
+  num_heads: int
+  head_dim: int
+  mlp_hidden: int
+  kernel_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+  scan_layers: bool = True
+  remat_policy: str = 'none'
+
+  @nn.compact
+  def __call__(self, h, cond_act, rope, temb, *, num_blocks: int, emit: bool):
+    """Arguments as `MMDiTBlock`. Returns (h after block num_blocks, (num_blocks, B, L, D)
+    stack of every block's output if `emit` else None)."""
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'unknown remat_policy {self.remat_policy!r}; '
+                       f'choose from {sorted(REMAT_POLICIES)}')
+    cls = MMDiTBlock
+    if self.remat_policy != 'none':
+      cls = nn.remat(cls, policy=REMAT_POLICIES[self.remat_policy],
+                     prevent_cse=not self.scan_layers)
+    fields = {f: getattr(self, f) for f in
+              ('embed_dim', 'num_heads', 'head_dim', 'mlp_hidden', 'kernel_size', 'dtype',
+               'attention_impl')}
+    if not self.scan_layers:
+      outs = []
+      for i in range(num_blocks):
+        h, y = cls(**fields, emit=emit, name=f'block_{i}')(h, cond_act, rope, temb)
+        outs.append(y)
+      return h, (jnp.stack(outs) if emit else None)
+
+    scanned = nn.scan(cls, variable_axes={'params': 0}, split_rngs={'params': True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=num_blocks,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+    if num_blocks < self.depth:
+      if self.is_initializing():
+        raise ValueError('initialise MMDiT with the full forward, not a truncated read-out')
+      scanned = nn.map_variables(
+          scanned, 'params', mutable=False,
+          trans_in_fn=lambda vs: jax.tree.map(lambda a: a[:num_blocks], vs))
+    return scanned(**fields, emit=emit, name='block')(h, cond_act, rope, temb)
+
+
+class MMDiT(nn.Module):
+  """AudioX-Turbo velocity predictor (official `MMDiffusionTransformer`, prepend mode).
+
+  Attributes:
+    io_channels: latent channels (64).
+    embed_dim: trunk width D (1536).
+    depth: number of blocks (24).
+    num_heads, head_dim: N and H with N * H = D (64 and 24 in the released model).
+    cond_dim: width of the (post-fusion) conditioning tokens (768).
+    cond_len: number of conditioning tokens (384).
+    seq_len: number of latent frames T (236); the trunk sequence is T + 1.
+    mlp_hidden: SwiGLU hidden width (4096 = int(2 * 4 * 1536 / 3)).
+    kernel_size: taps of the attention-output and FFN convolutions (3).
+    fourier_dim: timestep Fourier features (256: cos then sin of 128 learned frequencies).
+    rope_theta: RoPE base.
+    dtype: compute dtype (params are float32; Fourier features and RoPE stay float32).
+    attention_impl: None (XLA) or 'cudnn'.
+    scan_layers: stack the blocks with nn.scan (params under 'layers' with a leading axis).
+    remat_policy: 'none', 'full', 'dots_saveable' or 'dots_with_no_batch_dims_saveable'.
+  """
+  io_channels: int = 64
+  embed_dim: int = 1536
+  depth: int = 24
+  num_heads: int = 64
+  head_dim: int = 24
+  cond_dim: int = 768
+  cond_len: int = 384
+  seq_len: int = 236
+  mlp_hidden: int = 4096
+  kernel_size: int = 3
+  fourier_dim: int = 256
+  rope_theta: float = 10000.0
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+  scan_layers: bool = True
+  remat_policy: str = 'none'
+
+  def setup(self):
+    # Logical names must differ within one parameter (flax rejects repeats), so square maps
+    # name one side only; io-sized and sequence-sized axes stay replicated.
+    d, io, dt = self.embed_dim, self.io_channels, self.dtype
+    if self.num_heads * self.head_dim != d:
+      raise ValueError(f'num_heads * head_dim = {self.num_heads} * {self.head_dim} '
+                       f'!= embed_dim {d}')
+    self.time_freqs = self.param(
+        'time_freqs', layers.named_init(nn.initializers.normal(1.0), ('channels',)),
+        (self.fourier_dim // 2,), jnp.float32)
+    self.time_embed_0 = layers.dense(d, ('channels', 'mlp'), dtype=dt)
+    self.time_embed_1 = layers.dense(d, ('mlp', 'embed'), dtype=dt)
+    self.preprocess_conv = layers.conv1d(io, 1, ('channels', None), use_bias=False,
+                                         dtype=dt, kernel_init=nn.initializers.zeros_init())
+    self.project_in = layers.dense(d, ('channels', 'embed'), use_bias=False, dtype=dt)
+    self.cond_proj = layers.dense(d, ('channels', 'embed'), dtype=dt)
+    self.cond_resample = layers.dense(self.seq_len + 1, ('length', None), dtype=dt)
+    self.layers = LayerStack(self.depth, d, self.num_heads, self.head_dim, self.mlp_hidden,
+                             self.kernel_size, dt, self.attention_impl, self.scan_layers,
+                             self.remat_policy)
+    self.project_out = layers.dense(io, ('embed', 'channels'), use_bias=False, dtype=dt)
+    self.postprocess_conv = layers.conv1d(io, 1, ('channels', None), use_bias=False,
+                                          dtype=dt, kernel_init=nn.initializers.zeros_init())
+
+  def _check(self, x, t, cond):
+    b = x.shape[0]
+    want = {'x': (x, (b, self.seq_len, self.io_channels)), 't': (t, (b,)),
+            'cond': (cond, (b, self.cond_len, self.cond_dim))}
+    for name, (arr, shape) in want.items():
+      if tuple(arr.shape) != shape:
+        raise ValueError(f'MMDiT: {name} has shape {tuple(arr.shape)}, expected {shape} '
+                         '(channels-last; the trunk length is fixed by seq_len/cond_len)')
+
+  def _time_embedding(self, t):
+    """t (B,) float -> (B, D); Fourier features in float32 (bf16 t would be too coarse)."""
+    f = (2 * jnp.pi * t.astype(jnp.float32))[:, None] * self.time_freqs[None, :]
+    feats = jnp.concatenate([jnp.cos(f), jnp.sin(f)], axis=-1)
+    return self.time_embed_1(nn.silu(self.time_embed_0(feats)))
+
+  def _trunk(self, x, t, cond, num_blocks: int, emit: bool):
+    self._check(x, t, cond)
+    dt = self.dtype
+    temb = self._time_embedding(t).astype(dt)
+    x = x.astype(dt)
+    h = self.project_in(x + self.preprocess_conv(x))
+    h = layers.constrain(jnp.concatenate([temb[:, None, :], h], axis=1), ACT)
+    c = self.cond_proj(cond.astype(dt))
+    c = jnp.swapaxes(self.cond_resample(jnp.swapaxes(c, 1, 2)), 1, 2)
+    cond_act = layers.constrain(nn.silu(c), ACT)
+    cos, sin = rope_tables(self.seq_len + 1, self.head_dim, self.rope_theta)
+    return self.layers(h, cond_act, (jnp.asarray(cos), jnp.asarray(sin)), temb,
+                       num_blocks=num_blocks, emit=emit)
+
+  def _read_out(self, h):
+    """(..., L, D) -> (..., T, io): project_out, drop the time token, + postprocess_conv."""
+    out = self.project_out(h)[..., 1:, :]
+    return (out + self.postprocess_conv(out)).astype(jnp.float32)
+
+  def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array) -> jax.Array:
+    """Velocity. x: (B, T, io) noisy latent; t: (B,) in [0, 1] (1 = noise); cond: (B, cond_len,
+    cond_dim) post-fusion tokens. Returns v (B, T, io) float32."""
+    h, _ = self._trunk(x, t, cond, self.depth, emit=False)
+    return self._read_out(h)
+
+  def readouts(self, x: jax.Array, t: jax.Array, cond: jax.Array, num_blocks: int
+               ) -> jax.Array:
+    """Output read-out after each of blocks 1..num_blocks, in one pass over those blocks only.
+
+    Entry i-1 equals the official forward truncated to `active_num_layers = i` (the GAN
+    features of the distillation discriminator). Returns (num_blocks, B, T, io) float32.
+    """
+    if not 1 <= num_blocks <= self.depth:
+      raise ValueError(f'num_blocks must be in [1, {self.depth}], got {num_blocks}')
+    _, hs = self._trunk(x, t, cond, num_blocks, emit=True)
+    return self._read_out(hs)
+
+
+def cfg_velocity(apply_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+                 x: jax.Array, t: jax.Array, cond: jax.Array, scale) -> jax.Array:
+  """Classifier-free guidance as the official wrapper does it: v_u + s * (v_c - v_u).
+
+  The null condition is all-zero post-fusion tokens; conditional and null rows run as one
+  batch [cond, null]. A Python scale of exactly 1 runs the conditional pass only.
+  apply_fn(x, t, cond) -> v, e.g. `lambda *a: model.apply(params, *a)`.
+  """
+  if isinstance(scale, (int, float)) and scale == 1:
+    return apply_fn(x, t, cond)
+  v = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+               jnp.concatenate([cond, jnp.zeros_like(cond)]))
+  v_c, v_u = jnp.split(v, 2)
+  return v_u + (v_c - v_u) * scale

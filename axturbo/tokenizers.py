@@ -1,0 +1,113 @@
+"""Text tokenizers that return fixed-length (ids, mask) arrays for the text encoder.
+
+`HFTokenizer` wraps a Hugging Face tokenizer saved in a local folder (e.g. t5-base's), used as
+the official conditioner does: truncate, then pad to `max_length`. `ByteTokenizer` needs no
+vocabulary file (UTF-8 bytes shifted past the special ids), for small configs that train their
+own text encoder. Both end every prompt with EOS, so an empty prompt is one EOS token.
+"""
+import pathlib
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+
+class Tokens(NamedTuple):
+  """input_ids (B, L) int32, padded with the pad id; attention_mask (B, L) int32, 1 = token."""
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+
+
+def _as_list(texts: str | Sequence[str]) -> list[str]:
+  if isinstance(texts, str):
+    return [texts]
+  texts = list(texts)
+  if not all(isinstance(t, str) for t in texts):
+    raise ValueError('texts must be a string or a sequence of strings')
+  return texts
+
+
+class HFTokenizer:
+  """A transformers tokenizer loaded from `local_dir` only (never downloaded).
+
+  Call with a string or a list of B strings -> `Tokens` of shape (B, max_length), truncated
+  and padded to `max_length` ('max_length' padding, as the official T5 conditioner).
+  """
+
+  def __init__(self, local_dir, max_length: int = 128):
+    if max_length < 1:
+      raise ValueError(f'max_length must be >= 1, got {max_length}')
+    folder = pathlib.Path(local_dir)
+    if not folder.is_dir():
+      raise FileNotFoundError(f'tokenizer folder {str(folder)!r} does not exist (tokenizers are '
+                              'read locally only; save one there with save_pretrained)')
+    try:
+      from transformers import AutoTokenizer
+    except ImportError as e:
+      raise ImportError('HFTokenizer needs the transformers package') from e
+    try:
+      self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+      raise FileNotFoundError(f'no usable tokenizer in {str(folder)!r}: {e}') from e
+    self.max_length = max_length
+
+  @property
+  def pad_id(self) -> int:
+    return self.tokenizer.pad_token_id
+
+  @property
+  def eos_id(self) -> int:
+    return self.tokenizer.eos_token_id
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.tokenizer)
+
+  def __call__(self, texts: str | Sequence[str]) -> Tokens:
+    enc = self.tokenizer(_as_list(texts), truncation=True, max_length=self.max_length,
+                         padding='max_length', return_tensors='np')
+    return Tokens(enc['input_ids'].astype(np.int32), enc['attention_mask'].astype(np.int32))
+
+
+class ByteTokenizer:
+  """UTF-8 bytes as ids `byte + OFFSET`, then EOS; pad 0. Vocabulary size 259.
+
+  Truncation keeps the first `max_length - 1` bytes and still ends with EOS (as HF tokenizers
+  truncate before adding special tokens).
+  """
+  PAD = 0
+  EOS = 1
+  UNK = 2  # reserved (never produced); keeps ByT5's id layout
+  OFFSET = 3
+  vocab_size = 256 + OFFSET
+  pad_id = PAD
+  eos_id = EOS
+
+  def __init__(self, max_length: int = 128):
+    if max_length < 1:
+      raise ValueError(f'max_length must be >= 1, got {max_length}')
+    self.max_length = max_length
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of one prompt, EOS included, at most `max_length` long (unpadded)."""
+    body = [b + self.OFFSET for b in text.encode('utf-8')][:self.max_length - 1]
+    return body + [self.EOS]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text up to the first EOS/pad; a multi-byte character cut by truncation becomes U+FFFD."""
+    out = bytearray()
+    for i in ids:
+      i = int(i)
+      if i in (self.EOS, self.PAD):
+        break
+      if i >= self.OFFSET:
+        out.append(i - self.OFFSET)
+    return out.decode('utf-8', errors='replace')
+
+  def __call__(self, texts: str | Sequence[str]) -> Tokens:
+    rows = [self.encode(t) for t in _as_list(texts)]
+    ids = np.full((len(rows), self.max_length), self.PAD, np.int32)
+    mask = np.zeros((len(rows), self.max_length), np.int32)
+    for r, row in enumerate(rows):
+      ids[r, :len(row)] = row
+      mask[r, :len(row)] = 1
+    return Tokens(ids, mask)
