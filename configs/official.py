@@ -16,6 +16,7 @@ def model_config() -> mlc.ConfigDict:
   m.cond_dim = 768
   m.dtype = 'float32'            # compute dtype of every network; params stay float32
 
+  m.codec = 'oobleck'            # latent codec of the target audio: 'oobleck' (m.vae) | 'patch'
   m.vae = mlc.ConfigDict(dict(channels=128, c_mults=(1, 2, 4, 8, 16), strides=(2, 4, 4, 8, 8),
                               latent_dim=64, in_channels=2, out_channels=2))
   m.text = mlc.ConfigDict(dict(
@@ -51,9 +52,130 @@ def model_config() -> mlc.ConfigDict:
   return m
 
 
+def data_config() -> mlc.ConfigDict:
+  """Input pipeline (axturbo/data/pipeline.py; fields checked by check_data_config)."""
+  d = mlc.ConfigDict()
+  d.source = 'manifest'           # 'manifest' (.jsonl or audio folder) | 'records' | 'embedded'
+  d.batch_size = 8                # global; official defaults.ini: 8 per GPU process
+  d.seed = 42                     # shuffle / crop / task / phase-flip randomness
+  d.shuffle = True
+  d.num_workers = 8               # decoding processes (grain mp_prefetch); 0 = in-process
+  d.read_threads = 4              # reader threads per process
+  d.read_buffer = 32              # examples prefetched per process
+  d.fail_fast = False             # True: a bad sample raises instead of being skipped+counted
+  d.manifest = ''                 # train manifest .jsonl (official format) or audio folder
+  d.heldout_manifest = ''         # split='heldout'
+  d.root = ''                     # base of relative manifest paths ('' = working directory)
+  d.records_dir = ''              # source 'records': output of data/prepare.py
+  d.num_clips = 10000             # source 'embedded': train clips
+  d.heldout_clips = 256           # source 'embedded': heldout clips
+  d.duration_s = 0.0              # embedded clip length; 0 = fits audio and prompt (10 s)
+  # Tasks drawn for examples without a fixed manifest `type` (embedded; axturbo/data/tasks.py).
+  d.task_probs = mlc.ConfigDict(dict(
+      text_to_audio=0.3, video_to_audio=0.15, text_video_to_audio=0.2, inpaint=0.1,
+      continuation=0.15, audio_to_audio=0.05, all=0.05))
+  d.random_crop = True            # official crop: offsets on a crop_grid_s grid
+  d.crop_grid_s = 10.0
+  d.phase_flip_p = 0.5            # official PhaseFlipper
+  d.inpaint_ratio = (0.1, 0.5)    # masked span / clip length
+  d.continuation_ratio = (0.25, 0.75)  # kept prefix / clip length
+  return d
+
+
+def train_config() -> mlc.ConfigDict:
+  """Teacher training (train.py): optimizer, schedule, EMA, flow-matching options.
+
+  Official values are the code defaults of the teacher wrapper (its own config is unreleased).
+  """
+  t = mlc.ConfigDict()
+  t.total_steps = 1_000_000       # the global batch is config.data.batch_size
+  t.data_source = 'pipeline'       # 'pipeline' (axturbo.data.pipeline) or 'synthetic' (benchmarks)
+  t.init_from = ''                 # inference checkpoint (e.g. converted official weights) to start from
+  # Networks updated by the optimizer ('/'-joined parameter-path prefixes); the rest is frozen
+  # and has no optimizer state. Official fine-tune: MAF, trunk, video conditioner (not CLIP),
+  # audio-prompt projections (not its VAE encoder copy). 'vae' is never trainable here.
+  t.trainable = ('maf', 'trunk', 'video', 'audio_prompt/proj_features_128',
+                 'audio_prompt/proj_out')
+  # AdamW: lr 1e-5, betas (0.9, 0.999), weight decay 1e-3 (torch AdamW eps 1e-8).
+  t.lr = 1e-5
+  t.b1, t.b2, t.eps, t.weight_decay = 0.9, 0.999, 1e-8, 1e-3
+  t.schedule = 'inverse'           # 'inverse' (official InverseLR), 'constant', 'cosine'
+  t.inverse = mlc.ConfigDict(dict(inv_gamma=1e6, power=0.5, warmup=0.99))
+  t.warmup_steps = 0               # linear warmup of 'constant' / 'cosine'
+  t.final_lr_fraction = 0.0        # 'cosine' end value as a fraction of lr
+  t.grad_clip_norm = 0.0           # global-norm clipping; 0 disables (official: none)
+  # EMA as ema_pytorch(beta=0.9999, power=3/4, update_after_step=1); covers the trunk only.
+  t.ema = mlc.ConfigDict(dict(enabled=True, subtrees=('trunk',), beta=0.9999, power=0.75,
+                              update_after_step=1))
+  t.cfg_dropout_prob = 0.1         # whole post-MAF condition zeroed per sample
+  t.timestep_sampler = 'uniform'   # stratified uniform (official: scrambled Sobol); 'logit_normal'
+  # Loop, checkpoints, observability.
+  t.log_every = 50
+  t.checkpoint_every = 10_000      # official defaults.ini
+  t.keep_checkpoints = 3
+  t.async_checkpointing = True
+  t.export_ema = True              # write <workdir>/export (EMA merged into the full tree) at the end
+  t.peak_flops_per_device = 989e12  # MFU denominator: H100 SXM dense bf16 (TPU v5p: 459e12)
+  return t
+
+
+def distill_config() -> mlc.ConfigDict:
+  """Student distillation (distill.py): the official DMD + GAN settings (the values of
+  `axturbo.dmd_objectives.official_config()`, spelled out so that configs import nothing from
+  axturbo; tests/test_distill.py checks they agree) plus optimizers, EMA and the loop."""
+  d = mlc.ConfigDict()
+  d.num_steps = 4                  # student grid linspace(1, 0, 5)[:-1]
+  d.index_probs = (0.25, 0.25, 0.25, 0.25)   # rollout target index
+  d.guidance_scale = 6.0           # teacher CFG in the real score
+  d.normalizer = 'audiox'          # or 'dmd2'
+  d.t_dmd_range = (0.0, 1.0)       # official: full range (DMD2 clamps 0.02-0.98)
+  d.disc_num_blocks = 6            # = model.disc.num_heads
+  d.disc_max_t = 0.2               # t_d ~ U[0, 0.2)
+  d.dm_weight, d.adv_weight, d.fake_weight, d.disc_weight = 1.0, 1.0, 1.0, 1.0
+  d.schedule = 'audiox'            # 'audiox': 5 student steps, then 1 fake + D step; or 'dmd2'
+  d.student_steps_per_cycle = 5
+  d.fake_steps_per_cycle = 1
+  d.fake_updates_per_student_update = 5   # 'dmd2': fake every step, student every 5th
+  d.teacher = ''                   # teacher inference checkpoint (distill.py --teacher overrides)
+  d.trainable = ('maf', 'trunk')   # student and fake train these; the conditioners are frozen
+  d.total_steps = 100_000
+  d.data_source = 'pipeline'       # 'pipeline' or 'synthetic' (as train.data_source)
+  d.batch_size = 0                 # global batch; 0 = config.data.batch_size
+  # Official: one AdamW(lr 1e-5, betas (0.9, 0.999), wd 1e-3) + InverseLR over every network.
+  # Here each group has its own optax state (an idle group never moves) and its own lr / clip.
+  d.student = mlc.ConfigDict(dict(lr=1e-5, grad_clip_norm=0.0))
+  d.fake = mlc.ConfigDict(dict(lr=1e-5, grad_clip_norm=0.0))   # fake model + disc heads
+  d.b1, d.b2, d.eps, d.weight_decay = 0.9, 0.999, 1e-8, 1e-3
+  d.schedule_lr = 'inverse'
+  d.inverse = mlc.ConfigDict(dict(inv_gamma=1e6, power=0.5, warmup=0.99))
+  d.warmup_steps = 0               # linear warmup of 'constant' / 'cosine' lr schedules
+  d.final_lr_fraction = 0.0
+  # EMA of the student (official: none, the raw student is released); exported when enabled.
+  d.ema = mlc.ConfigDict(dict(enabled=True, beta=0.999, power=0.75, update_after_step=1))
+  d.log_every = 50
+  d.checkpoint_every = 2_000
+  d.keep_checkpoints = 3
+  d.async_checkpointing = True
+  d.peak_flops_per_device = 989e12
+  return d
+
+
+def mesh_config() -> mlc.ConfigDict:
+  """Device mesh (axturbo.sharding): (data, fsdp, tensor), one entry -1 = all remaining devices."""
+  return mlc.ConfigDict(dict(shape=(1, -1, 1),
+                             rules=(),  # (logical, mesh axes) pairs overriding DEFAULT_RULES
+                             # Trace with the models' activation sharding hints (see
+                             # axturbo.train.parallel.mesh_context for why it is off).
+                             activation_constraints=False))
+
+
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
   del arg
   c = mlc.ConfigDict()
   c.model = model_config()
+  c.data = data_config()
+  c.train = train_config()
+  c.distill = distill_config()
+  c.mesh = mesh_config()
   c.seed = 42
   return c

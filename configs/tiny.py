@@ -1,6 +1,7 @@
 """A CPU-sized AudioX: the official code path with every tower shrunk.
 
-16 kHz stereo, 2.048 s clips (128 latent frames of a hop-256 VAE), 1.024 s audio prompts,
+16 kHz stereo, 2.048 s clips (256 latent frames of 256 channels: the parameter-free patch codec,
+hop 128, docs/latent_codec.md), audio prompts as long (own tiny Oobleck encoder, 128 frames),
 10 video frames of 32x32 at 5 fps, a byte-level tokenizer (no vocabulary file), and towers
 small enough to train from scratch on 2 CPU cores.
 """
@@ -12,9 +13,14 @@ from configs import official
 def model_config() -> mlc.ConfigDict:
   m = official.model_config()
   m.sample_rate = 16000
-  m.audio_samples = 32768        # 128 latent frames
-  m.prompt_samples = 16384       # 64 latent frames
+  m.audio_samples = 32768        # 256 patch-codec frames
+  m.prompt_samples = 32768       # prompts as long as the target (inpainting the whole clip)
   m.cond_dim = 64
+  # Target latents: mid/side + DCT-II frames of 128 samples, exactly invertible; scale = the
+  # measured waveform std of the embedded data, so latents have ~unit variance.
+  m.codec = 'patch'
+  m.patch = mlc.ConfigDict(dict(hop=128, transform='dct', scale=0.16))
+  # The audio-prompt conditioner's own (randomly initialised, trainable) Oobleck encoder.
   m.vae.update(channels=16, c_mults=(1, 2, 4, 8), strides=(2, 4, 4, 8), latent_dim=16)
   m.text.update(tokenizer='byte', max_length=32)
   m.t5.update(vocab_size=259, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
@@ -22,16 +28,70 @@ def model_config() -> mlc.ConfigDict:
                 patch_size=8)
   m.video.update(dim=64, num_frames=10, tokens_per_frame=17, sync_len=24, sync_dim=64,
                  out_tokens=16, depth=1, heads=2, dim_head=32, mlp_dim=128)
-  m.audio_prompt.update(latent_seq_len=64, prompt_tokens=16, output_dim=64)
+  m.audio_prompt.update(latent_seq_len=128, prompt_tokens=16, output_dim=64)
   m.maf.update(dim=64, num_experts_per_modality=8, num_heads=4, num_layers=2)
-  m.trunk.update(io_channels=16, embed_dim=128, depth=4, num_heads=8, head_dim=16, cond_dim=64,
-                 cond_len=64, seq_len=128, mlp_hidden=256)
-  m.disc.update(num_heads=2, in_channels=16, hidden=32)
+  # embed_dim >= io_channels so the velocity read-out has full rank; FFN ratio 1 keeps the
+  # cost ~6x the former 128-frame x 16-channel trunk (docs/latent_codec.md).
+  # scan_layers=False: on XLA:CPU the backward pass of a scanned layer stack is ~9x slower than
+  # the unrolled one (benchmarks in docs/benchmarks.md); accelerators keep the scan.
+  m.trunk.update(io_channels=256, embed_dim=256, depth=4, num_heads=8, head_dim=32, cond_dim=64,
+                 cond_len=64, seq_len=256, mlp_hidden=256, scan_layers=False)
+  m.disc.update(num_heads=2, in_channels=256, hidden=32)
   return m
+
+
+def data_config() -> mlc.ConfigDict:
+  d = official.data_config()
+  d.update(source='embedded', batch_size=8, num_clips=2048, heldout_clips=64, num_workers=0,
+           read_threads=2, read_buffer=16, crop_grid_s=1.0)
+  return d
+
+
+def train_config() -> mlc.ConfigDict:
+  """Every tower trains from scratch (except the VAE) at a large LR: the loss falls in minutes."""
+  t = official.train_config()
+  t.total_steps = 300
+  # From scratch: every tower but the prompt's own Oobleck encoder (random and frozen: its
+  # backward pass dominates CPU compile time).
+  t.trainable = ('text', 'clip', 'video', 'audio_prompt/proj_features_128',
+                 'audio_prompt/proj_out', 'maf', 'trunk')
+  t.lr = 1e-3
+  t.schedule = 'cosine'
+  t.warmup_steps = 20
+  t.final_lr_fraction = 0.1
+  t.grad_clip_norm = 1.0
+  t.ema.beta = 0.99
+  t.log_every = 20
+  t.checkpoint_every = 100
+  t.peak_flops_per_device = 50e9   # a guess for one CPU core; MFU is indicative only
+  return t
+
+
+def distill_config() -> mlc.ConfigDict:
+  """CPU-sized distillation of a configs/tiny.py teacher (docs/distillation.md): the official
+  5:1 schedule needs a student ~10x slower than the fake (the analytic toy). Constant rates:
+  InverseLR's 0.99^n warmup alone would take ~100 of the few updates a CPU run makes."""
+  d = official.distill_config()
+  d.disc_num_blocks = 2          # = model.disc.num_heads
+  d.batch_size = 4
+  d.total_steps = 96             # 16 cycles: 80 student + 16 fake updates
+  d.schedule_lr = 'constant'
+  d.student.lr = 1e-4
+  d.fake.lr = 1e-3
+  d.student.grad_clip_norm = 1.0
+  d.fake.grad_clip_norm = 1.0
+  d.ema.beta = 0.99
+  d.log_every = 10
+  d.checkpoint_every = 60
+  d.peak_flops_per_device = 50e9
+  return d
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
   del arg
   c = official.get_config()
   c.model = model_config()
+  c.data = data_config()
+  c.train = train_config()
+  c.distill = distill_config()
   return c

@@ -6,12 +6,12 @@ Parameter tree (one per network role; teacher, student and fake model differ onl
   {'text':  T5 encoder,          'clip': CLIP vision tower,
    'video': video conditioner,   'audio_prompt': audio-prompt conditioner (own VAE encoder),
    'maf':   fusion block,        'trunk': MMDiT velocity predictor,
-   'vae':   Oobleck VAE (latents of the target audio and decoding)}
+   'vae':   latent codec of the target audio (`model.codec`: the Oobleck VAE, or the
+            parameter-free patch codec, which adds no 'vae' entry)}
 
 Each method touches only the subtrees it needs, so `apply` can be called with a partial tree
 (e.g. {'maf', 'trunk'} for `fuse` + `velocity`).
 """
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -21,6 +21,7 @@ import ml_collections as mlc
 
 from axturbo.models import audio_prompt as audio_prompt_lib
 from axturbo.models import clip as clip_lib
+from axturbo.models import codec as codec_lib
 from axturbo.models import maf as maf_lib
 from axturbo.models import mmdit as mmdit_lib
 from axturbo.models import t5 as t5_lib
@@ -29,14 +30,14 @@ from axturbo.models import video_cond as video_lib
 
 
 class AudioX(nn.Module):
-  """Conditioners + MAF + MMDiT + VAE. Build it with `build_model(config.model)`."""
+  """Conditioners + MAF + MMDiT + latent codec. Build it with `build_model(config.model)`."""
   text: t5_lib.T5Conditioner
   clip: clip_lib.CLIPVisionTower
   video: video_lib.VideoConditioner
   audio_prompt: audio_prompt_lib.AudioPromptConditioner
   maf: maf_lib.MAFBlock
   trunk: mmdit_lib.MMDiT
-  vae: vae_lib.OobleckVAE
+  vae: codec_lib.Codec
 
   def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """Token ids (B, Lt) + mask -> (B, Lt, D) text tokens, padded rows exactly 0."""
@@ -106,7 +107,7 @@ def _dtype(name: str):
 
 def check_model_config(m: mlc.ConfigDict) -> None:
   """Raises ValueError naming the config fields whose sizes do not fit together."""
-  hop = math.prod(m.vae.strides)
+  hop = codec_lib.hop_length(m)
   text_len = m.text.max_length
   problems = []
 
@@ -114,16 +115,25 @@ def check_model_config(m: mlc.ConfigDict) -> None:
     if not ok:
       problems.append(msg)
 
-  latent_len = vae_lib.encoded_length(m.audio_samples, m.vae.strides)
+  latent_len, latent_channels = codec_lib.latent_shape(m, m.audio_samples)
   need(m.trunk.seq_len == latent_len,
        f'model.trunk.seq_len={m.trunk.seq_len} but model.audio_samples={m.audio_samples} gives '
-       f'{latent_len} latent frames (hop {hop})')
+       f'{latent_len} latent frames (model.codec={codec_lib.codec_name(m)!r}, hop {hop})')
   prompt_len = vae_lib.encoded_length(m.prompt_samples, m.vae.strides)
   need(m.audio_prompt.latent_seq_len == prompt_len,
        f'model.audio_prompt.latent_seq_len={m.audio_prompt.latent_seq_len} but '
        f'model.prompt_samples={m.prompt_samples} gives {prompt_len} latent frames')
-  need(m.trunk.io_channels == m.vae.latent_dim,
-       f'model.trunk.io_channels={m.trunk.io_channels} != model.vae.latent_dim={m.vae.latent_dim}')
+  need(m.trunk.io_channels == latent_channels,
+       f'model.trunk.io_channels={m.trunk.io_channels} but model.codec='
+       f'{codec_lib.codec_name(m)!r} makes {latent_channels} latent channels')
+  # The read-out maps embed_dim features to io_channels: a narrower trunk cannot output a
+  # full-rank velocity, and the noise in the missing directions would never be removed.
+  need(m.trunk.embed_dim >= m.trunk.io_channels,
+       f'model.trunk.embed_dim={m.trunk.embed_dim} < model.trunk.io_channels='
+       f'{m.trunk.io_channels}')
+  need(m.disc.in_channels == m.trunk.io_channels,
+       f'model.disc.in_channels={m.disc.in_channels} != model.trunk.io_channels='
+       f'{m.trunk.io_channels} (the heads read the trunk read-outs)')
   for name, value in (('t5.d_model', m.t5.d_model), ('video.dim', m.video.dim),
                       ('clip.hidden_size', m.clip.hidden_size),
                       ('audio_prompt.output_dim', m.audio_prompt.output_dim),
@@ -160,7 +170,7 @@ def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = Tr
       maf=maf_lib.MAFBlock(**{**m.maf, 'modality_order': tuple(m.maf.modality_order)},
                            attention_impl=attn, dtype=dt),
       trunk=mmdit_lib.MMDiT(**m.trunk, attention_impl=attn, dtype=dt),
-      vae=vae_lib.OobleckVAE(**m.vae, dtype=jnp.float32))
+      vae=codec_lib.build_codec(m, dtype=jnp.float32))
 
 
 def dummy_batch(m: mlc.ConfigDict, batch_size: int = 1) -> dict[str, Any]:

@@ -1,0 +1,325 @@
+"""Generation API: `Generator.load(checkpoint_dir).generate(text=..., video=..., audio=...)`.
+
+One call runs a batch of prompts through conditioning (text, video, audio prompt, fusion), a
+sampler (`axturbo.sampling`) and the VAE decoder, each stage a jitted function compiled once per
+input shape. Results carry the waveform at `model.sample_rate`, the latents and a metadata dict.
+
+Tasks (official_architecture.md §2.4, §7): whatever is missing takes the official default —
+text "", an all-zero video (-> the learned `empty_visual_feat`), zero sync features, a silent
+audio prompt. Work whose result is known is skipped: no CLIP pass when no prompt has a video
+(the tokens are `empty_visual_feat` broadcast), and the silent-prompt tokens are computed once.
+
+Differences from the official pipeline, all deliberate and switchable:
+  * The audio prompt uses the VAE posterior MEAN (deterministic); the official conditioner
+    samples the posterior even for silence. `sample_prompt_posterior=True` samples it.
+  * Inpainting is, officially, only "zero the span in the audio prompt". `keep_unmasked=True`
+    additionally pins the latent frames outside the span to the VAE latents (posterior mean) of
+    the given audio throughout sampling, so they come out exactly preserved (frames that overlap
+    the span's edges are regenerated). For continuation it pins the frames covered by the given
+    audio, placed at the start of the output.
+  * An empty text prompt is accepted when a video, image or audio conditions the output (the
+    official default for missing text is ""); with no condition at all it is refused unless
+    `allow_unconditional=True`.
+"""
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from axturbo import checkpoints
+from axturbo import gen_inputs
+from axturbo import sampling
+from axturbo import tokenizers
+from axturbo.models import audiox
+
+KINDS = ('student', 'teacher')
+_PROMPT_RNG_TAG = 0x5EED
+
+
+@dataclasses.dataclass
+class Result:
+  """waveform (N, 2) float32 at `sample_rate`, not normalized; latents (T, C) float32."""
+  waveform: np.ndarray
+  sample_rate: int
+  latents: np.ndarray
+  meta: dict
+
+
+def make_tokenizer(m: mlc.ConfigDict, checkpoint_dir=None):
+  """ByteTokenizer for model.text.tokenizer == 'byte'; else the HF tokenizer saved in
+  checkpoint_dir / model.text.tokenizer_dir (default subfolder 'tokenizer'; absolute paths as is)."""
+  if m.text.tokenizer == 'byte':
+    return tokenizers.ByteTokenizer(m.text.max_length)
+  folder = pathlib.Path(m.text.tokenizer_dir or 'tokenizer')
+  if checkpoint_dir is not None:
+    folder = pathlib.Path(checkpoint_dir) / folder
+  return tokenizers.HFTokenizer(folder, m.text.max_length)
+
+
+def _per_item(value, n: int, name: str) -> list:
+  """A list gives one value per prompt; any other value is shared by all prompts."""
+  if isinstance(value, list):
+    if len(value) != n:
+      raise ValueError(f'{name}: got a list of {len(value)} values for {n} prompts')
+    return value
+  return [value] * n
+
+
+class Generator:
+  """Holds a model, its parameters and the jitted stages. Thread-unsafe (caches)."""
+
+  def __init__(self, model_config: mlc.ConfigDict, params: Any, *, kind: str = 'student',
+               tokenizer=None, meta: dict | None = None):
+    if kind not in KINDS:
+      raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+    self.config = model_config
+    self.model = audiox.build_model(model_config)
+    self.params = jax.tree.map(jnp.asarray, nn.unbox(params))
+    self.kind = kind
+    self.meta = dict(meta or {})
+    self.tokenizer = tokenizer if tokenizer is not None else make_tokenizer(model_config)
+    self._silent_tokens = None
+    self._seen_shapes = set()
+    apply = self.model.apply
+
+    def method(name, **fixed):
+      return lambda p, *a, **k: apply({'params': p}, *a, method=name, **fixed, **k)
+
+    self._text = jax.jit(method('encode_text'))
+    self._video = jax.jit(method('encode_video'))
+    self._prompt = jax.jit(method('encode_audio_prompt'), static_argnames=('deterministic',))
+    self._fuse = jax.jit(method('fuse'))
+    self._decode = jax.jit(method('decode_latents'))
+    self._encode = jax.jit(method('encode_latents', deterministic=True))
+    self._student = jax.jit(self._student_fn, static_argnames=('steps',))
+    self._teacher = jax.jit(self._teacher_fn, static_argnames=('steps', 'cfg_scale'))
+    self._noises = jax.jit(_noises, static_argnames=('shape', 'renoises'))
+    m = model_config
+    self.latent_shape = (m.trunk.seq_len, m.trunk.io_channels)
+    decoded = jax.eval_shape(self._decode, self.params,
+                             jax.ShapeDtypeStruct((1,) + self.latent_shape, jnp.float32))
+    self.hop = decoded.shape[1] // m.trunk.seq_len
+    # The official output is cropped to the prompt window (10 s of an 11 s generation).
+    self.output_samples = min(m.prompt_samples, decoded.shape[1])
+
+  # ------------------------------------------------------------------------------ loading
+
+  @classmethod
+  def load(cls, checkpoint_dir, *, kind: str | None = None) -> 'Generator':
+    """A checkpoint written by `axturbo.checkpoints.save_params`; `kind` ('student' or
+    'teacher') defaults to meta.json's 'kind', else 'student' (the released model)."""
+    checkpoint_dir = pathlib.Path(checkpoint_dir)
+    m = checkpoints.load_model_config(checkpoint_dir)
+    meta_path = checkpoint_dir / checkpoints.META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    kind = kind or meta.get('kind') or 'student'
+    params = checkpoints.load_params(checkpoint_dir)
+    params = params.get('params', params) if isinstance(params, dict) else params
+    _check_params(params, m, checkpoint_dir)
+    return cls(m, params, kind=kind, tokenizer=make_tokenizer(m, checkpoint_dir), meta=meta)
+
+  # ------------------------------------------------------------------------------ stages
+
+  def _student_fn(self, params, cond, noise, renoise, known, known_mask, *, steps):
+    vf = lambda z, t: self.model.apply({'params': params}, z, t, cond, method='velocity')
+    return sampling.sample_student(vf, noise, renoise, steps, known=known, known_mask=known_mask)
+
+  def _teacher_fn(self, params, cond, noise, known, known_mask, *, steps, cfg_scale):
+    vf = lambda z, t, c: self.model.apply({'params': params}, z, t, c, method='velocity')
+    return sampling.sample_euler(vf, noise, cond, steps, cfg_scale, known=known,
+                                 known_mask=known_mask)
+
+  def silent_prompt_tokens(self) -> jax.Array:
+    """(1, La, D) tokens of an all-zero prompt (posterior mean), computed once."""
+    if self._silent_tokens is None:
+      zeros = jnp.zeros((1, self.config.prompt_samples, 2), jnp.float32)
+      self._silent_tokens = self._prompt(self.params, zeros, rng=jax.random.PRNGKey(0),
+                                         deterministic=True)
+    return self._silent_tokens
+
+  def empty_video_tokens(self, batch: int) -> jax.Array:
+    """(B, Lv, D): what the video conditioner returns for an all-empty batch (no CLIP pass)."""
+    empty = self.params['video']['empty_visual_feat']
+    return jnp.broadcast_to(empty[None], (batch,) + empty.shape)
+
+  # ------------------------------------------------------------------------------ inputs
+
+  def _known_latents(self, items: list[gen_inputs.Item]):
+    """(known (B, T, C), mask (B, T, 1)) for keep_unmasked, or (None, None)."""
+    if all(it.known_samples is None for it in items):
+      return None, None
+    t, c = self.latent_shape
+    audio = np.stack([it.known_audio if it.known_audio is not None
+                      else np.zeros((self.config.audio_samples, 2), np.float32) for it in items])
+    known = self._encode(self.params, jnp.asarray(audio))
+    masks = []
+    for it in items:
+      if it.known_samples is None:
+        masks.append(np.zeros(t, bool))
+      else:  # a frame is kept only if every sample it covers is known
+        masks.append(it.known_samples[:t * self.hop].reshape(t, self.hop).all(axis=1))
+    return known, jnp.asarray(np.stack(masks)[..., None])
+
+  # ------------------------------------------------------------------------------ generate
+
+  def resolve_sampler(self, sampler: str | None, steps: int | None, cfg_scale: float | None
+                      ) -> tuple[str, int, float]:
+    """(sampler, steps, cfg_scale) with the defaults of the checkpoint kind; bad values raise."""
+    sampler = sampler or self.kind
+    if sampler == 'student':
+      steps = 4 if steps is None else int(steps)
+      sampling.check_student_steps(steps)
+      if cfg_scale not in (None, 1, 1.0):
+        raise ValueError(f'the student sampler uses no classifier-free guidance (cfg_scale 1); '
+                         f'got cfg_scale={cfg_scale}; use the teacher sampler for CFG')
+      return sampler, steps, 1.0
+    if sampler == 'teacher':
+      steps = sampling.OFFICIAL_TEACHER_STEPS if steps is None else int(steps)
+      if steps < 1:
+        raise ValueError(f'steps must be >= 1, got {steps}')
+      cfg = sampling.OFFICIAL_CFG_SCALE if cfg_scale is None else float(cfg_scale)
+      return sampler, steps, cfg
+    raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
+
+  def generate(self, text: str | Sequence[str] = '', *, video=None, sync=None, audio=None,
+               image=None, inpaint=None, continuation=False, keep_unmasked=False,
+               steps: int | None = None, cfg_scale: float | None = None,
+               sampler: str | None = None, seed: int = 0, allow_unconditional: bool = False,
+               official_image_scaling: bool = False, sample_prompt_posterior: bool = False,
+               prompt_pad: str = 'left') -> list[Result]:
+    """Generates one clip per text prompt.
+
+    Args:
+      text: a prompt or a list of B prompts ("" is the official default for no text).
+      video, sync, audio, image, inpaint, continuation, keep_unmasked: a list gives one value
+        per prompt, any other value is shared. video: a file path or (F, H, W, 3) frames in
+        [0, 255]; sync: (S, Ds) array or .npy/.pth path (default: `<video stem>.sync.npy`, else
+        zeros); audio: a file path or an (N,) / (N, C) array at model.sample_rate; image: a path
+        or (H, W, 3) array; inpaint: (start_s, end_s) span of `audio` to regenerate;
+        continuation: `audio` is the beginning, the output is the whole clip.
+      steps: student 1, 2 or 4 (default 4); teacher any (default 250, official).
+      cfg_scale: teacher only (default 6, official).
+      sampler: 'student' (denoise-renoise) or 'teacher' (Euler + CFG); default: the checkpoint's
+        kind.
+      seed: prompt i uses seed + i, so it can be reproduced alone.
+      official_image_scaling: reproduce the official [0, 1]-image quirk.
+      sample_prompt_posterior: sample the prompt VAE posterior like the official code (its noise
+        is then drawn for the whole batch from `seed`).
+      prompt_pad: 'left' (official) or 'right' padding of short audio prompts.
+
+    Returns:
+      B `Result`s, in prompt order.
+    """
+    t_start = time.perf_counter()
+    sampler, steps, cfg_scale = self.resolve_sampler(sampler, steps, cfg_scale)
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+      raise ValueError('no prompts given')
+    n = len(texts)
+    args = [_per_item(v, n, name) for v, name in (
+        (video, 'video'), (sync, 'sync'), (audio, 'audio'), (image, 'image'),
+        (inpaint, 'inpaint'), (continuation, 'continuation'), (keep_unmasked, 'keep_unmasked'))]
+    items = [gen_inputs.prepare_item(
+        self.config, i, texts[i], *(a[i] for a in args), official_image_scaling, prompt_pad,
+        output_samples=self.output_samples, latent_frames=self.latent_shape[0], hop=self.hop)
+        for i in range(n)]
+    for i, it in enumerate(items):
+      if it.record.get('unconditional') and not allow_unconditional:
+        raise ValueError(f'prompt {i}: empty text and no video, image or audio; give a condition '
+                         'or allow unconditional generation (allow_unconditional=True)')
+    t_inputs = time.perf_counter()
+
+    p = self.params
+    tok = self.tokenizer(texts)
+    text_tokens = self._text(p, jnp.asarray(tok.input_ids), jnp.asarray(tok.attention_mask))
+    if any(it.frames is not None for it in items):
+      f, s = self.config.video.num_frames, self.config.clip.image_size
+      frames = np.stack([np.zeros((f, s, s, 3), np.float32) if it.frames is None
+                         else it.frames.astype(np.float32) for it in items])
+      video_tokens = self._video(p, jnp.asarray(frames), jnp.asarray(np.stack([it.sync for it in items])))
+    else:
+      video_tokens = self.empty_video_tokens(n).astype(text_tokens.dtype)
+    if any(it.prompt is not None for it in items) or sample_prompt_posterior:
+      prompts = np.stack([np.zeros((self.config.prompt_samples, 2), np.float32)
+                          if it.prompt is None else it.prompt for it in items])
+      rng = jax.random.fold_in(jax.random.PRNGKey(seed), _PROMPT_RNG_TAG)
+      audio_tokens = self._prompt(p, jnp.asarray(prompts), rng=rng,
+                                  deterministic=not sample_prompt_posterior)
+    else:
+      silent = self.silent_prompt_tokens()
+      audio_tokens = jnp.broadcast_to(silent, (n,) + silent.shape[1:])
+    cond = jax.block_until_ready(self._fuse(p, text_tokens, video_tokens, audio_tokens))
+    t_cond = time.perf_counter()
+
+    known, known_mask = self._known_latents(items)
+    keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(n)])
+    noise, renoise = self._noises(keys, shape=self.latent_shape, renoises=steps - 1)
+    if sampler == 'student':
+      z = self._student(p, cond, noise, renoise, known, known_mask, steps=steps)
+    else:
+      z = self._teacher(p, cond, noise, known, known_mask, steps=steps, cfg_scale=cfg_scale)
+    z = jax.block_until_ready(z)
+    t_sample = time.perf_counter()
+    waves = np.asarray(self._decode(p, z))[:, :self.output_samples].astype(np.float32)
+    t_end = time.perf_counter()
+
+    shape_key = (n, sampler, steps, cfg_scale, tuple(it.frames is None for it in items),
+                 tuple(it.prompt is None for it in items), known is None)
+    first_call = shape_key not in self._seen_shapes
+    self._seen_shapes.add(shape_key)
+    duration = self.output_samples / self.config.sample_rate
+    latency = {'inputs_s': t_inputs - t_start, 'conditioning_s': t_cond - t_inputs,
+               'sampling_s': t_sample - t_cond, 'decoding_s': t_end - t_sample,
+               'total_s': t_end - t_start}
+    nfe = (sampling.student_nfe(steps) if sampler == 'student'
+           else sampling.euler_nfe(steps, cfg_scale))
+    z = np.asarray(z)
+    results = []
+    for i, it in enumerate(items):
+      meta = {'index': i, 'seed': seed + i, 'kind': self.kind, 'sampler': sampler,
+              'steps': steps, 'cfg_scale': cfg_scale, 'nfe': nfe, 'batch_size': n,
+              'sample_rate': self.config.sample_rate, 'duration_s': duration,
+              'prompt_posterior': 'sample' if sample_prompt_posterior else 'mean',
+              'inputs': it.record, 'latency_s': latency, 'includes_compilation': first_call,
+              # seconds of wall time per second of audio, amortized over the batch (< 1 is
+              # faster than real time)
+              'real_time_factor': latency['total_s'] / (n * duration)}
+      results.append(Result(waves[i], self.config.sample_rate, z[i], meta))
+    return results
+
+
+def _noises(keys: jax.Array, *, shape: tuple[int, int], renoises: int):
+  """Per-prompt keys (B, 2) -> initial noise (B, T, C) and re-noise (renoises, B, T, C).
+
+  Drawn per prompt so that a prompt's noise does not depend on the rest of its batch.
+  """
+  def one(key):
+    k_init, k_re = jax.random.split(key)
+    return (jax.random.normal(k_init, shape, jnp.float32),
+            jax.random.normal(k_re, (renoises,) + shape, jnp.float32))
+  noise, renoise = jax.vmap(one)(keys)
+  return noise, jnp.swapaxes(renoise, 0, 1)
+
+
+def _check_params(params, m: mlc.ConfigDict, where) -> None:
+  """Raises naming the subtrees/leaves whose shapes do not match the checkpoint's config."""
+  model = audiox.build_model(m)
+  want = jax.eval_shape(lambda: nn.unbox(audiox.init_params(model, m, jax.random.PRNGKey(0))))
+  want_flat = {jax.tree_util.keystr(k): v.shape
+               for k, v in jax.tree_util.tree_leaves_with_path(want)}
+  have_flat = {jax.tree_util.keystr(k): np.shape(v)
+               for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  problems = [f'missing {k}' for k in want_flat if k not in have_flat]
+  problems += [f'{k}: shape {have_flat[k]} but the config needs {s}'
+               for k, s in want_flat.items() if k in have_flat and have_flat[k] != s]
+  if problems:
+    more = f' (and {len(problems) - 10} more)' if len(problems) > 10 else ''
+    raise ValueError(f'{where}: parameters do not match model_config.json:\n  '
+                     + '\n  '.join(problems[:10]) + more)

@@ -1,0 +1,91 @@
+"""Batch jobs for sample.py: reading a batch file and writing each result's files.
+
+Batch file: one prompt per line; blank lines and lines starting with '#' are skipped. A line
+starting with '{' is a JSON object with any of the keys text, video, audio, image, sync,
+inpaint ([start_s, end_s] or "start:end"), continuation (bool).
+"""
+import json
+import pathlib
+import re
+from typing import Sequence
+
+import numpy as np
+
+from axturbo import media
+
+JOB_KEYS = ('text', 'video', 'audio', 'image', 'sync', 'inpaint', 'continuation')
+
+
+def parse_span(text: str) -> tuple[float, float]:
+  """'2.0:4.5' -> (2.0, 4.5)."""
+  try:
+    start, end = (float(x) for x in str(text).split(':'))
+  except ValueError:
+    raise ValueError(f'inpaint span must look like START:END in seconds (e.g. 2.0:4.5), '
+                     f'got {text!r}') from None
+  return start, end
+
+
+def parse_batch_file(path) -> list[dict]:
+  """-> one dict per prompt with every key of JOB_KEYS (missing ones None/False/'')."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'batch file {str(path)!r}: file not found')
+  jobs = []
+  for n, line in enumerate(path.read_text().splitlines(), 1):
+    line = line.strip()
+    if not line or line.startswith('#'):
+      continue
+    if line.startswith('{'):
+      try:
+        job = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{n}: invalid JSON ({e.msg})') from None
+      unknown = set(job) - set(JOB_KEYS)
+      if unknown:
+        raise ValueError(f'{path}:{n}: unknown keys {sorted(unknown)}; allowed: {JOB_KEYS}')
+    else:
+      job = {'text': line}
+    job = {'text': '', 'continuation': False, **{k: None for k in JOB_KEYS[1:6]}, **job}
+    if isinstance(job['inpaint'], str):
+      job['inpaint'] = parse_span(job['inpaint'])
+    jobs.append(job)
+  if not jobs:
+    raise ValueError(f'batch file {str(path)!r}: no prompts')
+  return jobs
+
+
+def output_stem(index: int, text: str) -> str:
+  """'0007_a-dog-barks': index plus a filename-safe slug of the prompt."""
+  slug = re.sub(r'[^a-z0-9]+', '-', text.lower()).strip('-')[:40]
+  return f'{index:04d}_{slug or "untitled"}'
+
+
+def save_results(results: Sequence, out_dir, stems: Sequence[str], *, normalize: str = 'clip',
+                 videos: Sequence | None = None, spectrogram: bool = True) -> list[dict]:
+  """Writes <stem>.wav (+ .mp4 when a video file was given, .png, .json) per result.
+
+  normalize: 'clip' (peak per clip, default), 'batch' (one peak for all results, official) or
+  'none' (only clamped to [-1, 1]). Returns the sidecar records.
+  """
+  if normalize not in ('clip', 'batch', 'none'):
+    raise ValueError(f"normalize must be 'clip', 'batch' or 'none', got {normalize!r}")
+  out_dir = pathlib.Path(out_dir)
+  waves = np.stack([r.waveform for r in results])
+  if normalize == 'none':
+    waves = np.clip(waves, -1.0, 1.0)
+  else:
+    waves = media.normalize_peak(waves, joint=normalize == 'batch')
+  videos = list(videos) if videos is not None else [None] * len(results)
+  records = []
+  for r, wave, stem, video in zip(results, waves, stems, videos):
+    files = {'wav': str(media.write_wav(out_dir / f'{stem}.wav', wave, r.sample_rate))}
+    if video is not None and not media.is_image_path(video):
+      files['video'] = str(media.mux_video(video, wave, r.sample_rate, out_dir / f'{stem}.mp4'))
+    if spectrogram:
+      files['spectrogram'] = str(media.save_spectrogram(
+          out_dir / f'{stem}.png', wave, r.sample_rate, title=r.meta['inputs'].get('text', '')))
+    record = {**r.meta, 'normalize': normalize, 'files': files}
+    media.write_sidecar(out_dir / f'{stem}.json', record)
+    records.append(record)
+  return records

@@ -1,0 +1,1 @@
+"""Teacher training: state, optimizer/EMA, the pure train step, checkpoints and observability."""

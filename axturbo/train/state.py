@@ -1,0 +1,72 @@
+"""The teacher's training state and its (sharded) initialization."""
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+from flax import struct
+from jax.sharding import Mesh
+
+from axturbo import sharding
+from axturbo.models import audiox
+from axturbo.train import optim
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a resumed run needs besides the data iterator (checkpointed as one tree).
+
+  step:      batches consumed so far (int32 scalar); step n draws its randomness from
+             fold_in(rng, n), so a resumed run repeats the same noise.
+  updates:   optimizer updates applied (steps with a non-finite loss/gradient excluded);
+             drives the EMA decay (the LR schedule counts the same updates inside opt_state).
+  skipped:   steps skipped because the loss or gradient norm was not finite.
+  params:    the full AudioX tree {'text', 'clip', ..., 'trunk', 'vae'}, float32 master weights.
+  opt_state: optimizer state of the `train.trainable` subtree only.
+  ema:       EMA of the `train.ema.subtrees` subtree (official: the trunk, not the MAF).
+  rng:       base PRNG key data, uint32 (2,).
+  """
+  step: jax.Array
+  updates: jax.Array
+  skipped: jax.Array
+  params: Any
+  opt_state: Any
+  ema: Any
+  rng: jax.Array
+
+
+def make_init_fn(model: audiox.AudioX, config: mlc.ConfigDict,
+                 tx) -> Callable[[jax.Array], TrainState]:
+  """init(rng) -> TrainState with boxed (logically named) params, EMA and optimizer moments."""
+  t = config.train
+  if 'vae' in [p.split('/')[0] for p in t.trainable]:
+    raise ValueError("train.trainable: 'vae' cannot be trained by the flow loss (its latents are "
+                     "the regression target); train the autoencoder separately")
+
+  def init(rng: jax.Array) -> TrainState:
+    init_key, state_key = jax.random.split(rng)
+    params = audiox.init_params(model, config.model, init_key)
+    trainable, _ = optim.split_params(params, t.trainable, 'train.trainable')
+    ema, _ = optim.split_params(params, t.ema.subtrees, 'train.ema.subtrees')
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, updates=zero, skipped=zero, params=params,
+                      opt_state=tx.init(trainable), ema=ema if t.ema.enabled else {},
+                      rng=jax.random.key_data(state_key))
+
+  return init
+
+
+def abstract_state(init_fn, mesh: Mesh, rules=sharding.DEFAULT_RULES, seed: int = 0
+                   ) -> tuple[TrainState, TrainState]:
+  """(abstract unboxed state with .sharding on every leaf, the shardings tree); no arrays made."""
+  boxed = jax.eval_shape(init_fn, jax.random.key(seed))
+  shardings = sharding.logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.unbox(boxed), shardings)
+  return abstract, shardings
+
+
+def init_state(init_fn, mesh: Mesh, seed: int, rules=sharding.DEFAULT_RULES) -> TrainState:
+  """The initial state, created directly in its shards (no full copy on any host)."""
+  return sharding.sharded_init(init_fn, mesh, jax.random.key(seed), rules=rules)

@@ -1,0 +1,137 @@
+"""The pure teacher train step: frozen towers -> MAF -> CFG dropout -> rectified-flow loss.
+
+Batch (global, per step): 'audio' (B, N, 2) f32 target waveform, 'input_ids' /
+'attention_mask' (B, Lt) i32, 'frames' (B, F, H, W, 3) u8, 'sync' (B, S, Ds) f32,
+'prompt' (B, Np, 2) f32, 'valid' (B,) bool (padding rows of a short batch are False).
+"""
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import optax
+
+from axturbo import flow
+from axturbo.models import audiox
+from axturbo.train import optim
+from axturbo.train.state import TrainState
+
+
+def stratified_uniform_t(key: jax.Array, batch: int) -> jax.Array:
+  """t_i = (perm(i) + u_i) / B: one draw per 1/B stratum (stands in for the official Sobol)."""
+  k_perm, k_u = jax.random.split(key)
+  perm = jax.random.permutation(k_perm, batch).astype(jnp.float32)
+  return (perm + jax.random.uniform(k_u, (batch,))) / batch
+
+
+def logit_normal_t(key: jax.Array, batch: int) -> jax.Array:
+  """t = sigmoid(n), n ~ N(0, 1) (the official 'logit_normal' option)."""
+  return jax.nn.sigmoid(jax.random.normal(key, (batch,)))
+
+
+TIMESTEP_SAMPLERS = {'uniform': stratified_uniform_t, 'logit_normal': logit_normal_t}
+
+
+def cfg_dropout(key: jax.Array, cond: jax.Array, p: float) -> jax.Array:
+  """Zeroes each sample's whole post-MAF condition (B, L, D) with probability p (official null)."""
+  if p <= 0.0:
+    return cond
+  keep = jax.random.bernoulli(key, 1.0 - p, (cond.shape[0],))
+  return jnp.where(keep[:, None, None], cond, jnp.zeros_like(cond))
+
+
+def rectified_flow_loss(velocity_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                        x0: jax.Array, noise: jax.Array, t: jax.Array,
+                        valid: jax.Array | None = None) -> jax.Array:
+  """Eq. (2)-(4): mean over valid samples of mean_{T,C} (v(z_t, t) - (noise - x0))^2.
+
+  x0, noise (B, T, C); t (B,); valid (B,) bool. With every row valid this is the official
+  plain MSE over all elements.
+  """
+  z_t = flow.interpolate(x0, noise, t)
+  v = velocity_fn(z_t, t)
+  if valid is None:
+    return flow.flow_matching_loss(v, x0, noise)
+  per_sample = jnp.mean(jnp.square(v.astype(jnp.float32) - flow.velocity_target(x0, noise)),
+                        axis=tuple(range(1, x0.ndim)))
+  w = valid.astype(jnp.float32)
+  return jnp.sum(w * per_sample) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def condition(model: audiox.AudioX, params: Any, batch: dict, key: jax.Array,
+              train: bool) -> jax.Array:
+  """Conditioning tokens (B, L, D): text / video / audio-prompt towers, then the MAF.
+
+  The audio prompt's VAE posterior is sampled (and span-masked if `official_masking`), as
+  officially; the MAF runs with dropout when `train`.
+  """
+  k_prompt, k_drop = jax.random.split(key)
+  apply = functools.partial(model.apply, {'params': params})
+  text = apply(batch['input_ids'], batch['attention_mask'], method='encode_text')
+  video = apply(batch['frames'].astype(jnp.float32), batch['sync'], method='encode_video')
+  audio = apply(batch['prompt'], rng=k_prompt, deterministic=False, method='encode_audio_prompt')
+  return apply(text, video, audio, deterministic=not train, rngs={'dropout': k_drop},
+               method='fuse')
+
+
+def loss_fn(trainable: Any, frozen: Any, batch: dict, key: jax.Array, *,
+            model: audiox.AudioX, t: mlc.ConfigDict) -> tuple[jax.Array, dict]:
+  """The teacher objective for one batch; differentiable in `trainable` only.
+
+  Work that depends only on `frozen` (e.g. a frozen T5 or the VAE) is not differentiated.
+  """
+  params = optim.merge_params(trainable, frozen)
+  k_cond, k_lat, k_t, k_eps, k_cfg = jax.random.split(key, 5)
+  cond = cfg_dropout(k_cfg, condition(model, params, batch, k_cond, train=True),
+                     t.cfg_dropout_prob)
+  # Targets: a posterior sample of the VAE latents (official), never a gradient path.
+  x0 = jax.lax.stop_gradient(model.apply({'params': params}, batch['audio'], rng=k_lat,
+                                         method='encode_latents'))
+  times = TIMESTEP_SAMPLERS[t.timestep_sampler](k_t, x0.shape[0])
+  noise = jax.random.normal(k_eps, x0.shape, jnp.float32)
+
+  def velocity(z_t, tt):
+    return model.apply({'params': params}, z_t, tt, cond, method='velocity')
+
+  loss = rectified_flow_loss(velocity, x0, noise, times, batch.get('valid'))
+  return loss, {'latent_std': jnp.std(x0)}
+
+
+def _keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
+  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: audiox.AudioX,
+               tx: optax.GradientTransformation, config: mlc.ConfigDict
+               ) -> tuple[TrainState, dict]:
+  """One optimizer update; a non-finite loss or gradient norm leaves params/opt/EMA untouched."""
+  t = config.train
+  trainable, frozen = optim.split_params(state.params, t.trainable)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      trainable, frozen, batch, rng, model=model, t=t)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, trainable)
+  params = optim.merge_params(optax.apply_updates(trainable, updates), frozen)
+  ema = state.ema
+  if t.ema.enabled:
+    covered, _ = optim.split_params(params, t.ema.subtrees, 'train.ema.subtrees')
+    decay = optim.ema_decay(state.updates, t.ema.beta, t.ema.power, t.ema.update_after_step)
+    ema = optim.ema_update(state.ema, covered, decay)
+
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = state.replace(
+      step=state.step + 1,
+      updates=state.updates + finite.astype(jnp.int32),
+      skipped=state.skipped + (~finite).astype(jnp.int32),
+      params=_keep_if(finite, params, state.params),
+      opt_state=_keep_if(finite, opt_state, state.opt_state),
+      ema=_keep_if(finite, ema, state.ema))
+  metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite,
+             'lr': optim.make_schedule(t)(state.updates), **aux}
+  return new_state, metrics
+
+
+def step_rng(state: TrainState) -> jax.Array:
+  """Per-step key fold_in(base, step): a resumed run draws the same noise at the same step."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)

@@ -1,0 +1,100 @@
+"""Ahead-of-time compile of both distillation steps (student; fake + D) for a mesh you may not
+have; memory per device. The distillation twin of benchmarks/aot_memory.py.
+
+  python benchmarks/aot_memory_distill.py --config configs/official.py --devices 8 \
+      --mesh 1,-1,1 --batch 8 [--config.model.dtype=bfloat16] [--steps student,fake]
+
+Abstract teacher (full AudioX tree), abstract DistillState (student, fake, heads, EMA, two AdamW
+states) and ShapeDtypeStruct batches, all with their shardings; nothing is materialised.
+"""
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+# The repo root, so that configs (which import axturbo) load when run as a script.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/official.py', 'Model/distill config.')
+_DEVICES = flags.DEFINE_integer('devices', 8, 'Fake CPU devices.')
+_MESH = flags.DEFINE_string('mesh', '1,-1,1', 'data,fsdp,tensor (one -1).')
+_BATCH = flags.DEFINE_integer('batch', 8, 'Global batch.')
+_STEPS = flags.DEFINE_list('steps', ['student', 'fake'], 'Which steps to compile.')
+
+
+def _gib(n):
+  return f'{n / 2**30:8.2f} GiB'
+
+
+def main(argv):
+  del argv
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             f' --xla_force_host_platform_device_count={_DEVICES.value}')
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from axturbo import sharding
+  from axturbo.distill import state as state_lib, step as step_lib
+  from axturbo.models import audiox
+  from axturbo.train import parallel
+
+  config = _CONFIG.value
+  m, d = config.model, config.distill
+  state_lib.check_distill_config(config)
+  mesh = parallel.make_mesh(tuple(int(x) for x in _MESH.value.split(',')))
+  rules = parallel.mesh_rules(config.mesh)
+  model = audiox.build_model(m)
+  boxed = state_lib.abstract_params(model, m)
+  t_shard = sharding.logical_shardings(boxed, mesh, rules)
+  teacher = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         nn.unbox(boxed), t_shard)
+  txs = step_lib.make_optimizers(d)
+  init_fn = state_lib.make_init_fn(model, config, *txs)
+  abstract, shardings = state_lib.abstract_state(init_fn, model, config, mesh, rules)
+
+  b, size = _BATCH.value, m.clip.image_size
+  local = {
+      'audio': np.zeros((b, m.audio_samples, 2), np.float32),
+      'input_ids': np.zeros((b, m.text.max_length), np.int32),
+      'attention_mask': np.zeros((b, m.text.max_length), np.int32),
+      'frames': np.zeros((b, m.video.num_frames, size, size, 3), np.uint8),
+      'sync': np.zeros((b, m.video.sync_len, m.video.sync_dim), np.float32),
+      'prompt': np.zeros((b, m.prompt_samples, 2), np.float32),
+      'task': np.zeros((b,), np.int32),
+      'valid': np.ones((b,), bool),
+  }
+  batch = parallel.abstract_batch(local, mesh)
+  jitted = step_lib.jit_steps(model, txs, config, mesh, shardings, t_shard)
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  print(f'mesh {dict(mesh.shape)}  global batch {b}  dtype {m.dtype}  '
+        f'remat {m.trunk.remat_policy}  scan {m.trunk.scan_layers}')
+  print(f'teacher {count(teacher) / 1e6:.1f} M; student {count(abstract.student) / 1e6:.1f} M, '
+        f'fake {count(abstract.fake) / 1e6:.1f} M, heads {count(abstract.heads) / 1e6:.2f} M, '
+        f'EMA {count(abstract.ema) / 1e6:.1f} M, optimizer states '
+        f'{(count(abstract.student_opt) + count(abstract.fake_opt)) / 1e6:.1f} M values')
+  for kind in _STEPS.value:
+    t0 = time.perf_counter()
+    compiled = step_lib.compile_steps(jitted, {(kind, True)}, abstract, teacher, batch, mesh,
+                                      rules, config.mesh.activation_constraints)[(kind, True)]
+    secs = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    print(f'{kind} step (compile {secs:.0f} s):')
+    for field in ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
+                  'temp_size_in_bytes', 'generated_code_size_in_bytes'):
+      print(f'  per device {field:32s} {_gib(getattr(mem, field))}')
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes)
+    print(f'  per device {"peak (args + out - alias + temp)":32s} {_gib(peak)}')
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if cost and cost.get('flops'):
+      print(f'  per device flops / step {cost["flops"] / 1e12:.2f} TFLOP')
+    sys.stdout.flush()
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,153 @@
+r"""Generate audio with an axturbo checkpoint (student: 4 steps, no CFG; teacher: Euler + CFG).
+
+Tasks (any combination of text, video/image and audio conditions):
+  text-to-audio     --prompt "a dog barks in the rain"
+  text-to-music     --prompt "calm piano with soft strings"
+  video-to-audio    --video clip.mp4 --prompt "Generate general audio for the video"
+  video-to-music    --video clip.mp4 --prompt "Generate music for the video"
+  text+video        --video clip.mp4 --prompt "footsteps on gravel"
+  inpainting        --audio in.wav --inpaint 2.0:4.5 [--keep_unmasked] --prompt "a door slams"
+                    (the span is zeroed in the audio prompt and regenerated; --keep_unmasked
+                    also pins the latents outside the span so that region is kept exactly)
+  continuation      --audio start.wav --continue --prompt "jazz trio"
+                    (the audio is the beginning; the output is the whole clip)
+  image-to-audio    --image photo.png --prompt "Generate audio for the image"
+Many prompts: --batch_file prompts.txt (one prompt per line, or JSON objects with keys text,
+video, audio, image, sync, inpaint, continuation), generated --batch_size at a time.
+
+Video is read at model.video_fps and squashed to the CLIP size; Synchformer features are read
+from <video stem>.sync.npy beside the video (or --sync), else zeros. Missing conditions take the
+official defaults (empty text, empty video, silent audio prompt).
+
+Writes to --out, per prompt: NNNN_<prompt>.wav (model sample rate, peak-normalized), .mp4 (the
+input video with the new audio, when a video was given), .png (spectrogram) and .json
+(inputs, seed, steps, NFE, per-stage latency, real-time factor).
+
+  python sample.py --checkpoint ckpt/ --prompt "thunder" --out out/ [--steps 4] [--seed 0]
+  python sample.py --checkpoint ckpt/ --teacher --steps 100 --cfg 6 --prompt "..." --out out/
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (axturbo format).')
+_PROMPT = flags.DEFINE_string('prompt', '', 'Text prompt ("" is allowed with other conditions).')
+_VIDEO = flags.DEFINE_string('video', None, 'Video file (video-to-audio / -music, text+video).')
+_SYNC = flags.DEFINE_string('sync', None, 'Synchformer features (.npy / .pth) for --video.')
+_AUDIO = flags.DEFINE_string('audio', None, 'Audio prompt file (inpainting, continuation, ...).')
+_IMAGE = flags.DEFINE_string('image', None, 'Still image, repeated as video frames.')
+_INPAINT = flags.DEFINE_string('inpaint', None, 'START:END seconds of --audio to regenerate.')
+_CONTINUE = flags.DEFINE_bool('continue', False, 'Continue --audio to the full clip length.')
+_KEEP = flags.DEFINE_bool('keep_unmasked', False,
+                          'Inpainting/continuation: pin the latents of the given audio.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (student: 1, 2 or 4; default 4; '
+                              'teacher: default 250).')
+_TEACHER = flags.DEFINE_bool('teacher', False, 'Use the Euler + CFG sampler (teacher models).')
+_CFG = flags.DEFINE_float('cfg', None, 'CFG scale for --teacher (default 6).')
+_BATCH_FILE = flags.DEFINE_string('batch_file', None, 'File with one prompt per line.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 4, 'Prompts generated together.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed; prompt k of a batch file uses seed + k.')
+_OUT = flags.DEFINE_string('out', None, 'Output directory.')
+_NORMALIZE = flags.DEFINE_enum('normalize', 'clip', ['clip', 'batch', 'none'],
+                               'Peak normalization: per clip, per batch (official), or none.')
+_SPECTROGRAM = flags.DEFINE_bool('spectrogram', True, 'Write a spectrogram PNG per output.')
+_UNCONDITIONAL = flags.DEFINE_bool('allow_unconditional', False,
+                                   'Allow prompts with no text, video, image or audio.')
+_IMAGE_QUIRK = flags.DEFINE_bool('official_image_scaling', False,
+                                 'Reproduce the official double /255 of still images.')
+_POSTERIOR = flags.DEFINE_bool('sample_prompt_posterior', False,
+                               'Sample the audio-prompt VAE posterior (official) instead of '
+                               'its mean.')
+_PROMPT_PAD = flags.DEFINE_enum('prompt_pad', 'left', ['left', 'right'],
+                                'Padding side of short audio prompts (official: left).')
+
+
+def _jobs() -> list[dict]:
+  from axturbo import jobs
+  if _BATCH_FILE.value:
+    return jobs.parse_batch_file(_BATCH_FILE.value)
+  return [{'text': _PROMPT.value, 'video': _VIDEO.value, 'audio': _AUDIO.value,
+           'image': _IMAGE.value, 'sync': _SYNC.value,
+           'inpaint': jobs.parse_span(_INPAINT.value) if _INPAINT.value else None,
+           'continuation': _CONTINUE.value}]
+
+
+def _progress(n: int):
+  try:
+    from tqdm import tqdm
+    return tqdm(total=n, unit='prompt', disable=n <= 1)
+  except ImportError:
+    return None
+
+
+def main(argv):
+  del argv
+  from axturbo import generate
+  from axturbo import jobs
+  from axturbo import media
+  if not _CHECKPOINT.value or not _OUT.value:
+    raise app.UsageError('--checkpoint and --out are required (see --help)')
+  if _BATCH_SIZE.value < 1:
+    raise app.UsageError('--batch_size must be >= 1')
+  try:
+    todo = _jobs()
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
+    try:
+      gen = generate.Generator.load(_CHECKPOINT.value)
+    finally:
+      logging.set_verbosity(verbosity)
+    sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
+                                              _STEPS.value, _CFG.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  logging.info('%s checkpoint, %s sampler, %d steps, cfg %.2f, %d prompt(s)', gen.kind, sampler,
+               steps, cfg, len(todo))
+  bar = _progress(len(todo))
+  for start in range(0, len(todo), _BATCH_SIZE.value):
+    chunk = todo[start:start + _BATCH_SIZE.value]
+    per = {k: [job[k] for job in chunk] for k in jobs.JOB_KEYS}
+    try:
+      results = gen.generate(
+          per['text'], video=per['video'], audio=per['audio'], image=per['image'],
+          sync=per['sync'], inpaint=per['inpaint'], continuation=per['continuation'],
+          keep_unmasked=[_KEEP.value and (j['inpaint'] is not None or j['continuation'])
+                         for j in chunk],
+          steps=steps, cfg_scale=cfg, sampler=sampler, seed=_SEED.value + start,
+          allow_unconditional=_UNCONDITIONAL.value,
+          official_image_scaling=_IMAGE_QUIRK.value,
+          sample_prompt_posterior=_POSTERIOR.value, prompt_pad=_PROMPT_PAD.value)
+    except (ValueError, FileNotFoundError) as e:  # includes media.MediaError
+      where = f'prompts {start}..{start + len(chunk) - 1}: ' if len(todo) > 1 else ''
+      sys.exit(f'error: {where}{e}')
+    for i, r in enumerate(results):
+      r.meta['index'] = start + i  # position in the whole job list, not in the chunk
+    stems = [jobs.output_stem(start + i, job['text']) for i, job in enumerate(chunk)]
+    videos = [job['video'] if job['video'] and not media.is_image_path(job['video']) else None
+              for job in chunk]
+    records = jobs.save_results(results, _OUT.value, stems, normalize=_NORMALIZE.value,
+                                videos=videos, spectrogram=_SPECTROGRAM.value)
+    for rec in records:
+      logging.info('%s  (%.2f s audio, total %.2f s, RTF %.3f)', rec['files']['wav'],
+                   rec['duration_s'], rec['latency_s']['total_s'], rec['real_time_factor'])
+    if bar is not None:
+      bar.update(len(chunk))
+  if bar is not None:
+    bar.close()
+
+
+def _dashes_to_underscores(argv: list[str]) -> list[str]:
+  """Accept --batch-file / --keep-unmasked spellings for the underscore flags."""
+  out = []
+  for a in argv:
+    if a.startswith('--') and '-' in a[2:].split('=')[0]:
+      name, sep, value = a[2:].partition('=')
+      a = '--' + name.replace('-', '_') + sep + value
+    out.append(a)
+  return out
+
+
+if __name__ == '__main__':
+  app.run(main, argv=_dashes_to_underscores(sys.argv))

@@ -1,0 +1,184 @@
+"""Input pipeline on the embedded source: shapes, tasks, determinism, restore, sharding, records."""
+import hashlib
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from axturbo.data import pipeline
+from axturbo.data import tasks
+from axturbo.tokenizers import ByteTokenizer
+from configs import tiny
+
+
+def _config(**data):
+  c = tiny.get_config()
+  c.data.update(num_clips=16, heldout_clips=10, read_threads=1, read_buffer=4, **data)
+  return c
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+  return all(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+             for a, b in zip(a, b))
+
+
+def _clip_id(audio):
+  """Identity of a clip across phase flips (the pipeline may negate the waveform)."""
+  return hashlib.sha1(np.abs(audio).tobytes()).hexdigest()
+
+
+def test_batch_shapes_dtypes_and_ranges():
+  c = _config()
+  m = c.model
+  b = next(pipeline.make_iterator(c, process_index=0, process_count=1))
+  want = {
+      'audio': ((8, m.audio_samples, 2), np.float32),
+      'prompt': ((8, m.prompt_samples, 2), np.float32),
+      'input_ids': ((8, m.text.max_length), np.int32),
+      'attention_mask': ((8, m.text.max_length), np.int32),
+      'frames': ((8, m.video.num_frames, m.clip.image_size, m.clip.image_size, 3), np.uint8),
+      'sync': ((8, m.video.sync_len, m.video.sync_dim), np.float32),
+      'task': ((8,), np.int32), 'valid': ((8,), np.bool_),
+  }
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == want
+  assert np.abs(b['audio']).max() <= 1.0 and np.abs(b['audio']).max() > 0.05
+  assert b['valid'].all() and set(b['task']) <= set(range(len(tasks.TASKS)))
+  # Embedded clips are 2.0 s in 2.048 s: the tail is zero padding (10 s in 11 s officially).
+  assert pipeline.embedded_duration(m, c.data) == 2.0
+  assert not b['audio'][:, 32000:].any()
+
+
+@pytest.mark.parametrize('task', tasks.TASKS)
+def test_each_task_keeps_exactly_its_modalities(task):
+  c = _config()
+  c.data.task_probs = {t: float(t == task) for t in tasks.TASKS}
+  b = next(pipeline.make_iterator(c, process_index=0, process_count=1))
+  tid = tasks.TASK_IDS[task]
+  assert (b['task'] == tid).all()
+  has_video = b['frames'].reshape(8, -1).any(1)
+  has_prompt = b['prompt'].reshape(8, -1).any(1)
+  text_len = b['attention_mask'].sum(1)
+  assert (has_video == (tid in (1, 2, 6))).all()
+  # A prompt task's prompt can be silent when the kept audio is (embedded silence is exact 0).
+  assert has_prompt.any() if tid in (3, 4, 5, 6) else not has_prompt.any()
+  assert ((text_len == 1) == (tid == 1)).all()   # '' tokenizes to EOS alone
+  assert not b['sync'].any()                     # embedded clips have no sync features
+  p_len = b['prompt'].shape[1]
+  for audio, prompt in zip(b['audio'], b['prompt']):
+    if tid == 3:   # inpaint: time-aligned copy with one zeroed span of <= 50 %
+      diff = np.flatnonzero(np.any(prompt != audio, axis=1))
+      assert not prompt[diff].any()
+      assert diff.size == 0 or diff[-1] - diff[0] + 1 <= 0.5 * 32000
+    if tid == 4 and prompt.any():   # continuation: target prefix, left-padded with zeros
+      lead = (np.flatnonzero(prompt.any(1))[0] - np.flatnonzero(audio.any(1))[0])
+      keep = p_len - lead
+      assert 0.25 * 32000 - 1 <= keep <= 0.75 * 32000
+      assert not prompt[:lead].any()
+      np.testing.assert_array_equal(prompt[lead:], audio[:keep])
+    if tid in (5, 6):
+      np.testing.assert_array_equal(prompt, audio)
+
+
+def test_captions_are_byte_tokenized():
+  c = _config()
+  c.data.task_probs = {t: float(t == 'text_to_audio') for t in tasks.TASKS}
+  src = pipeline.EmbeddedSource('train', 16, c.model, 2.0)
+  b = next(pipeline.make_iterator(c, process_index=0, process_count=1, seed=3))
+  all_ids = {ByteTokenizer(32)(src[i]['caption']).input_ids[0].tobytes() for i in range(16)}
+  assert {ids.tobytes() for ids in b['input_ids']} <= all_ids
+
+
+def test_restore_replays_bit_identical_batches():
+  c = _config()
+  it = pipeline.make_iterator(c, process_index=0, process_count=1)
+  _take(it, 3)
+  state = it.get_state()
+  after = _take(it, 3)   # crosses the 16-clip epoch boundary (reshuffle)
+  fresh = pipeline.make_iterator(c, process_index=0, process_count=1)
+  fresh.set_state(state)
+  assert _same(_take(fresh, 3), after)
+  assert fresh.stats['batches'] == 6
+
+
+def test_seed_determines_order():
+  c = _config()
+  a = _take(pipeline.make_iterator(c, process_index=0, process_count=1, seed=1), 2)
+  b = _take(pipeline.make_iterator(c, process_index=0, process_count=1, seed=1), 2)
+  d = _take(pipeline.make_iterator(c, process_index=0, process_count=1, seed=2), 2)
+  assert _same(a, b)
+  assert not _same(a, d)
+
+
+def test_hosts_read_disjoint_shards_covering_the_data():
+  c = _config()
+  seen = []
+  for host in range(2):
+    it = pipeline.make_iterator(c, process_index=host, process_count=2)
+    batches = _take(it, 2)   # 2 x 4 rows = this host's 8 clips = one epoch
+    assert batches[0]['audio'].shape[0] == 4
+    seen.append({_clip_id(a) for b in batches for a in b['audio']})
+  assert len(seen[0]) == len(seen[1]) == 8
+  assert not seen[0] & seen[1]
+
+
+def test_heldout_tail_is_padded_and_hosts_agree_on_length():
+  c = _config(batch_size=6)
+  valid, per_host = [], []
+  for host in range(3):   # 10 heldout clips over 3 hosts: shards of 4, 3, 3; 2 rows per host
+    batches = list(pipeline.make_iterator(c, split='heldout', process_index=host,
+                                          process_count=3))
+    per_host.append(len(batches))
+    for b in batches:
+      valid.append(b['valid'])
+      assert not b['audio'][~b['valid']].any() and not b['input_ids'][~b['valid']].any()
+  assert per_host == [2, 2, 2]
+  assert np.concatenate(valid).sum() == 10
+
+
+def test_config_errors_name_the_key():
+  c = _config()
+  c.data.source = 'webdataset'
+  with pytest.raises(ValueError, match='config.data.source'):
+    pipeline.make_iterator(c, process_index=0, process_count=1)
+  c = _config()
+  c.data.bogus = 1
+  with pytest.raises(ValueError, match='bogus'):
+    pipeline.make_iterator(c, process_index=0, process_count=1)
+  c = _config(source='manifest')
+  with pytest.raises(ValueError, match='config.data.manifest'):
+    pipeline.make_iterator(c, process_index=0, process_count=1)
+  c = _config()
+  c.data.task_probs = {'speech': 1.0}
+  with pytest.raises(ValueError, match='speech'):
+    pipeline.make_iterator(c, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match='divisible'):
+    pipeline.make_iterator(_config(), process_index=0, process_count=3)
+
+
+def _prepare_module():
+  path = os.path.join(os.path.dirname(__file__), '..', 'data', 'prepare.py')
+  spec = importlib.util.spec_from_file_location('prepare', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_records_replay_the_embedded_pipeline(tmp_path):
+  c = _config()
+  summary = _prepare_module().prepare(c, str(tmp_path), 'train', num_shards=3,
+                                      show_progress=False)
+  assert summary['num_examples'] == 16 and summary['skipped'] == 0
+  assert len(os.listdir(tmp_path)) == 4
+  want = _take(pipeline.make_iterator(c, process_index=1, process_count=2), 3)
+  r = _config(source='records', records_dir=str(tmp_path))
+  it = pipeline.make_iterator(r, process_index=1, process_count=2)
+  assert _same(_take(it, 3), want)
+  # A records folder made for other shapes is refused, naming the field.
+  r.model.audio_samples = 16384
+  with pytest.raises(ValueError, match='audio_samples'):
+    pipeline.make_iterator(r, process_index=0, process_count=1)

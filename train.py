@@ -1,0 +1,141 @@
+"""Teacher (AudioX-Base) training: rectified flow over VAE latents, on any mesh, resumable.
+
+  python train.py --config configs/tiny.py --workdir /tmp/w [--config.train.lr=3e-4 ...]
+
+Multi-host: every host runs the same command. On TPU VMs / SLURM add `--distributed`
+(jax.distributed auto-detects the cluster); elsewhere pass --coordinator_address,
+--num_processes and --process_id (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID). See docs/training.md.
+
+Order (top to bottom): mesh -> abstract state and its shardings -> restore the latest
+checkpoint or initialize in shards -> jit the pure step with donation -> loop (log, checkpoint)
+-> final checkpoint, inference export (EMA merged), loss curve.
+"""
+import os
+import pathlib
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, exports.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Call jax.distributed.initialize() with cluster auto-detection.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
+                                   'host:port of process 0 (explicit multi-process setup).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0-based).')
+
+
+def _init_distributed():
+  import jax
+  if _COORDINATOR.value:
+    num = _NUM_PROCESSES.value or int(os.environ['JAX_NUM_PROCESSES'])
+    pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else int(os.environ['JAX_PROCESS_ID'])
+    jax.distributed.initialize(_COORDINATOR.value, num_processes=num, process_id=pid)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+
+
+def _make_data_iterator(config, process_index, process_count):
+  if config.train.data_source == 'synthetic':
+    from axturbo.train import synthetic_data as data
+  elif config.train.data_source == 'pipeline':
+    from axturbo.data import pipeline as data
+  else:
+    raise ValueError(f"train.data_source={config.train.data_source!r}; expected 'pipeline' or "
+                     "'synthetic'")
+  return data.make_iterator(config, split='train', process_index=process_index,
+                            process_count=process_count)
+
+
+def train(config, workdir: str) -> None:
+  import jax
+  import numpy as np
+
+  from axturbo import checkpoints
+  from axturbo.models import audiox
+  from axturbo.train import checkpointing, observe, optim, parallel
+  from axturbo.train import state as state_lib
+
+  t = config.train
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  logging.info('process %d/%d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+  # Mesh and the abstract state: shapes and shardings, nothing materialised yet.
+  mesh = parallel.make_mesh(config.mesh.shape)
+  rules = parallel.mesh_rules(config.mesh)
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  model = audiox.build_model(config.model)
+  tx = optim.make_optimizer(t)
+  init_fn = state_lib.make_init_fn(model, config, tx)
+  abstract, shardings = state_lib.abstract_state(init_fn, mesh, rules)
+  logging.info('mesh %s', dict(mesh.shape))
+
+  # Resume from the latest checkpoint (onto this mesh, whatever mesh saved it) or start fresh.
+  data_iter = _make_data_iterator(config, jax.process_index(), jax.process_count())
+  manager = checkpointing.make_manager(workdir, t)
+  state = checkpointing.restore_latest(manager, abstract, data_iter)
+  if state is not None:
+    logging.info('resumed from step %d (%d updates, %d skipped)', int(state.step),
+                 int(state.updates), int(state.skipped))
+  else:
+    state = state_lib.init_state(init_fn, mesh, config.seed, rules)
+    if t.init_from:
+      params = checkpoints.load_params(t.init_from, target=abstract.params)
+      ema, _ = optim.split_params(params, t.ema.subtrees) if t.ema.enabled else ({}, None)
+      state = state.replace(params=params, ema=ema)
+      logging.info('initialized from %s', t.init_from)
+
+  # The jitted step, compiled once ahead of time (and its FLOPs read for MFU).
+  step_fn = parallel.jit_train_step(model, tx, config, mesh, shardings, rules)
+  local = next(data_iter)
+  t0 = time.perf_counter()
+  compiled = parallel.compile_step(step_fn, abstract, parallel.abstract_batch(local, mesh),
+                                   mesh, rules, config.mesh.activation_constraints)
+  logging.info('compiled the train step in %.1f s', time.perf_counter() - t0)
+  reporter = observe.Reporter(workdir, t.log_every, config.data.batch_size,
+                              observe.compiled_flops(compiled), t.peak_flops_per_device,
+                              first_step=int(state.step))
+
+  step = int(state.step)
+  while step < t.total_steps:
+    if local is None:
+      local = next(data_iter)
+    state, metrics = compiled(state, parallel.global_batch(local, mesh))
+    local = None
+    step += 1
+    reporter.record(step, metrics)
+    if step % t.checkpoint_every == 0 or step == t.total_steps:
+      # The iterator has produced exactly the batches of steps < `step`.
+      checkpointing.save(manager, state, data_iter)
+  manager.wait_until_finished()
+  curve = reporter.close()
+
+  if t.export_ema or not t.ema.enabled:
+    out = workdir / 'export'
+    if (out / checkpoints.PARAMS_DIR).exists():
+      logging.info('%s exists; not exporting again', out)
+    else:
+      checkpointing.export(out, state, config, use_ema=t.ema.enabled)
+      logging.info('inference checkpoint (EMA merged: %s) in %s', t.ema.enabled, out)
+  final_loss = reporter.history[-1][1] if reporter.history else float('nan')
+  logging.info('done: step %d, last loss %.5f, skipped %d; loss curve %s', step,
+               final_loss, int(np.asarray(jax.device_get(state.skipped))), curve)
+  manager.close()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _init_distributed()
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
