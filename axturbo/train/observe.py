@@ -104,6 +104,8 @@ def plot_loss(history: list[tuple[int, float]], path: pathlib.Path) -> pathlib.P
     ax.plot(steps[k - 1:], smooth, lw=1.5, label=f'mean of {k}')
   ax.set_xlabel('step')
   ax.set_ylabel('flow-matching loss')
+  if min(losses) > 0:
+    ax.set_yscale('log')  # from-scratch losses span orders of magnitude
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)

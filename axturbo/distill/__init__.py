@@ -1,0 +1,1 @@
+"""4-step student distillation (distill.py): state, steps, observability."""

@@ -1,0 +1,188 @@
+"""Distil a few-step student from a teacher: DMD + fake model + diffusion discriminator.
+
+  python distill.py --config configs/tiny.py --teacher /tmp/teacher/export --workdir /tmp/d \
+      [--config.distill.student.lr=1e-4 ...]
+
+--teacher is an inference checkpoint (axturbo.checkpoints: train.py's <workdir>/export or
+`python -m axturbo.convert` output) made for exactly `config.model`. Student and fake start as
+copies of its MAF + trunk; its conditioners (frozen) serve all three networks. Multi-host: as
+train.py (--distributed, or --coordinator_address/--num_processes/--process_id).
+See docs/distillation.md.
+
+Order: mesh -> teacher (sharded, checked) -> abstract state and shardings -> restore the latest
+checkpoint or initialize from the teacher -> compile the student and fake steps -> loop (the host
+picks the step kind from `dmd.updates_at`, logs, checkpoints) -> export the student (EMA).
+"""
+import json
+import os
+import pathlib
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                          lock_config=True)
+_TEACHER = flags.DEFINE_string('teacher', None, 'Teacher inference checkpoint directory '
+                               '(default: config.distill.teacher).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, export.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Call jax.distributed.initialize() with cluster auto-detection.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
+                                   'host:port of process 0 (explicit multi-process setup).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0-based).')
+
+
+def _init_distributed():
+  import jax
+  if _COORDINATOR.value:
+    num = _NUM_PROCESSES.value or int(os.environ['JAX_NUM_PROCESSES'])
+    pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else int(os.environ['JAX_PROCESS_ID'])
+    jax.distributed.initialize(_COORDINATOR.value, num_processes=num, process_id=pid)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+
+
+def _make_data_iterator(config, process_index, process_count):
+  source = config.distill.data_source
+  if source == 'synthetic':
+    from axturbo.train import synthetic_data as data
+  elif source == 'pipeline':
+    from axturbo.data import pipeline as data
+  else:
+    raise ValueError(f"distill.data_source={source!r}; expected 'pipeline' or 'synthetic'")
+  return data.make_iterator(config, split='train', process_index=process_index,
+                            process_count=process_count)
+
+
+def _plan(d, step: int) -> list[tuple[str, bool]]:
+  """The (step kind, advance the schedule) calls for schedule position `step`."""
+  from axturbo import dmd
+  s, f = dmd.updates_at(step, d.schedule, student_steps_per_cycle=d.student_steps_per_cycle,
+                        fake_steps_per_cycle=d.fake_steps_per_cycle,
+                        fake_updates_per_student_update=d.fake_updates_per_student_update)
+  calls = [('student', not f)] if s else []
+  return calls + ([('fake', True)] if f else [])
+
+
+def _check_same_teacher(workdir: pathlib.Path, teacher: str) -> None:
+  """A resumed run must distil from the same teacher it started with."""
+  record = workdir / 'teacher.json'
+  teacher = str(pathlib.Path(teacher).absolute())
+  if record.is_file():
+    was = json.loads(record.read_text())['teacher']
+    if was != teacher:
+      raise ValueError(f'{workdir} was started with --teacher {was}, not {teacher}; use a new '
+                       'workdir (or the same teacher) to resume')
+  else:
+    record.write_text(json.dumps({'teacher': teacher}))
+
+
+def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
+  import jax
+  from jax.experimental import multihost_utils
+
+  from axturbo import checkpoints
+  from axturbo.distill import observe, state as state_lib, step as step_lib
+  from axturbo.models import audiox
+  from axturbo.train import checkpointing, parallel
+
+  if config.distill.batch_size and config.distill.batch_size != config.data.batch_size:
+    config = config.copy_and_resolve_references()
+    config.data.batch_size = config.distill.batch_size
+  d = config.distill
+  state_lib.check_distill_config(config)
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  logging.info('process %d/%d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+  mesh = parallel.make_mesh(config.mesh.shape)
+  rules = parallel.mesh_rules(config.mesh)
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  model = audiox.build_model(config.model)
+  teacher, teacher_shardings = state_lib.load_teacher(teacher_dir, model, config.model, mesh, rules)
+  if jax.process_index() == 0:
+    _check_same_teacher(workdir, teacher_dir)
+  logging.info('teacher loaded from %s; mesh %s', teacher_dir, dict(mesh.shape))
+
+  txs = step_lib.make_optimizers(d)
+  init_fn = state_lib.make_init_fn(model, config, *txs)
+  abstract, shardings = state_lib.abstract_state(init_fn, model, config, mesh, rules)
+  data_iter = _make_data_iterator(config, jax.process_index(), jax.process_count())
+  manager = checkpointing.make_manager(workdir, d)
+  state = checkpointing.restore_latest(manager, abstract, data_iter)
+  if state is not None:
+    logging.info('resumed from step %d (%d student / %d fake updates, %d skipped)',
+                 int(state.step), int(state.student_updates), int(state.fake_updates),
+                 int(state.skipped))
+  else:
+    state = state_lib.init_state(init_fn, shardings, config.seed, teacher, d)
+    logging.info('student and fake initialised from the teacher (checked identical)')
+
+  jitted = step_lib.jit_steps(model, txs, config, mesh, shardings, teacher_shardings)
+  plan = {c for s in range(d.student_steps_per_cycle + d.fake_steps_per_cycle
+                           + d.fake_updates_per_student_update) for c in _plan(d, s)}
+  local = next(data_iter)
+  t0 = time.perf_counter()
+  compiled = step_lib.compile_steps(jitted, plan, abstract, teacher,
+                                    parallel.abstract_batch(local, mesh), mesh, rules,
+                                    config.mesh.activation_constraints)
+  logging.info('compiled %s in %.1f s', sorted(map(str, compiled)), time.perf_counter() - t0)
+  # MFU uses the student step's FLOPs (the common step under the official schedule).
+  flops = observe.observe.compiled_flops(next(c for k, c in compiled.items()
+                                              if k[0] == 'student'))
+  reporter = observe.Reporter(workdir, d.log_every, config.data.batch_size, flops,
+                              d.peak_flops_per_device, first_step=int(state.step))
+
+  step = int(state.step)
+  while step < d.total_steps:
+    if local is None:
+      local = next(data_iter)
+    inputs = compiled['inputs'](state, teacher, parallel.global_batch(local, mesh))
+    metrics = {}
+    for kind, adv in _plan(d, step):
+      state, m = compiled[(kind, adv)](state, teacher, inputs)
+      metrics.update(m)
+    local = None
+    step += 1
+    reporter.record(step, metrics)
+    if step % d.checkpoint_every == 0 or step == d.total_steps:
+      checkpointing.save(manager, state, data_iter)   # batches of steps < `step` consumed
+  manager.wait_until_finished()
+  reporter.close()
+
+  out = workdir / 'export'
+  if (out / checkpoints.PARAMS_DIR).exists():
+    logging.info('%s exists; not exporting again', out)
+  else:
+    params = state_lib.student_export_params(state, teacher, d)
+    if jax.process_count() > 1:
+      params = multihost_utils.process_allgather(params, tiled=True)
+    meta = {'kind': 'student', 'step': int(state.step), 'ema': bool(d.ema.enabled),
+            'student_updates': int(state.student_updates),
+            'fake_updates': int(state.fake_updates), 'skipped': int(state.skipped),
+            'teacher': str(pathlib.Path(teacher_dir).absolute()), 'schedule': d.schedule,
+            'num_steps': d.num_steps}
+    checkpoints.save_params(out, state_lib.as_numpy(params), config.model, meta)
+    logging.info('student inference checkpoint (EMA: %s) in %s', d.ema.enabled, out)
+  logging.info('done: step %d (%d student / %d fake updates, %d skipped)', step,
+               int(state.student_updates), int(state.fake_updates), int(state.skipped))
+  manager.close()
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _init_distributed()
+  teacher = _TEACHER.value or _CONFIG.value.distill.teacher
+  if not teacher:
+    raise app.UsageError('give --teacher DIR (or config.distill.teacher)')
+  distill(_CONFIG.value, teacher, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

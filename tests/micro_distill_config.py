@@ -1,0 +1,19 @@
+"""tests/micro_train_config.py (a tiny AudioX that compiles in seconds on CPU) + a distill section
+for the distillation tests."""
+from tests import micro_train_config
+
+
+def get_config(arg=None):
+  c = micro_train_config.get_config(arg)
+  d = c.distill
+  d.data_source = 'synthetic'
+  d.batch_size = 8
+  d.total_steps = 12
+  d.student.lr = 1e-3
+  d.fake.lr = 1e-2
+  d.schedule_lr = 'constant'       # the first update already moves the weights
+  d.eps = 1e-3                     # see micro_train_config: rounding-noise gradients stay still
+  d.ema.beta = 0.9
+  d.log_every = 2
+  d.checkpoint_every = 2
+  return c
