@@ -14,46 +14,20 @@ checkpoint or initialize from the teacher -> compile the student and fake steps 
 picks the step kind from `dmd.updates_at`, logs, checkpoints) -> export the student (EMA).
 """
 import json
-import os
 import pathlib
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from axturbo import launch
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
 _TEACHER = flags.DEFINE_string('teacher', None, 'Teacher inference checkpoint directory '
                                '(default: config.distill.teacher).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, export.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
-                                 'Call jax.distributed.initialize() with cluster auto-detection.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
-                                   'host:port of process 0 (explicit multi-process setup).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0-based).')
-
-
-def _init_distributed():
-  import jax
-  if _COORDINATOR.value:
-    num = _NUM_PROCESSES.value or int(os.environ['JAX_NUM_PROCESSES'])
-    pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else int(os.environ['JAX_PROCESS_ID'])
-    jax.distributed.initialize(_COORDINATOR.value, num_processes=num, process_id=pid)
-  elif _DISTRIBUTED.value:
-    jax.distributed.initialize()
-
-
-def _make_data_iterator(config, process_index, process_count):
-  source = config.distill.data_source
-  if source == 'synthetic':
-    from axturbo.train import synthetic_data as data
-  elif source == 'pipeline':
-    from axturbo.data import pipeline as data
-  else:
-    raise ValueError(f"distill.data_source={source!r}; expected 'pipeline' or 'synthetic'")
-  return data.make_iterator(config, split='train', process_index=process_index,
-                            process_count=process_count)
+_MULTIHOST = launch.define_multihost_flags()
 
 
 def _plan(d, step: int) -> list[tuple[str, bool]]:
@@ -110,7 +84,8 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   txs = step_lib.make_optimizers(d)
   init_fn = state_lib.make_init_fn(model, config, *txs)
   abstract, shardings = state_lib.abstract_state(init_fn, model, config, mesh, rules)
-  data_iter = _make_data_iterator(config, jax.process_index(), jax.process_count())
+  data_iter = launch.make_data_iterator(config, d.data_source, 'distill.data_source',
+                                        jax.process_index(), jax.process_count())
   manager = checkpointing.make_manager(workdir, d)
   state = checkpointing.restore_latest(manager, abstract, data_iter)
   if state is not None:
@@ -176,7 +151,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  _init_distributed()
+  launch.init_distributed(_MULTIHOST)
   teacher = _TEACHER.value or _CONFIG.value.distill.teacher
   if not teacher:
     raise app.UsageError('give --teacher DIR (or config.distill.teacher)')
@@ -185,4 +160,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=launch.parse_flags)

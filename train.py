@@ -11,44 +11,18 @@ Order (top to bottom): mesh -> abstract state and its shardings -> restore the l
 checkpoint or initialize in shards -> jit the pure step with donation -> loop (log, checkpoint)
 -> final checkpoint, inference export (EMA merged), loss curve.
 """
-import os
 import pathlib
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from axturbo import launch
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, exports.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
-                                 'Call jax.distributed.initialize() with cluster auto-detection.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
-                                   'host:port of process 0 (explicit multi-process setup).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0-based).')
-
-
-def _init_distributed():
-  import jax
-  if _COORDINATOR.value:
-    num = _NUM_PROCESSES.value or int(os.environ['JAX_NUM_PROCESSES'])
-    pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else int(os.environ['JAX_PROCESS_ID'])
-    jax.distributed.initialize(_COORDINATOR.value, num_processes=num, process_id=pid)
-  elif _DISTRIBUTED.value:
-    jax.distributed.initialize()
-
-
-def _make_data_iterator(config, process_index, process_count):
-  if config.train.data_source == 'synthetic':
-    from axturbo.train import synthetic_data as data
-  elif config.train.data_source == 'pipeline':
-    from axturbo.data import pipeline as data
-  else:
-    raise ValueError(f"train.data_source={config.train.data_source!r}; expected 'pipeline' or "
-                     "'synthetic'")
-  return data.make_iterator(config, split='train', process_index=process_index,
-                            process_count=process_count)
+_MULTIHOST = launch.define_multihost_flags()
 
 
 def train(config, workdir: str) -> None:
@@ -77,7 +51,8 @@ def train(config, workdir: str) -> None:
   logging.info('mesh %s', dict(mesh.shape))
 
   # Resume from the latest checkpoint (onto this mesh, whatever mesh saved it) or start fresh.
-  data_iter = _make_data_iterator(config, jax.process_index(), jax.process_count())
+  data_iter = launch.make_data_iterator(config, t.data_source, 'train.data_source',
+                                        jax.process_index(), jax.process_count())
   manager = checkpointing.make_manager(workdir, t)
   state = checkpointing.restore_latest(manager, abstract, data_iter)
   if state is not None:
@@ -132,10 +107,10 @@ def train(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  _init_distributed()
+  launch.init_distributed(_MULTIHOST)
   train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=launch.parse_flags)

@@ -140,9 +140,9 @@ def student_rollout(student_velocity_fn: VelocityFn, noise: jax.Array, cond: jax
     noise: z at t = 1, (B, T, C).
     cond: the student's conditioning (B, L, D).
     target_index: k. A Python int gives a graph of exactly k + 1 calls (jit it as a static
-      argument: N compiled variants); a traced int32 scalar selects one of N branches with
-      lax.switch (only that branch runs; out-of-range values are clamped by lax.switch, so draw
-      k with `sample_target_index`).
+      argument: N compiled variants); a traced int32 scalar runs the k detached steps as a
+      loop of k trips and then the one differentiated call, so the program holds two velocity
+      calls whatever N (draw k with `sample_target_index`; it must lie in [0, N)).
     renoise_noises: fresh noise for each re-noising, (N - 1, B, T, C) (entries >= k unused);
       None only for a 1-step grid.
     timesteps: the student grid, default `flow.student_timesteps(4)` = [1, .75, .5, .25];
@@ -168,8 +168,24 @@ def student_rollout(student_velocity_fn: VelocityFn, noise: jax.Array, cond: jax
   if index.shape != () or not jnp.issubdtype(index.dtype, jnp.integer):
     raise ValueError(f'a traced target_index must be an integer scalar, got {index.dtype}'
                      f'{index.shape}')
-  branches = [lambda k=k: _rollout_to(k, *args) for k in range(n)]
-  return jax.lax.switch(index, branches)
+  if n == 1:
+    return _rollout_to(0, *args)
+  return _rollout_traced(index, *args)
+
+
+def _rollout_traced(index: jax.Array, student_velocity_fn, noise, cond, renoise_noises,
+                    timesteps):
+  """`_rollout_to` for a traced index: reverse-mode never enters the loop (its result is
+  stop-gradient), so a dynamic trip count is allowed under jax.grad."""
+  b = noise.shape[0]
+  ts = jnp.asarray(timesteps, _f32)
+
+  def detached_step(i, z):
+    x0 = student_x0(student_velocity_fn, z, jnp.full((b,), ts[i]), cond)
+    return flow.renoise(x0, renoise_noises[i], jnp.full((b,), ts[i + 1]))
+
+  z = jax.lax.stop_gradient(jax.lax.fori_loop(0, index, detached_step, noise.astype(_f32)))
+  return student_x0(student_velocity_fn, z, jnp.full((b,), ts[index]), cond)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def main(argv):
   import numpy as np
 
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from axturbo.data import pipeline
   from axturbo.models import audiox
   from axturbo.train import optim, parallel, state as state_lib
 
@@ -47,17 +48,9 @@ def main(argv):
   init_fn = state_lib.make_init_fn(model, config, tx)
   abstract, shardings = state_lib.abstract_state(init_fn, mesh, rules)
 
-  b, size = _BATCH.value, m.clip.image_size
-  local = {  # shapes/dtypes of one global batch (a single process holds all of it here)
-      'audio': np.zeros((b, m.audio_samples, 2), np.float32),
-      'input_ids': np.zeros((b, m.text.max_length), np.int32),
-      'attention_mask': np.zeros((b, m.text.max_length), np.int32),
-      'frames': np.zeros((b, m.video.num_frames, size, size, 3), np.uint8),
-      'sync': np.zeros((b, m.video.sync_len, m.video.sync_dim), np.float32),
-      'prompt': np.zeros((b, m.prompt_samples, 2), np.float32),
-      'task': np.zeros((b,), np.int32),
-      'valid': np.ones((b,), bool),
-  }
+  b = _BATCH.value
+  # Shapes/dtypes of one global batch (a single process holds all of it here).
+  local = {k: np.stack([v] * b) for k, v in pipeline.empty_example(m).items()}
   batch = parallel.abstract_batch(local, mesh)
   step = parallel.jit_train_step(model, tx, config, mesh, shardings, rules)
   t0 = time.perf_counter()

@@ -39,6 +39,7 @@ def main(argv):
 
   from axturbo import sharding
   from axturbo.distill import state as state_lib, step as step_lib
+  from axturbo.data import pipeline
   from axturbo.models import audiox
   from axturbo.train import parallel
 
@@ -56,17 +57,9 @@ def main(argv):
   init_fn = state_lib.make_init_fn(model, config, *txs)
   abstract, shardings = state_lib.abstract_state(init_fn, model, config, mesh, rules)
 
-  b, size = _BATCH.value, m.clip.image_size
-  local = {
-      'audio': np.zeros((b, m.audio_samples, 2), np.float32),
-      'input_ids': np.zeros((b, m.text.max_length), np.int32),
-      'attention_mask': np.zeros((b, m.text.max_length), np.int32),
-      'frames': np.zeros((b, m.video.num_frames, size, size, 3), np.uint8),
-      'sync': np.zeros((b, m.video.sync_len, m.video.sync_dim), np.float32),
-      'prompt': np.zeros((b, m.prompt_samples, 2), np.float32),
-      'task': np.zeros((b,), np.int32),
-      'valid': np.ones((b,), bool),
-  }
+  b = _BATCH.value
+  # Shapes/dtypes of one global batch (a single process holds all of it here).
+  local = {k: np.stack([v] * b) for k, v in pipeline.empty_example(m).items()}
   batch = parallel.abstract_batch(local, mesh)
   jitted = step_lib.jit_steps(model, txs, config, mesh, shardings, t_shard)
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))

@@ -1,5 +1,39 @@
-"""Tests run on CPU with 8 fake devices so that sharding code paths are exercised."""
+"""Tests run on CPU with 8 fake devices so that sharding code paths are exercised.
+
+Session fixtures hold what several test files need and is slow to make on 2 cores: the
+tiny model's random parameters (one jitted init, ~40 CPU-seconds) and a checkpoint of them.
+"""
 import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope='session')
+def tiny_params():
+  """Unboxed random parameters of configs/tiny.py's model (seed 0); treat as read-only."""
+  import flax.linen as nn
+  import jax
+  from axturbo.models import audiox
+  from configs import tiny
+  m = tiny.model_config()
+  model = audiox.build_model(m)
+  return jax.jit(lambda k: nn.unbox(audiox.init_params(model, m, k)))(jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tiny_params, tmp_path_factory):
+  """An inference checkpoint (kind 'student') of `tiny_params`, with a non-zero
+  `empty_visual_feat` (a random init leaves it 0, which would hide the empty-video path)."""
+  import jax
+  from axturbo import checkpoints
+  from configs import tiny
+  params = dict(tiny_params)
+  params['video'] = dict(params['video'])
+  params['video']['empty_visual_feat'] = jax.random.normal(
+      jax.random.PRNGKey(1), params['video']['empty_visual_feat'].shape)
+  directory = tmp_path_factory.mktemp('tiny_ckpt') / 'student'
+  checkpoints.save_params(directory, params, tiny.model_config(), {'kind': 'student'})
+  return directory

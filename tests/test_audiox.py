@@ -23,11 +23,9 @@ def _model(dtype='float32'):
 
 
 @pytest.fixture(scope='module')
-def setup():
+def setup(tiny_params):
   model, m = _model()
-  params = jax.jit(lambda k: jax.tree.map(lambda x: x, audiox.init_params(model, m, k)))(
-      jax.random.key(0))
-  params = jax.tree.map(lambda x: x, __import__('flax').linen.unbox(params))
+  params = tiny_params
   rng = np.random.default_rng(0)
   b = 2
   batch = audiox.dummy_batch(m, b)

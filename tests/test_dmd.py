@@ -185,8 +185,9 @@ def test_dmd_gradient_counts_nonfinite():
 
 # 8, 15 ---------------------------------------------------------------------------------------
 def test_rollout_gradient_only_through_target_step():
-  """A traced index runs the static rollout `_rollout_to(k)` as lax.switch branch k, so this
-  covers both paths; the static one is also compiled by the objective tests (index 0 and 1)."""
+  """The traced-index rollout (a loop of k detached trips + one differentiated call) gives the
+  gradient of one step at the hand-made z_k; the static path is compiled by the objective tests
+  (index 0 and 1)."""
   _, _, nets, teacher, _, data = _setup()
   d = _draws()
   w = jax.random.normal(jax.random.key(9), (B, T, C))
@@ -228,9 +229,11 @@ def test_rollout_exact_with_oracle_velocity_and_matches_inference_sampler():
   d = _draws()
   x_star = jax.random.normal(jax.random.key(11), (B, T, C))
   oracle = lambda z, t, c: (z - x_star) / t[:, None, None]
+  traced = jax.jit(lambda k: dmd.student_rollout(oracle, d['noise'], None, k, d['renoise']))
   for k in range(4):
     x0 = dmd.student_rollout(oracle, d['noise'], None, k, d['renoise'])
     np.testing.assert_allclose(x0, x_star, atol=1e-5)
+    np.testing.assert_allclose(traced(jnp.int32(k)), x_star, atol=1e-5)
   # Training rollout to the last step == the inference sampler (dmd_notes.md §5.1.14).
   _, _, nets, teacher, _, data = _setup()
   fn = lambda z, t, c: nets.velocity(teacher, z, t, c)

@@ -1,15 +1,12 @@
 """Every generation task on a tiny random checkpoint (configs/tiny.py), and clear input errors."""
 import pathlib
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from axturbo import checkpoints
 from axturbo import generate
 from axturbo import media
-from axturbo.models import audiox
 from configs import tiny
 from tests import media_files
 
@@ -39,16 +36,8 @@ def _write(path, text):
 
 
 @pytest.fixture(scope='module')
-def gen(tmp_path_factory):
-  m = tiny.model_config()
-  model = audiox.build_model(m)
-  params = jax.jit(lambda k: nn.unbox(audiox.init_params(model, m, k)))(jax.random.PRNGKey(0))
-  # A random init leaves empty_visual_feat at 0; make it distinct so video tokens are visible.
-  params['video']['empty_visual_feat'] = jax.random.normal(
-      jax.random.PRNGKey(1), params['video']['empty_visual_feat'].shape)
-  directory = tmp_path_factory.mktemp('ckpt') / 'student'
-  checkpoints.save_params(directory, params, m, {'kind': 'student'})
-  return generate.Generator.load(directory)
+def gen(tiny_checkpoint):
+  return generate.Generator.load(tiny_checkpoint)
 
 
 def test_load_reads_kind_and_tokenizer(gen):

@@ -4,11 +4,7 @@ Student and fake steps report different metrics; each logged value is the mean o
 since the last line that reported it. The loss-curve PNG plots the fake model's flow-matching
 loss (the one curve that should fall as the fake tracks the student).
 """
-import time
-
-import jax
 import numpy as np
-from absl import logging
 
 from axturbo.train import observe
 
@@ -20,15 +16,7 @@ _LINE = (('loss_dm', 'dm %.4f'), ('loss_adv', 'adv %.3f'), ('loss_fake', 'fake %
 
 class Reporter(observe.Reporter):
 
-  def flush(self) -> None:
-    if not self.pending:
-      return
-    rows = [(s, jax.tree.map(lambda x: np.asarray(jax.device_get(x)), m)) for s, m in self.pending]
-    self.pending = []
-    now = time.perf_counter()
-    step = rows[-1][0]
-    steps_per_s = (step - self._step0) / max(now - self._t0, 1e-9)
-    self._t0, self._step0 = now, step
+  def summarize(self, rows: list[tuple[int, dict]]) -> tuple[dict, str, int]:
     for s, m in rows:
       if 'loss_fake' in m:
         self.history.append((s, float(m['loss_fake'])))
@@ -38,15 +26,5 @@ class Reporter(observe.Reporter):
                   if k in m)
     scalars = {f'distill/{k}': v for k, v in means.items()
                if k not in ('student_finite', 'fake_finite', 'target_index')}
-    scalars.update({'perf/steps_per_s': steps_per_s,
-                    'perf/samples_per_s': steps_per_s * self.global_batch,
-                    'distill/skipped_nonfinite': skipped})
-    if self.flops and self.peak:
-      scalars['perf/mfu'] = self.flops * steps_per_s / self.peak
-    parts = [fmt % means[k] for k, fmt in _LINE if k in means]
-    logging.info('step %d | %s | %.2f steps/s%s', step, ' | '.join(parts), steps_per_s,
-                 f' | SKIPPED {skipped} non-finite' if skipped else '')
-    if self.writer is not None:
-      for k, v in scalars.items():
-        self.writer.add_scalar(k, v, step)
-      self.writer.flush()
+    scalars['distill/skipped_nonfinite'] = skipped
+    return scalars, ' | '.join(fmt % means[k] for k, fmt in _LINE if k in means), skipped

@@ -7,7 +7,7 @@ tree; the batch is train.py's (axturbo.train.step docstring). Step n draws every
 from fold_in(state.rng, n), so on a DMD2 step that updates both groups they see the same noise,
 index and times (the fake step, run second, rolls out the just-updated student), and a resumed run
 repeats the same draws. The rollout target index is one replicated draw (identical on every
-device) selecting a `lax.switch` branch: one compiled program per step kind.
+device) setting the trip count of the detached rollout loop: one compiled program per step kind.
 """
 import functools
 from typing import Any

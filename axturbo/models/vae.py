@@ -89,7 +89,10 @@ class ResidualUnit(nn.Module):
     y = _conv(self.channels, 7, self.dtype, 'conv_0', dilation=self.dilation,
               padding=3 * self.dilation)(y)
     y = SnakeBeta(self.channels, self.dtype, name='snake_1')(y)
-    y = _conv(self.channels, 1, self.dtype, 'conv_1')(y)
+    # Zero-initialised branch (SkipInit): a random stack of doubling residuals would amplify
+    # its input ~100x, and tiny configs keep a random, frozen prompt encoder.
+    y = _conv(self.channels, 1, self.dtype, 'conv_1',
+              kernel_init=nn.initializers.zeros_init())(y)
     return x.astype(self.dtype) + y
 
 

@@ -57,6 +57,24 @@ class Reporter:
     step = rows[-1][0]
     steps_per_s = (step - self._step0) / max(now - self._t0, 1e-9)
     self._t0, self._step0 = now, step
+    scalars, line, skipped = self.summarize(rows)
+    scalars.update({'perf/steps_per_s': steps_per_s,
+                    'perf/samples_per_s': steps_per_s * self.global_batch})
+    mfu = ''
+    if self.flops and self.peak:
+      scalars['perf/mfu'] = self.flops * steps_per_s / self.peak
+      mfu = f' | mfu {100 * scalars["perf/mfu"]:.1f}%'
+    logging.info('step %d | %s | %.2f steps/s | %.1f samples/s%s%s', step, line, steps_per_s,
+                 scalars['perf/samples_per_s'], mfu,
+                 f' | SKIPPED {skipped} non-finite' if skipped else '')
+    if self.writer is not None:
+      for k, v in scalars.items():
+        self.writer.add_scalar(k, v, step)
+      self.writer.flush()
+
+  def summarize(self, rows: list[tuple[int, dict]]) -> tuple[dict, str, int]:
+    """Host metrics of the steps since the last line -> (TensorBoard scalars, the line's
+    metric part, non-finite steps skipped); appends to `history` (the loss curve)."""
     for s, m in rows:
       self.history.append((s, float(m['loss'])))
     last = rows[-1][1]
@@ -64,21 +82,10 @@ class Reporter:
     skipped = sum(int(not m['finite']) for _, m in rows)
     scalars = {'train/loss': mean_loss, 'train/grad_norm': float(last['grad_norm']),
                'train/lr': float(last['lr']), 'train/latent_std': float(last['latent_std']),
-               'perf/steps_per_s': steps_per_s,
-               'perf/samples_per_s': steps_per_s * self.global_batch,
                'train/skipped_nonfinite': skipped}
-    mfu = ''
-    if self.flops and self.peak:
-      scalars['perf/mfu'] = self.flops * steps_per_s / self.peak
-      mfu = f' mfu {100 * scalars["perf/mfu"]:.1f}%'
-    logging.info('step %d | loss %.5f | grad_norm %.3g | lr %.3g | %.2f steps/s | '
-                 '%.1f samples/s%s%s', step, mean_loss, scalars['train/grad_norm'],
-                 scalars['train/lr'], steps_per_s, scalars['perf/samples_per_s'], mfu,
-                 f' | SKIPPED {skipped} non-finite' if skipped else '')
-    if self.writer is not None:
-      for k, v in scalars.items():
-        self.writer.add_scalar(k, v, step)
-      self.writer.flush()
+    line = (f'loss {mean_loss:.5f} | grad_norm {scalars["train/grad_norm"]:.3g} | '
+            f'lr {scalars["train/lr"]:.3g}')
+    return scalars, line, skipped
 
   def close(self) -> pathlib.Path | None:
     """Flushes, closes TensorBoard and writes <workdir>/loss_curve.png (primary host)."""
