@@ -132,6 +132,24 @@ def test_sharded_step_matches_single_device():
   jax.tree.map(close, sharded.ema, single.ema)
 
 
+def test_activation_constraints_compile_and_keep_the_step_exact():
+  """With the models' activation sharding hints active (mesh + logical rules in context), the
+  sharded step still equals the single-device one."""
+  single, loss1 = _two_steps((1, 1, 1), single_device=True)
+  _, _, _, _, batches = _setup()
+  mesh, init, step = _stepper((2, 4, 1))
+  state = init()
+  compiled = parallel.compile_step(step, state, parallel.global_batch(batches[0], mesh), mesh,
+                                   activation_constraints=True)
+  losses = []
+  for batch in batches:
+    state, metrics = compiled(state, parallel.global_batch(batch, mesh))
+    losses.append(float(metrics['loss']))
+  np.testing.assert_allclose(losses, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+               jax.tree.map(np.asarray, state.params), single.params)
+
+
 def test_nonfinite_loss_skips_the_update():
   _, _, _, _, batches = _setup()
   bad = dict(batches[0], audio=np.full_like(batches[0]['audio'], np.nan))

@@ -22,7 +22,7 @@ DEAD_TENSORS = (
 
 
 def _heads_kernel(w: np.ndarray, num_heads: int, head_dim: int) -> np.ndarray:
-  """torch (N*H, D) rows (h d) -> DenseGeneral kernel (D, N, H)."""
+  """torch (N*H, D) rows (h d) -> HeadsDense kernel (D, N, H)."""
   return np.transpose(w.reshape(num_heads, head_dim, -1), (2, 0, 1))
 
 

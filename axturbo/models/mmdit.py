@@ -56,12 +56,30 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return out.reshape(x.shape).astype(x.dtype)
 
 
-def _heads_dense(num_heads: int, head_dim: int, use_bias: bool, dtype, name: str):
-  """Dense D -> (N, H) with kernel (D, N, H) named ('embed', 'heads', 'kv')."""
-  return nn.DenseGeneral(
-      (num_heads, head_dim), axis=-1, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-      kernel_init=layers.named_init(nn.initializers.lecun_normal(), ('embed', 'heads', 'kv')),
-      bias_init=layers.named_init(nn.initializers.zeros_init(), ('heads', 'kv')), name=name)
+class HeadsDense(nn.Module):
+  """Dense D -> (N, H): kernel (D, N, H) named ('embed', 'heads', 'kv'), bias (N, H).
+
+  A plain 3-D parameter (not nn.DenseGeneral, whose boxed initializer reshapes a 2-D draw and
+  so cannot run under active logical-axis constraints).
+  """
+  num_heads: int
+  head_dim: int
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x (..., D) -> (..., N, H)."""
+    shape = (x.shape[-1], self.num_heads, self.head_dim)
+    init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+    kernel = self.param('kernel', layers.named_init(init, ('embed', 'heads', 'kv')), shape,
+                        jnp.float32)
+    y = jnp.einsum('...d,dnh->...nh', x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param('bias', layers.named_init(nn.initializers.zeros_init(), ('heads', 'kv')),
+                        shape[1:], jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class MMDiTBlock(nn.Module):
@@ -89,7 +107,7 @@ class MMDiTBlock(nn.Module):
 
     y = layers.layer_norm(use_affine=False, eps=1e-5, dtype=dt, name='norm1')(h)
     y = y * (1 + scale1) + shift1
-    q, k, v = (_heads_dense(n, hd, True, dt, name)(y) for name in ('q', 'k', 'v'))
+    q, k, v = (HeadsDense(n, hd, True, dt, name=name)(y) for name in ('q', 'k', 'v'))
     cos, sin = rope
     q = apply_rope(layers.rms_normalize(q, 1e-6), cos, sin)
     k = apply_rope(layers.rms_normalize(k, 1e-6), cos, sin)
@@ -100,7 +118,7 @@ class MMDiTBlock(nn.Module):
     h = h + a * gate1
 
     # The degenerate single-key time attention: its output is the normalised value row.
-    tv = layers.rms_normalize(_heads_dense(n, hd, False, dt, 'time_value')(temb), 1e-6)
+    tv = layers.rms_normalize(HeadsDense(n, hd, False, dt, name='time_value')(temb), 1e-6)
     h = h + tv.reshape(tv.shape[0], 1, n * hd)
 
     y = layers.layer_norm(use_affine=False, eps=1e-5, dtype=dt, name='norm2')(h)

@@ -83,9 +83,7 @@ def mesh_context(mesh: Mesh, rules=sharding.DEFAULT_RULES,
 
   With `activation_constraints`, the mesh and logical rules are active so the models'
   `layers.constrain` hints take effect. Off, the hints are no-ops and XLA propagates shardings
-  from the explicit parameter/batch shardings alone. Off by default for now: flax's apply-time
-  parameter shape check re-runs DenseGeneral's boxed initializer (mmdit `_heads_dense`), whose
-  (D, N*H) -> (D, N, H) reshape applies a rank-3 constraint to a rank-2 value and fails.
+  from the explicit parameter/batch shardings alone.
   """
   stack = contextlib.ExitStack()
   if activation_constraints:
