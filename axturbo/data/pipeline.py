@@ -249,6 +249,23 @@ class _BatchIterator(grain.DatasetIterator):
     self._last = str(state['last_skipped'])
 
 
+class _HostRows(grain.MapDataset):
+  """Rows [first, first + per_host) of every `global_batch` consecutive parent elements."""
+
+  def __init__(self, parent, global_batch: int, first: int, per_host: int):
+    super().__init__(parent)
+    self._global, self._first, self._per_host = global_batch, first, per_host
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._global * self._per_host
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._per_host)
+    return self._parent[batch * self._global + self._first + row]
+
+
 def _host(process_index, process_count):
   if process_index is None or process_count is None:
     import jax
@@ -275,16 +292,18 @@ def make_dataset(config, *, split='train', process_index=None, process_count=Non
   if total < count:
     raise ValueError(f'{split} split has {total} examples, fewer than {count} processes')
   train = split == 'train'
-  ds = grain.MapDataset.source(source).seed(seed)[index::count]
+  ds = grain.MapDataset.source(source).seed(seed)
+  make = MakeExample(decode, make_tokenizer(m), d, train)
   num_batches = None
   if train:
-    if d.shuffle:
-      ds = ds.shuffle()
-    ds = ds.repeat(None)
+    # One global stream (order and per-example randomness by global position), cut into
+    # global batches whose rows are dealt to hosts: the same global batches for any host count.
+    ds = (ds.shuffle() if d.shuffle else ds).repeat(None).random_map(make)
+    ds = _HostRows(ds, d.batch_size, index * per_host, per_host)
   else:
     # Every host runs the same number of eval steps (the largest shard decides).
+    ds = ds[index::count].random_map(make)
     num_batches = math.ceil(math.ceil(total / count) / per_host)
-  ds = ds.random_map(MakeExample(decode, make_tokenizer(m), d, train))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.read_threads,
                                             prefetch_buffer_size=d.read_buffer))
   if d.num_workers > 0:
