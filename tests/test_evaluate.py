@@ -1,0 +1,212 @@
+"""`python -m axturbo.evaluate`: the event benchmark's scoring path, the efficiency table, the
+reference-set metrics and the CLI (tiny random checkpoint, a few held-out clips)."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from axturbo import sampling
+from axturbo.eval import benchmark
+from axturbo.eval import cnn14
+from axturbo.eval import cnn14_weights
+from axturbo.eval import efficiency
+from axturbo.eval import manifest_suite
+from configs import tiny
+from tests import media_files
+from tests.fixture_io import load_fixture
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def clips():
+  return benchmark.heldout_clips(tiny.model_config(), 16)  # every caption style occurs
+
+
+# ---------------------------------------------------------------------------- scoring path
+
+def test_ground_truth_scores_perfectly_and_silence_fails(clips):
+  sr = tiny.model_config().sample_rate
+  assert {c['caption_style'] for c in clips} == {'category', 'count', 'order', 'timestamp'}
+  truth = benchmark.run_events(clips, benchmark.reference_generator(clips), sr)
+  assert set(truth['metrics']) == set(benchmark.METRICS)
+  assert all(v == 1.0 for v in truth['metrics'].values()), truth['metrics']
+  assert len(truth['per_request']) == len(benchmark.TASKS) * len(clips)
+  styles = [c['caption_style'] for c in clips]
+  assert truth['num_clips']['cat'] == len(clips)
+  assert truth['num_clips']['count'] == styles.count('count')
+  assert truth['num_clips']['timestamp'] == styles.count('timestamp')
+
+  silent = benchmark.run_events(clips, benchmark.silence_generator(clips), sr)
+  # Silence is right only about regions the clip leaves silent (an inpainting span between
+  # events); count those from the annotations.
+  empty_spans = np.mean([not any(min(e, c['inpaint_span_s'][1]) - max(s, c['inpaint_span_s'][0])
+                                 > benchmark.REGION_MARGIN_S for _, s, e in c['events'])
+                         for c in clips])
+  for key, value in silent['metrics'].items():
+    assert value == (empty_spans if key == 'inpaint_region' else 0.0), key
+
+
+def test_scores_catch_wrong_outputs(clips):
+  sr = tiny.model_config().sample_rate
+  # Every output is another clip's audio: categories are mostly wrong.
+  swapped = lambda reqs: [clips[(r.clip + 1) % len(clips)]['waveform'] for r in reqs]
+  res = benchmark.run_events(clips, swapped, sr, ('t2a', 'v2a'))
+  assert res['metrics']['cat'] < 0.5 and res['metrics']['sync_v2a'] < 0.5
+  # Inpainting that returns the prompt unchanged fails exactly when the span held an event.
+  unchanged = lambda reqs: [clips[r.clip]['inpaint_waveform'] for r in reqs]
+  res = benchmark.run_events(clips, unchanged, sr, ('inpaint',))
+  for rec in res['per_request']:
+    c = clips[rec['clip']]
+    lo, hi = c['inpaint_span_s']
+    had_event = any(min(e, hi) - max(s, lo) > benchmark.REGION_MARGIN_S for _, s, e in c['events'])
+    assert rec['scores']['region'] == (not had_event)
+  with pytest.raises(ValueError, match='unknown'):
+    benchmark.make_requests(clips, ('t2a', 'speech'))
+
+
+# ---------------------------------------------------------------------------- efficiency
+
+def test_nfe_follows_the_samplers():
+  for steps in (1, 2, 4):
+    assert efficiency.nfe('student', steps, 1.0) == sampling.student_nfe(steps) == steps
+  for steps in (4, 25, 50):
+    assert efficiency.nfe('teacher', steps, 6.0) == sampling.euler_nfe(steps, 6.0) == 2 * steps
+  assert efficiency.nfe('teacher', 4, 1.0) == 4
+  rows = efficiency.table_rows((4, 25, 50), (1, 2, 4), 6.0, True, True)
+  assert [(r.model, r.steps) for r in rows] == [('teacher', 4), ('teacher', 25), ('teacher', 50),
+                                                ('student', 1), ('student', 2), ('student', 4)]
+  with pytest.raises(ValueError, match='steps'):
+    efficiency.table_rows((), (3,), 6.0, False, True)
+
+
+def test_latency_statistics_come_from_the_timed_runs():
+  calls, now = [], [0.0]
+  durations = [9.0, 9.0, 1.0, 2.0, 4.0]  # two warm-ups (slow: compilation), three timed runs
+
+  def fn():
+    now[0] += durations[len(calls)]
+    calls.append(1)
+    return jax.numpy.ones(3)
+
+  times = efficiency.time_runs(fn, runs=3, warmup=2, clock=lambda: now[0])
+  assert len(calls) == 5 and times == [1.0, 2.0, 4.0]
+  stats = efficiency.latency_stats(times, duration_s=2.0)
+  assert stats['latency_mean_s'] == pytest.approx(7 / 3)
+  assert stats['latency_std_s'] == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
+  assert stats['rtf'] == pytest.approx(7 / 6)
+  with pytest.raises(ValueError):
+    efficiency.time_runs(fn, runs=0, warmup=0)
+
+
+# ---------------------------------------------------------------------------- manifest suite
+
+def test_reference_metrics_from_a_manifest(tmp_path):
+  m = tiny.model_config()
+  lines = []
+  for i, freq in enumerate((220.0, 440.0, 880.0, 1760.0)):
+    wav = media_files.write_wav(tmp_path / f'{i}.wav', media_files.tone(1.5, 8000, freq), 8000)
+    lines.append(json.dumps({'path': wav.name, 'caption': f'tone {i}',
+                             'type': 'text_condition-audio'}))
+  (tmp_path / 'm.jsonl').write_text('\n'.join(lines) + '\n')
+  refs, requests = manifest_suite.load_references(str(tmp_path / 'm.jsonl'), str(tmp_path), m,
+                                                  32768, 3)
+  assert len(refs) == len(requests) == 3
+  assert refs[0]['waveform'].shape == (32768, 2) and requests[2].inputs == {'text': 'tone 2'}
+  assert not refs[0]['waveform'][24000:].any()  # 1.5 s of audio, zero-padded
+
+  # A small CNN14 with the reference implementation's weights (tests/test_cnn14.py, 8 kHz).
+  sd, _, _, meta = load_fixture('cnn14_small')
+  cfg = meta['config']
+  model = cnn14.Cnn14(sample_rate=cfg['sample_rate'], window_size=cfg['window_size'],
+                      hop_size=cfg['hop_size'], mel_bins=cfg['mel_bins'], fmin=cfg['fmin'],
+                      fmax=cfg['fmax'], num_classes=cfg['classes_num'],
+                      channels=tuple(meta['channels']), embed_dim=meta['embed_dim'])
+  params = cnn14_weights.cnn14_params_from_state_dict(sd, model)
+  embed = manifest_suite.module_embedder(model, params, m.sample_rate, batch_size=2)
+  ref_waves = [r['waveform'] for r in refs]
+  same = manifest_suite.reference_metrics(ref_waves, ref_waves, embed)
+  # Identical sets: FD 0, KL only the toolbox's eps term (1e-6 per class).
+  assert same['fd'] < 1e-9 and abs(same['kl_softmax']) < 1e-3 and same['num_clips'] == 3
+  noise = [np.random.default_rng(i).standard_normal((32768, 2)).astype(np.float32) * 0.3
+           for i in range(3)]
+  other = manifest_suite.reference_metrics(ref_waves, noise, embed)
+  # (This small random-weight CNN14 barely separates inputs; the scale of FD is its own.)
+  assert other['fd'] > 1e-5 and np.isfinite(other['kl_sigmoid'])
+  # One clip per IS split (3 clips -> 3 splits): each split's marginal is its posterior.
+  assert other['is_mean'] == pytest.approx(1.0) and other['num_clips'] == 3
+  with pytest.raises(ValueError, match='paired'):
+    manifest_suite.reference_metrics(ref_waves, noise[:2], embed)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def _cli(tmp_path, *args):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / 'jax_cache_evaluate'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  return subprocess.run([sys.executable, '-m', 'axturbo.evaluate', *map(str, args)], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def _check_fractions(metrics, counts):
+  for key, value in metrics.items():
+    if counts[key]:
+      assert 0.0 <= value <= 1.0, key
+    else:
+      assert value is None, key
+
+
+def test_cli_events_suite(tiny_checkpoint, tmp_path):
+  out = tmp_path / 'events'
+  run = _cli(tmp_path, '--suite=events', f'--checkpoint={tiny_checkpoint}', '--clips=3',
+             '--steps=1', '--batch_size=3', '--seed=1', f'--out={out}')
+  assert run.returncode == 0, run.stderr[-3000:]
+  res = json.loads((out / 'results.json').read_text())
+  assert res['sampler'] == 'student' and res['steps'] == 1 and res['nfe'] == 1
+  assert res['clips'] == 3 and len(res['per_request']) == 3 * len(benchmark.TASKS)
+  assert set(res['metrics']) == set(res['num_clips']) == set(benchmark.METRICS)
+  _check_fractions(res['metrics'], res['num_clips'])
+  md = (out / 'results.md').read_text()
+  for _, header in benchmark.METRICS.values():
+    assert f'| {header} |' in md
+
+
+def test_cli_table_suite(tiny_checkpoint, tmp_path):
+  out = tmp_path / 'table'
+  run = _cli(tmp_path, '--suite=table', f'--teacher_checkpoint={tiny_checkpoint}',
+             f'--student_checkpoint={tiny_checkpoint}', '--teacher_steps=1',
+             '--student_steps=1', '--runs=2', '--warmup=1', '--clips=2', '--batch_size=2',
+             '--tasks=t2a', f'--out={out}')
+  assert run.returncode == 0, run.stderr[-3000:]
+  res = json.loads((out / 'results.json').read_text())
+  rows = res['rows']
+  assert [(r['model'], r['sampler'], r['steps'], r['nfe']) for r in rows] == [
+      ('teacher', 'teacher', 1, 2), ('student', 'student', 1, 1)]
+  for r in rows:
+    assert len(r['runs_s']) == 2 and r['latency_mean_s'] == pytest.approx(np.mean(r['runs_s']))
+    assert r['rtf'] == pytest.approx(r['latency_mean_s'] / r['duration_s'])
+    assert set(r['metrics']) == {'cat', 'count', 'order', 'timestamp'}
+    _check_fractions(r['metrics'], r['num_clips'])
+  md = (out / 'results.md').read_text()
+  assert '| Model | Steps | NFE | Latency (s) | RTF | Cat (%)' in md
+  assert md.count('| teacher (Euler, CFG 6) | 1 | 2 |') == 1
+  assert md.count('| student (denoise-renoise) | 1 | 1 |') == 1
+
+
+@pytest.mark.parametrize('args,message', [
+    (('--suite=events', '--checkpoint={tmp}/nowhere'), 'nowhere'),
+    (('--suite=leaderboard', '--checkpoint={tmp}'), 'suite'),
+    (('--suite=manifest', '--checkpoint={tmp}', '--manifest={tmp}/m.jsonl'), '--cnn14'),
+    (('--suite=table',), '--teacher_checkpoint'),
+])
+def test_cli_bad_input_exits_with_a_message(tmp_path, args, message):
+  run = _cli(tmp_path, *[a.format(tmp=tmp_path) for a in args], f'--out={tmp_path / "o"}')
+  assert run.returncode != 0
+  assert message in run.stderr and 'Traceback' not in run.stderr, run.stderr[-2000:]
+  assert not (tmp_path / 'o' / 'results.json').exists()
