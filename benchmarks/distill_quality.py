@@ -1,7 +1,7 @@
 """How close are a distilled student's 4-step samples to its teacher's many-step samples?
 
   python benchmarks/distill_quality.py --config configs/tiny.py --teacher /tmp/teacher/export \
-      --student /tmp/distill/export [--clips 32] [--ref_steps 50]
+      --student /tmp/distill/export[,/tmp/other/export] [--clips 32] [--ref_steps 50]
 
 For the first `--clips` held-out clips of the config's dataset (their text, video and audio
 prompt; the same initial noise for every sampler, and the same re-noise for the student sampler):
@@ -13,6 +13,8 @@ Metrics, each vs the reference, mean over clips (lower is closer):
   log-mel L1    mean |logmel(x) - logmel(x_ref)| in dB, 64 mel bands of the decoded audio (paired)
   mel-profile   RMS dB difference between the clip-averaged log-mel spectra (unpaired: compares
                 the sets' average spectra, which DMD targets, not the individual trajectories)
+  FD mel        Frechet distance between the sets of per-clip average log-mel spectra (64-d,
+                dB; unpaired, distribution-level: means and covariances across clips)
 Conditioning is deterministic (posterior mean prompts, no MAF dropout).
 """
 import os
@@ -26,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config (model + data).')
 _TEACHER = flags.DEFINE_string('teacher', None, 'Teacher inference checkpoint.')
-_STUDENT = flags.DEFINE_string('student', None, 'Student inference checkpoint (distill export).')
+_STUDENT = flags.DEFINE_list('student', None, 'Student inference checkpoint(s) (distill export); '
+                             'several, comma-separated, share one reference.')
 _CLIPS = flags.DEFINE_integer('clips', 32, 'Held-out clips.')
 _REF_STEPS = flags.DEFINE_integer('ref_steps', 50, 'Teacher reference Euler steps.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed.')
@@ -42,13 +45,14 @@ def main(argv):
 
   from axturbo import checkpoints, sampling
   from axturbo.data import pipeline
+  from axturbo.eval import metrics
   from axturbo.models import audiox
 
   config = _CONFIG.value
   m = checkpoints.load_model_config(_TEACHER.value)
   model = audiox.build_model(m)
   teacher = checkpoints.load_params(_TEACHER.value)
-  student = checkpoints.load_params(_STUDENT.value)
+  students = {f'student{i}': checkpoints.load_params(d) for i, d in enumerate(_STUDENT.value)}
 
   @jax.jit
   def condition(p, batch):
@@ -78,7 +82,7 @@ def main(argv):
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
 
   it = pipeline.make_iterator(config, split='heldout', process_index=0, process_count=1)
-  out = {k: [] for k in ('ref', 'teacher4', 'init4', 'student4')}
+  out = {k: [] for k in ('ref', 'teacher4', 'init4', *students)}
   key, done = jax.random.key(_SEED.value), 0
   while done < _CLIPS.value:
     batch = next(it)
@@ -88,11 +92,12 @@ def main(argv):
     key, k1, k2 = jax.random.split(key, 3)
     noise = jax.random.normal(k1, (b, m.trunk.seq_len, m.trunk.io_channels))
     renoise = jax.random.normal(k2, (3,) + noise.shape)
-    c_t, c_s = condition(teacher, batch), condition(student, batch)
+    c_t = condition(teacher, batch)
     zs = {'ref': euler(teacher, c_t, noise, _REF_STEPS.value, sampling.OFFICIAL_CFG_SCALE),
           'teacher4': euler(teacher, c_t, noise, 4, sampling.OFFICIAL_CFG_SCALE),
-          'init4': student4(teacher, c_t, noise, renoise),
-          'student4': student4(student, c_s, noise, renoise)}
+          'init4': student4(teacher, c_t, noise, renoise)}
+    for k, p in students.items():
+      zs[k] = student4(p, condition(p, batch), noise, renoise)
     for k, z in zs.items():
       out[k].append(np.asarray(z)[valid])
     done += int(valid.sum())
@@ -101,15 +106,19 @@ def main(argv):
   mels = {k: np.stack([logmel(w) for w in np.asarray(decode(teacher, jnp.asarray(v)))])
           for k, v in z.items()}
   print(f'{_CLIPS.value} held-out clips; reference: teacher {_REF_STEPS.value}-step Euler CFG 6')
-  print(f'{"samples":34s} {"latent MSE":>11s} {"log-mel L1 dB":>14s} {"mel-profile dB":>15s}')
+  print(f'{"samples":34s} {"latent MSE":>11s} {"log-mel L1 dB":>14s} {"mel-profile dB":>15s} '
+        f'{"FD mel":>8s}')
   names = {'teacher4': 'teacher, 4-step Euler CFG 6', 'init4': 'teacher weights, student sampler',
-           'student4': 'student (EMA), 4 steps'}
+           **{k: f'{k}, 4 steps ({os.path.basename(os.path.dirname(os.path.abspath(d)))})'
+              for k, d in zip(students, _STUDENT.value)}}
   prof = lambda x: x.mean(axis=(0, 2))
+  clip_profile = lambda x: x.mean(axis=2)   # (clips, 64): each clip's average log-mel spectrum
   for k, name in names.items():
     mse = float(np.mean((z[k] - z['ref']) ** 2))
     l1 = float(np.mean(np.abs(mels[k] - mels['ref'])))
     pd = float(np.sqrt(np.mean((prof(mels[k]) - prof(mels['ref'])) ** 2)))
-    print(f'{name:34s} {mse:11.4f} {l1:14.2f} {pd:15.2f}')
+    fd = metrics.embedding_frechet_distance(clip_profile(mels['ref']), clip_profile(mels[k]))
+    print(f'{name:34s} {mse:11.4f} {l1:14.2f} {pd:15.2f} {fd:8.1f}')
   print(f'{"(reference latent variance)":34s} {float(np.var(z["ref"])):11.4f}')
 
 
