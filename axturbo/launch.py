@@ -77,8 +77,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def make_data_iterator(config, source: str, field: str, process_index: int,
                        process_count: int):
   """The training split's iterator from `source` ('pipeline': grain over the configured data;
-  'synthetic': random tensors of the right shapes, for benchmarks); `field` names the config
-  entry for the error message."""
+  'synthetic': learnable tones with the batch's shapes, for benchmarks and smoke runs); `field`
+  names the config entry for the error message."""
   if source == 'synthetic':
     from axturbo.train import synthetic_data as data
   elif source == 'pipeline':
