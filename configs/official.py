@@ -164,9 +164,10 @@ def mesh_config() -> mlc.ConfigDict:
   """Device mesh (axturbo.sharding): (data, fsdp, tensor), one entry -1 = all remaining devices."""
   return mlc.ConfigDict(dict(shape=(1, -1, 1),
                              rules=(),  # (logical, mesh axes) pairs overriding DEFAULT_RULES
-                             # Trace with the models' activation sharding hints (see
-                             # axturbo.train.parallel.mesh_context for why it is off).
-                             activation_constraints=False))
+                             # Trace with the models' activation sharding hints: on the
+                             # 8-way FSDP mesh they halve the teacher step's temporaries
+                             # (docs/benchmarks.md).
+                             activation_constraints=True))
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:

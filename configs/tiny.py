@@ -98,6 +98,8 @@ def distill_config() -> mlc.ConfigDict:
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
   del arg
   c = official.get_config()
+  # One CPU device: the activation sharding hints have nothing to shard.
+  c.mesh.activation_constraints = False
   c.model = model_config()
   c.data = data_config()
   c.train = train_config()
