@@ -61,6 +61,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   from axturbo.distill import observe, state as state_lib, step as step_lib
   from axturbo.models import audiox
   from axturbo.train import checkpointing, parallel
+  from axturbo.train import observe as train_observe
 
   if config.distill.batch_size and config.distill.batch_size != config.data.batch_size:
     config = config.copy_and_resolve_references()
@@ -106,8 +107,8 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
                                     config.mesh.activation_constraints)
   logging.info('compiled %s in %.1f s', sorted(map(str, compiled)), time.perf_counter() - t0)
   # MFU uses the student step's FLOPs (the common step under the official schedule).
-  flops = observe.observe.compiled_flops(next(c for k, c in compiled.items()
-                                              if k[0] == 'student'))
+  flops = train_observe.compiled_flops(next(c for k, c in compiled.items()
+                                            if k[0] == 'student'))
   reporter = observe.Reporter(workdir, d.log_every, config.data.batch_size, flops,
                               d.peak_flops_per_device, first_step=int(state.step))
 
