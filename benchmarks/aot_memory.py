@@ -16,25 +16,23 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+import aot_report
+
+# The repo root, so that configs (which import axturbo) load when run as a script.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/official.py', 'Model/train config.')
 _DEVICES = flags.DEFINE_integer('devices', 8, 'Fake CPU devices.')
 _MESH = flags.DEFINE_string('mesh', '1,-1,1', 'data,fsdp,tensor (one -1).')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Global batch.')
 
 
-def _gib(n):
-  return f'{n / 2**30:8.2f} GiB'
-
-
 def main(argv):
   del argv
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             f' --xla_force_host_platform_device_count={_DEVICES.value}')
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  aot_report.use_fake_cpu_devices(_DEVICES.value)
   import jax
   import numpy as np
 
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from axturbo.data import pipeline
   from axturbo.models import audiox
   from axturbo.train import optim, parallel, state as state_lib
@@ -58,24 +56,14 @@ def main(argv):
                                    config.mesh.activation_constraints)
   secs = time.perf_counter() - t0
 
-  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  count = aot_report.count
   trainable, _ = optim.split_params(abstract.params, config.train.trainable)
-  mem = compiled.memory_analysis()
   print(f'mesh {dict(mesh.shape)}  global batch {b}  dtype {m.dtype}  '
         f'remat {m.trunk.remat_policy}  scan {m.trunk.scan_layers}  compile {secs:.0f} s')
   print(f'params {count(abstract.params) / 1e6:.1f} M (trainable {count(trainable) / 1e6:.1f} M, '
         f'EMA {count(abstract.ema) / 1e6:.1f} M, optimizer state '
         f'{count(abstract.opt_state) / 1e6:.1f} M values)')
-  for field in ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
-                'temp_size_in_bytes', 'generated_code_size_in_bytes'):
-    print(f'  per device {field:32s} {_gib(getattr(mem, field))}')
-  peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + \
-      mem.temp_size_in_bytes
-  print(f'  per device {"peak (args + out - alias + temp)":32s} {_gib(peak)}')
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  if cost and cost.get('flops'):
-    print(f'  per device flops / step {cost["flops"] / 1e12:.2f} TFLOP')
+  aot_report.print_memory(compiled)
 
 
 if __name__ == '__main__':

@@ -14,6 +14,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+import aot_report
+
 # The repo root, so that configs (which import axturbo) load when run as a script.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,15 +26,9 @@ _BATCH = flags.DEFINE_integer('batch', 8, 'Global batch.')
 _STEPS = flags.DEFINE_list('steps', ['student', 'fake'], 'Which steps to compile.')
 
 
-def _gib(n):
-  return f'{n / 2**30:8.2f} GiB'
-
-
 def main(argv):
   del argv
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             f' --xla_force_host_platform_device_count={_DEVICES.value}')
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  aot_report.use_fake_cpu_devices(_DEVICES.value)
   import flax.linen as nn
   import jax
   import numpy as np
@@ -62,7 +58,7 @@ def main(argv):
   local = {k: np.stack([v] * b) for k, v in pipeline.empty_example(m).items()}
   batch = parallel.abstract_batch(local, mesh)
   jitted = step_lib.jit_steps(model, txs, config, mesh, shardings, t_shard)
-  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  count = aot_report.count
   print(f'mesh {dict(mesh.shape)}  global batch {b}  dtype {m.dtype}  '
         f'remat {m.trunk.remat_policy}  scan {m.trunk.scan_layers}')
   print(f'teacher {count(teacher) / 1e6:.1f} M; student {count(abstract.student) / 1e6:.1f} M, '
@@ -74,18 +70,8 @@ def main(argv):
     compiled = step_lib.compile_steps(jitted, {(kind, True)}, abstract, teacher, batch, mesh,
                                       rules, config.mesh.activation_constraints)[(kind, True)]
     secs = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
     print(f'{kind} step (compile {secs:.0f} s):')
-    for field in ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
-                  'temp_size_in_bytes', 'generated_code_size_in_bytes'):
-      print(f'  per device {field:32s} {_gib(getattr(mem, field))}')
-    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes)
-    print(f'  per device {"peak (args + out - alias + temp)":32s} {_gib(peak)}')
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    if cost and cost.get('flops'):
-      print(f'  per device flops / step {cost["flops"] / 1e12:.2f} TFLOP')
+    aot_report.print_memory(compiled)
     sys.stdout.flush()
 
 
