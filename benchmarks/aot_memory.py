@@ -30,7 +30,6 @@ _BATCH = flags.DEFINE_integer('batch', 8, 'Global batch.')
 def main(argv):
   del argv
   aot_report.use_fake_cpu_devices(_DEVICES.value)
-  import jax
   import numpy as np
 
   from axturbo.data import pipeline
