@@ -68,14 +68,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
     config.data.batch_size = config.distill.batch_size
   d = config.distill
   state_lib.check_distill_config(config)
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  logging.info('process %d/%d, %d local / %d global devices', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
-
-  mesh = parallel.make_mesh(config.mesh.shape)
-  rules = parallel.mesh_rules(config.mesh)
-  parallel.check_batch_size(config.data.batch_size, mesh)
+  workdir, mesh, rules = launch.start_run(config, workdir)
   model = audiox.build_model(config.model)
   teacher, teacher_shardings = state_lib.load_teacher(teacher_dir, model, config.model, mesh, rules)
   if jax.process_index() == 0:

@@ -11,7 +11,6 @@ Order (top to bottom): mesh -> abstract state and its shardings -> restore the l
 checkpoint or initialize in shards -> jit the pure step with donation -> loop (log, checkpoint)
 -> final checkpoint, inference export (EMA merged), loss curve.
 """
-import pathlib
 import time
 
 from absl import app, flags, logging
@@ -35,15 +34,8 @@ def train(config, workdir: str) -> None:
   from axturbo.train import state as state_lib
 
   t = config.train
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  logging.info('process %d/%d, %d local / %d global devices', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
-
   # Mesh and the abstract state: shapes and shardings, nothing materialised yet.
-  mesh = parallel.make_mesh(config.mesh.shape)
-  rules = parallel.mesh_rules(config.mesh)
-  parallel.check_batch_size(config.data.batch_size, mesh)
+  workdir, mesh, rules = launch.start_run(config, workdir)
   model = audiox.build_model(config.model)
   tx = optim.make_optimizer(t)
   init_fn = state_lib.make_init_fn(model, config, tx)

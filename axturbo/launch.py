@@ -1,4 +1,5 @@
-"""What train.py and distill.py share at launch: multi-host flags, config-flag errors, data.
+"""What train.py and distill.py share at launch: multi-host flags, config-flag errors, the
+workdir and mesh, data.
 
 Nothing here runs on import: a script calls `define_multihost_flags()` at its top level (absl
 flags must exist before parsing) and passes `parse_flags` to `absl.app.run`.
@@ -72,6 +73,25 @@ def parse_flags(argv: list[str]) -> list[str]:
     if culprit:
       sys.exit(f'{argv[0]}: bad value in {culprit!r}: {type(e).__name__}: {e}')
     sys.exit(f'{argv[0]}: could not parse the command line: {type(e).__name__}: {e}')
+
+
+def start_run(config, workdir):
+  """Creates `workdir`, logs this process's devices, and builds the mesh from `config.mesh`
+  (checking that `config.data.batch_size` divides over it). Returns (absolute workdir, mesh,
+  logical-axis rules)."""
+  import pathlib
+
+  import jax
+  from absl import logging
+
+  from axturbo.train import parallel
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  logging.info('process %d/%d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  mesh = parallel.make_mesh(config.mesh.shape)
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  return workdir, mesh, parallel.mesh_rules(config.mesh)
 
 
 def make_data_iterator(config, source: str, field: str, process_index: int,
