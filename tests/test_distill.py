@@ -2,12 +2,6 @@
 networks, the teacher load fails loudly on a wrong or missing teacher, SIGKILL + resume is
 bit-exact, and the exported student loads in `Generator` and produces audio in 4 steps."""
 import json
-import os
-import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -20,9 +14,9 @@ from axturbo.distill import step as step_lib
 from axturbo.models import audiox
 from axturbo.train import parallel, synthetic_data
 from tests import micro_distill_config
+from tests import script_runs
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = str(REPO / 'tests' / 'micro_distill_config.py')
+CONFIG = str(script_runs.REPO / 'tests' / 'micro_distill_config.py')
 STEPS, EVERY = 8, 4
 
 
@@ -135,24 +129,15 @@ def test_official_distill_config_matches_dmd_objectives():
 # ---------------------------------------------------------------------------------------------
 # distill.py end to end (subprocesses).
 
-def _env(tmp):
-  return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
-              XLA_FLAGS='--xla_force_host_platform_device_count=8',
-              JAX_COMPILATION_CACHE_DIR=str(tmp / 'jax_cache'),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-
-
 def _distill(workdir, tmp, teacher):
-  cmd = [sys.executable, str(REPO / 'distill.py'), f'--config={CONFIG}', f'--workdir={workdir}',
-         f'--teacher={teacher}', f'--config.distill.total_steps={STEPS}',
-         f'--config.distill.checkpoint_every={EVERY}', f'--config.distill.log_every={EVERY}']
-  log = open(pathlib.Path(str(workdir) + '.log'), 'ab')
-  return subprocess.Popen(cmd, env=_env(tmp), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+  return script_runs.start('distill.py', workdir, tmp, f'--config={CONFIG}',
+                           f'--teacher={teacher}', f'--config.distill.total_steps={STEPS}',
+                           f'--config.distill.checkpoint_every={EVERY}',
+                           f'--config.distill.log_every={EVERY}')
 
 
 def _wait(proc, workdir, timeout=900):
-  rc = proc.wait(timeout=timeout)
-  assert rc == 0, pathlib.Path(str(workdir) + '.log').read_text()[-3000:]
+  script_runs.wait_ok(proc, workdir, timeout)
 
 
 def test_sigkill_resume_is_bit_exact_and_export_generates(tmp_path, teacher_dir):
@@ -160,18 +145,9 @@ def test_sigkill_resume_is_bit_exact_and_export_generates(tmp_path, teacher_dir)
   _wait(_distill(ref, tmp_path, teacher_dir), ref)
   workdir = tmp_path / 'killed'
   proc = _distill(workdir, tmp_path, teacher_dir)
-  ckpt_dir = workdir / 'checkpoints'
-  deadline = time.time() + 900
-  while time.time() < deadline and proc.poll() is None:
-    if ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'run finished before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (workdir / 'export').exists()
+  script_runs.sigkill_after_first_checkpoint(proc, workdir, timeout=900)
   _wait(_distill(workdir, tmp_path, teacher_dir), workdir)
-  assert 'resumed from step' in pathlib.Path(str(workdir) + '.log').read_text()
+  assert 'resumed from step' in script_runs.log_path(workdir).read_text()
   load = lambda w: jax.tree.map(np.asarray, checkpoints.load_params(w / 'export'))
   jax.tree.map(np.testing.assert_array_equal, load(workdir), load(ref))
 

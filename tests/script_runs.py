@@ -1,0 +1,52 @@
+"""Running train.py / distill.py in subprocesses for the end-to-end tests."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def env(tmp: pathlib.Path, devices: int = 8) -> dict:
+  """CPU with `devices` fake devices; later runs reuse the first run's compiled programs."""
+  return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
+              JAX_COMPILATION_CACHE_DIR=str(tmp / f'jax_cache_{devices}'),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+
+
+def log_path(workdir) -> pathlib.Path:
+  return pathlib.Path(str(workdir) + '.log')
+
+
+def start(script: str, workdir, tmp, *args, devices: int = 8) -> subprocess.Popen:
+  """`python <script> --workdir=<workdir> <args>`, output appended to <workdir>.log."""
+  cmd = [sys.executable, str(REPO / script), f'--workdir={workdir}', *args]
+  log = open(log_path(workdir), 'ab')
+  return subprocess.Popen(cmd, env=env(tmp, devices), cwd=REPO, stdout=log,
+                          stderr=subprocess.STDOUT)
+
+
+def wait_ok(proc: subprocess.Popen, workdir, timeout: float) -> None:
+  rc = proc.wait(timeout=timeout)
+  assert rc == 0, log_path(workdir).read_text()[-3000:]
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  ckpt_dir = pathlib.Path(workdir) / 'checkpoints'
+  return [int(p.name) for p in ckpt_dir.glob('*') if p.name.isdigit()]
+
+
+def sigkill_after_first_checkpoint(proc: subprocess.Popen, workdir, timeout: float) -> None:
+  """Kills the run with SIGKILL as soon as it has written a checkpoint; asserts it was still
+  running then and had not exported."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None and not checkpoint_steps(workdir):
+    time.sleep(0.05)
+  assert proc.poll() is None, 'run finished before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (pathlib.Path(workdir) / 'export').exists()
