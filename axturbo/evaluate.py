@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from axturbo import jobs
 from axturbo.eval import benchmark
 
 _SUITE = flags.DEFINE_enum('suite', 'events', ['events', 'manifest', 'table'], 'What to run.')
@@ -92,13 +93,6 @@ def _load(path: str, kind: str | None = None):
     logging.set_verbosity(verbosity)
 
 
-def _steps_list(values, name: str) -> list[int]:
-  try:
-    return [int(v) for v in values]
-  except ValueError:
-    raise ValueError(f'--{name} must be integers, got {values}') from None
-
-
 def _events() -> tuple[dict, str]:
   from axturbo.eval import efficiency
   gen = _load(_CHECKPOINT.value)
@@ -158,8 +152,8 @@ def _table() -> tuple[dict, str]:
   if not _TEACHER_CKPT.value and not _STUDENT_CKPT.value:
     raise ValueError('--suite table needs --teacher_checkpoint and/or --student_checkpoint')
   cfg = 6.0 if _CFG.value is None else _CFG.value
-  rows = efficiency.table_rows(_steps_list(_TEACHER_STEPS.value, 'teacher_steps'),
-                               _steps_list(_STUDENT_STEPS.value, 'student_steps'), cfg,
+  rows = efficiency.table_rows(jobs.parse_step_counts(_TEACHER_STEPS.value, 'teacher_steps'),
+                               jobs.parse_step_counts(_STUDENT_STEPS.value, 'student_steps'), cfg,
                                bool(_TEACHER_CKPT.value), bool(_STUDENT_CKPT.value))
   gens = {}
   if _TEACHER_CKPT.value:

@@ -1,4 +1,5 @@
-"""Batch jobs for sample.py: reading a batch file and writing each result's files.
+"""Batch jobs for sample.py: reading a batch file and writing each result's files (and the
+command-line value parsers the generation and evaluation CLIs share).
 
 Batch file: one prompt per line; blank lines and lines starting with '#' are skipped. A line
 starting with '{' is a JSON object with any of the keys text, video, audio, image, sync,
@@ -24,6 +25,18 @@ def parse_span(text: str) -> tuple[float, float]:
     raise ValueError(f'inpaint span must look like START:END in seconds (e.g. 2.0:4.5), '
                      f'got {text!r}') from None
   return start, end
+
+
+def parse_step_counts(values: Sequence[str], flag: str) -> list[int]:
+  """['4', '25'] (a list flag) -> [4, 25]; a ValueError naming `--flag` otherwise."""
+  try:
+    steps = [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f'--{flag} must be a comma-separated list of integers, got {values}'
+                     ) from None
+  if not steps or min(steps) < 1:
+    raise ValueError(f'--{flag} needs step counts >= 1, got {values}')
+  return steps
 
 
 def parse_batch_file(path) -> list[dict]:

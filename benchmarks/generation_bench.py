@@ -45,17 +45,6 @@ PROMPTS = ('A dog barks twice, then a bell rings.', 'Rain on a tin roof with dis
            'A violin melody over soft piano chords.', 'Footsteps on gravel, then a door slams.')
 
 
-def parse_steps(values, name: str) -> list[int]:
-  """['4', '25'] -> [4, 25]; raises ValueError naming the flag."""
-  try:
-    steps = [int(v) for v in values]
-  except ValueError:
-    raise ValueError(f'--{name} must be a comma-separated list of integers, got {values}') from None
-  if not steps or min(steps) < 1:
-    raise ValueError(f'--{name} needs step counts >= 1, got {values}')
-  return steps
-
-
 def random_generator(config, seed: int):
   """A Generator (kind 'teacher') for config.model with random weights, no files read."""
   import flax.linen as nn
@@ -124,13 +113,14 @@ def speedup(rows: list[dict], teacher_steps: int = 50, student_steps: int = 4) -
 
 def main(argv):
   del argv
+  from axturbo import jobs
   try:
     if _WARMUP.value < 1:
       raise ValueError('--warmup must be >= 1 (the first call of each setting compiles)')
     if _RUNS.value < 1 or _BATCH.value < 1:
       raise ValueError('--runs and --batch must be >= 1')
-    teacher_steps = parse_steps(_TEACHER_STEPS.value, 'teacher_steps')
-    student_steps = parse_steps(_STUDENT_STEPS.value, 'student_steps')
+    teacher_steps = jobs.parse_step_counts(_TEACHER_STEPS.value, 'teacher_steps')
+    student_steps = jobs.parse_step_counts(_STUDENT_STEPS.value, 'student_steps')
     bad = [s for s in student_steps if s not in (1, 2, 4)]
     if bad:
       raise ValueError(f'--student_steps: the student sampler takes 1, 2 or 4 steps, got {bad}')
