@@ -8,6 +8,8 @@ prompt; the same initial noise for every sampler, and the same re-noise for the 
   reference  teacher, Euler `--ref_steps` steps, CFG 6 (official inference)
   candidates teacher Euler 4 steps CFG 6; teacher weights with the 4-step student sampler (what the
              student is before distillation); the student, 4 steps (denoise-renoise, CFG 1)
+  floor      the reference sampler again from independent noise: the unpaired metrics' value for
+             samples from the reference distribution itself (finite-sample noise)
 Metrics, each vs the reference, mean over clips (lower is closer):
   latent MSE    mean (x - x_ref)^2 over the (T, C) latents (paired: same prompt and noise)
   log-mel L1    mean |logmel(x) - logmel(x_ref)| in dB, 64 mel bands of the decoded audio (paired)
@@ -15,6 +17,7 @@ Metrics, each vs the reference, mean over clips (lower is closer):
                 the sets' average spectra, which DMD targets, not the individual trajectories)
   FD mel        Frechet distance between the sets of per-clip average log-mel spectra (64-d,
                 dB; unpaired, distribution-level: means and covariances across clips)
+  std           the latents' standard deviation (under-dispersed, blurry samples read low)
 Conditioning is deterministic (posterior mean prompts, no MAF dropout).
 """
 import os
@@ -82,18 +85,20 @@ def main(argv):
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
 
   it = pipeline.make_iterator(config, split='heldout', process_index=0, process_count=1)
-  out = {k: [] for k in ('ref', 'teacher4', 'init4', *students)}
+  out = {k: [] for k in ('ref', 'floor', 'teacher4', 'init4', *students)}
   key, done = jax.random.key(_SEED.value), 0
   while done < _CLIPS.value:
     batch = next(it)
     valid = np.asarray(batch.pop('valid'))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     b = valid.shape[0]
-    key, k1, k2 = jax.random.split(key, 3)
+    key, k1, k2, k3 = jax.random.split(key, 4)
     noise = jax.random.normal(k1, (b, m.trunk.seq_len, m.trunk.io_channels))
     renoise = jax.random.normal(k2, (3,) + noise.shape)
     c_t = condition(teacher, batch)
     zs = {'ref': euler(teacher, c_t, noise, _REF_STEPS.value, sampling.OFFICIAL_CFG_SCALE),
+          'floor': euler(teacher, c_t, jax.random.normal(k3, noise.shape), _REF_STEPS.value,
+                         sampling.OFFICIAL_CFG_SCALE),
           'teacher4': euler(teacher, c_t, noise, 4, sampling.OFFICIAL_CFG_SCALE),
           'init4': student4(teacher, c_t, noise, renoise)}
     for k, p in students.items():
@@ -107,8 +112,9 @@ def main(argv):
           for k, v in z.items()}
   print(f'{_CLIPS.value} held-out clips; reference: teacher {_REF_STEPS.value}-step Euler CFG 6')
   print(f'{"samples":34s} {"latent MSE":>11s} {"log-mel L1 dB":>14s} {"mel-profile dB":>15s} '
-        f'{"FD mel":>8s}')
-  names = {'teacher4': 'teacher, 4-step Euler CFG 6', 'init4': 'teacher weights, student sampler',
+        f'{"FD mel":>8s} {"std":>6s}')
+  names = {'floor': f'teacher, {_REF_STEPS.value}-step, other noise',
+           'teacher4': 'teacher, 4-step Euler CFG 6', 'init4': 'teacher weights, student sampler',
            **{k: f'{k}, 4 steps ({os.path.basename(os.path.dirname(os.path.abspath(d)))})'
               for k, d in zip(students, _STUDENT.value)}}
   prof = lambda x: x.mean(axis=(0, 2))
@@ -118,8 +124,8 @@ def main(argv):
     l1 = float(np.mean(np.abs(mels[k] - mels['ref'])))
     pd = float(np.sqrt(np.mean((prof(mels[k]) - prof(mels['ref'])) ** 2)))
     fd = metrics.embedding_frechet_distance(clip_profile(mels['ref']), clip_profile(mels[k]))
-    print(f'{name:34s} {mse:11.4f} {l1:14.2f} {pd:15.2f} {fd:8.1f}')
-  print(f'{"(reference latent variance)":34s} {float(np.var(z["ref"])):11.4f}')
+    print(f'{name:34s} {mse:11.4f} {l1:14.2f} {pd:15.2f} {fd:8.1f} {float(np.std(z[k])):6.3f}')
+  print(f'{"(reference)":34s} {"":>11s} {"":>14s} {"":>15s} {"":>8s} {float(np.std(z["ref"])):6.3f}')
 
 
 if __name__ == '__main__':
