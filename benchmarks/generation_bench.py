@@ -113,7 +113,7 @@ def speedup(rows: list[dict], teacher_steps: int = 50, student_steps: int = 4) -
 
 def main(argv):
   del argv
-  from axturbo import jobs
+  from axturbo import jobs, sampling
   try:
     if _WARMUP.value < 1:
       raise ValueError('--warmup must be >= 1 (the first call of each setting compiles)')
@@ -121,9 +121,10 @@ def main(argv):
       raise ValueError('--runs and --batch must be >= 1')
     teacher_steps = jobs.parse_step_counts(_TEACHER_STEPS.value, 'teacher_steps')
     student_steps = jobs.parse_step_counts(_STUDENT_STEPS.value, 'student_steps')
-    bad = [s for s in student_steps if s not in (1, 2, 4)]
+    bad = [s for s in student_steps if s not in sampling.STUDENT_STEPS]
     if bad:
-      raise ValueError(f'--student_steps: the student sampler takes 1, 2 or 4 steps, got {bad}')
+      raise ValueError(f'--student_steps: the student sampler takes {sampling.STUDENT_STEPS} '
+                       f'steps, got {bad}')
     if not _CHECKPOINT.value and _CONFIG.value is None:
       raise ValueError('give --checkpoint DIR, or --config FILE for random weights')
     import jax
