@@ -16,7 +16,7 @@ Suites (each writes --out/results.json and --out/results.md):
             event benchmark; teacher rows use Euler + CFG --cfg, student rows denoise-renoise.
               python -m axturbo.evaluate --suite table --teacher_checkpoint T/ \
                   --student_checkpoint S/ --out eval/ [--teacher_steps 4,25,50] \
-                  [--student_steps 1,2,4] [--runs 20] [--warmup 5]
+                  [--student_steps 1,2,4] [--undistilled_steps 4] [--runs 20] [--warmup 5]
 """
 import json
 import pathlib
@@ -50,6 +50,8 @@ _TEACHER_CKPT = flags.DEFINE_string('teacher_checkpoint', None, 'Teacher checkpo
 _STUDENT_CKPT = flags.DEFINE_string('student_checkpoint', None, 'Student checkpoint (table).')
 _TEACHER_STEPS = flags.DEFINE_list('teacher_steps', ['4', '25', '50'], 'Teacher rows (table).')
 _STUDENT_STEPS = flags.DEFINE_list('student_steps', ['1', '2', '4'], 'Student rows (table).')
+_UNDISTILLED_STEPS = flags.DEFINE_list(
+    'undistilled_steps', [], 'Rows of the student sampler on the teacher checkpoint (table).')
 _RUNS = flags.DEFINE_integer('runs', 20, 'Timed runs per row (table).')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed warm-up runs per row (table).')
 
@@ -154,7 +156,10 @@ def _table() -> tuple[dict, str]:
   cfg = 6.0 if _CFG.value is None else _CFG.value
   rows = efficiency.table_rows(jobs.parse_step_counts(_TEACHER_STEPS.value, 'teacher_steps'),
                                jobs.parse_step_counts(_STUDENT_STEPS.value, 'student_steps'), cfg,
-                               bool(_TEACHER_CKPT.value), bool(_STUDENT_CKPT.value))
+                               bool(_TEACHER_CKPT.value), bool(_STUDENT_CKPT.value),
+                               jobs.parse_step_counts(_UNDISTILLED_STEPS.value,
+                                                      'undistilled_steps')
+                               if _UNDISTILLED_STEPS.value else ())
   gens = {}
   if _TEACHER_CKPT.value:
     gens['teacher'] = _load(_TEACHER_CKPT.value, kind='teacher')

@@ -52,17 +52,6 @@ class Result:
   meta: dict
 
 
-def make_tokenizer(m: mlc.ConfigDict, checkpoint_dir=None):
-  """ByteTokenizer for model.text.tokenizer == 'byte'; else the HF tokenizer saved in
-  checkpoint_dir / model.text.tokenizer_dir (default subfolder 'tokenizer'; absolute paths as is)."""
-  if m.text.tokenizer == 'byte':
-    return tokenizers.ByteTokenizer(m.text.max_length)
-  folder = pathlib.Path(m.text.tokenizer_dir or 'tokenizer')
-  if checkpoint_dir is not None:
-    folder = pathlib.Path(checkpoint_dir) / folder
-  return tokenizers.HFTokenizer(folder, m.text.max_length)
-
-
 def _per_item(value, n: int, name: str) -> list:
   """A list gives one value per prompt; any other value is shared by all prompts."""
   if isinstance(value, list):
@@ -84,7 +73,8 @@ class Generator:
     self.params = jax.tree.map(jnp.asarray, nn.unbox(params))
     self.kind = kind
     self.meta = dict(meta or {})
-    self.tokenizer = tokenizer if tokenizer is not None else make_tokenizer(model_config)
+    self.tokenizer = (tokenizer if tokenizer is not None
+                      else tokenizers.build_tokenizer(model_config.text))
     self._silent_tokens = None
     self._seen_shapes = set()
     apply = self.model.apply
@@ -123,7 +113,8 @@ class Generator:
     params = checkpoints.load_params(checkpoint_dir)
     params = params.get('params', params) if isinstance(params, dict) else params
     _check_params(params, m, checkpoint_dir)
-    return cls(m, params, kind=kind, tokenizer=make_tokenizer(m, checkpoint_dir), meta=meta)
+    return cls(m, params, kind=kind, meta=meta,
+               tokenizer=tokenizers.build_tokenizer(m.text, checkpoint_dir))
 
   # ------------------------------------------------------------------------------ stages
 

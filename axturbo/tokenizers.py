@@ -3,9 +3,13 @@
 `HFTokenizer` wraps a Hugging Face tokenizer saved in a local folder (e.g. t5-base's), used as
 the official conditioner does: truncate, then pad to `max_length`. `ByteTokenizer` needs no
 vocabulary file (UTF-8 bytes shifted past the special ids), for small configs that train their
-own text encoder. Both end every prompt with EOS, so an empty prompt is one EOS token.
+own text encoder. `WordTokenizer` maps lower-cased words, decimal numbers and punctuation to
+ids of a closed vocabulary given in the config (a small text encoder learns word ids in minutes,
+where it cannot learn to spell from bytes). All end every prompt with EOS, so an empty prompt is
+one EOS token. `build_tokenizer` picks one from a `config.model.text` section.
 """
 import pathlib
+import re
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -104,10 +108,88 @@ class ByteTokenizer:
     return out.decode('utf-8', errors='replace')
 
   def __call__(self, texts: str | Sequence[str]) -> Tokens:
-    rows = [self.encode(t) for t in _as_list(texts)]
-    ids = np.full((len(rows), self.max_length), self.PAD, np.int32)
-    mask = np.zeros((len(rows), self.max_length), np.int32)
-    for r, row in enumerate(rows):
-      ids[r, :len(row)] = row
-      mask[r, :len(row)] = 1
-    return Tokens(ids, mask)
+    return _pad_rows([self.encode(t) for t in _as_list(texts)], self.max_length, self.PAD)
+
+
+_WORD = re.compile(r"\d+\.\d+|\d+|[^\W\d_]+|[^\w\s]")
+
+
+def split_words(text: str) -> list[str]:
+  """Lower-cased tokens: decimal numbers ('0.5'), integers, letter runs, single punctuation."""
+  return _WORD.findall(text.lower())
+
+
+class WordTokenizer:
+  """Words of a closed vocabulary as ids `index + OFFSET`, then EOS; pad 0; UNK for the rest.
+
+  Truncation keeps the first `max_length - 1` words and still ends with EOS. `unknown(texts)`
+  lists the words of texts that are not in the vocabulary (callers warn about them).
+  """
+  PAD = 0
+  EOS = 1
+  UNK = 2
+  OFFSET = 3
+  pad_id = PAD
+  eos_id = EOS
+
+  def __init__(self, vocab: Sequence[str], max_length: int = 128):
+    if max_length < 1:
+      raise ValueError(f'max_length must be >= 1, got {max_length}')
+    vocab = list(vocab)
+    if not vocab or len(set(vocab)) != len(vocab):
+      raise ValueError('model.text.vocab must be a non-empty list of distinct words')
+    bad = [w for w in vocab if split_words(w) != [w]]
+    if bad:
+      raise ValueError(f'model.text.vocab entries must be single lower-case tokens, got {bad[:5]}')
+    self.vocab = vocab
+    self.ids = {w: i + self.OFFSET for i, w in enumerate(vocab)}
+    self.max_length = max_length
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.vocab) + self.OFFSET
+
+  def unknown(self, texts: str | Sequence[str]) -> list[str]:
+    return sorted({w for t in _as_list(texts) for w in split_words(t) if w not in self.ids})
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of one prompt, EOS included, at most `max_length` long (unpadded)."""
+    body = [self.ids.get(w, self.UNK) for w in split_words(text)][:self.max_length - 1]
+    return body + [self.EOS]
+
+  def __call__(self, texts: str | Sequence[str]) -> Tokens:
+    return _pad_rows([self.encode(t) for t in _as_list(texts)], self.max_length, self.PAD)
+
+
+def _pad_rows(rows: list[list[int]], max_length: int, pad_id: int) -> Tokens:
+  ids = np.full((len(rows), max_length), pad_id, np.int32)
+  mask = np.zeros((len(rows), max_length), np.int32)
+  for r, row in enumerate(rows):
+    ids[r, :len(row)] = row
+    mask[r, :len(row)] = 1
+  return Tokens(ids, mask)
+
+
+TOKENIZERS = ('hf', 'byte', 'word')
+
+
+def build_tokenizer(text_config, checkpoint_dir=None):
+  """The tokenizer of a `config.model.text` section.
+
+  'byte' and 'word' need no files; 'hf' reads the folder `text_config.tokenizer_dir` (default
+  'tokenizer'), relative to `checkpoint_dir` when one is given.
+  """
+  kind = text_config.tokenizer
+  if kind not in TOKENIZERS:
+    raise ValueError(f'model.text.tokenizer must be one of {TOKENIZERS}, got {kind!r}')
+  if kind == 'byte':
+    return ByteTokenizer(text_config.max_length)
+  if kind == 'word':
+    return WordTokenizer(text_config.get('vocab') or (), text_config.max_length)
+  folder = pathlib.Path(text_config.tokenizer_dir or 'tokenizer')
+  if checkpoint_dir is not None:
+    folder = pathlib.Path(checkpoint_dir) / folder
+  elif not text_config.tokenizer_dir:
+    raise ValueError("config.model.text.tokenizer_dir must name a local tokenizer folder "
+                     "(model.text.tokenizer='hf'); or use tokenizer 'byte' or 'word'")
+  return HFTokenizer(folder, text_config.max_length)

@@ -16,7 +16,7 @@ def model_config() -> mlc.ConfigDict:
   m.cond_dim = 768
   m.dtype = 'float32'            # compute dtype of every network; params stay float32
 
-  m.codec = 'oobleck'            # latent codec of the target audio: 'oobleck' (m.vae) | 'patch'
+  m.codec = 'oobleck'            # latent codec of the target audio: 'oobleck' (m.vae) | 'patch' | 'mel'
   m.vae = mlc.ConfigDict(dict(channels=128, c_mults=(1, 2, 4, 8, 16), strides=(2, 4, 4, 8, 8),
                               latent_dim=64, in_channels=2, out_channels=2))
   m.text = mlc.ConfigDict(dict(
@@ -35,6 +35,7 @@ def model_config() -> mlc.ConfigDict:
                                 sync_dim=768, out_tokens=128, depth=4, heads=16, dim_head=64,
                                 mlp_dim=3072))
   m.audio_prompt = mlc.ConfigDict(dict(
+      encoder='vae',              # own Oobleck encoder copy (official) | 'codec': model.codec's
       latent_seq_len=215, prompt_tokens=128, output_dim=768,
       official_masking=False,     # True reproduces the official always-on span masking
       mask_ratio_start=0.25, mask_ratio_end=0.75))

@@ -115,6 +115,30 @@ def _captions(evts, rng):
   return dict(zip(CAPTION_STYLES, (category, count, order, stamp)))
 
 
+def caption_vocabulary(max_duration_s: float = 10.0) -> tuple[str, ...]:
+  """Every word token (`tokenizers.split_words`) that a caption of a clip of at most
+  `max_duration_s` can contain, sorted: the closed vocabulary of a word-level text encoder.
+
+  Found by running the caption templates on event lists that reach every template branch
+  (1-5 events, counts 1-5, every category), plus every time stamp on the 0.1 s grid.
+  """
+  from axturbo import tokenizers  # the library's tokenizer defines what a word is
+  rng = np.random.default_rng(0)
+  words = set()
+  for _ in range(400):
+    n = int(rng.integers(1, MAX_EVENTS + 1))
+    cats = list(rng.choice(ev.CATEGORIES, size=int(rng.integers(1, n + 1)), replace=False))
+    seq = cats + list(rng.choice(cats, size=n - len(cats)))
+    evts = [(str(c), i, i + 1) for i, c in enumerate(seq)]
+    for caption in _captions(evts, rng).values():
+      words.update(tokenizers.split_words(caption))
+  ticks = int(round(max_duration_s / TIME_STEP_S))
+  words.update(_fmt(t) for t in range(ticks + 1))
+  for phrase in (*_NUMBERS, *_TIMES, *ev.CATEGORIES):
+    words.update(tokenizers.split_words(phrase))
+  return tuple(sorted(words))
+
+
 def _to_samples(tick, sample_rate):
   return int(round(tick * TIME_STEP_S * sample_rate))
 

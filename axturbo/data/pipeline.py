@@ -25,6 +25,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from axturbo import tokenizers
 from axturbo.data import audio_io
 from axturbo.data import embedded
 from axturbo.data import manifest
@@ -130,16 +131,6 @@ def base_source(config, split: str):
   path = d.manifest if split == 'train' else d.heldout_manifest
   return manifest.load_entries(path, d.root), ManifestDecoder(m, d, d.random_crop and
                                                               split == 'train')
-
-
-def make_tokenizer(m):
-  from axturbo import tokenizers
-  if m.text.tokenizer == 'byte':
-    return tokenizers.ByteTokenizer(m.text.max_length)
-  if not m.text.tokenizer_dir:
-    raise ValueError(f'config.model.text.tokenizer_dir must name a local tokenizer folder '
-                     f'(model.text.tokenizer={m.text.tokenizer!r}); or use tokenizer=byte')
-  return tokenizers.HFTokenizer(m.text.tokenizer_dir, m.text.max_length)
 
 
 class MakeExample:
@@ -293,7 +284,7 @@ def make_dataset(config, *, split='train', process_index=None, process_count=Non
     raise ValueError(f'{split} split has {total} examples, fewer than {count} processes')
   train = split == 'train'
   ds = grain.MapDataset.source(source).seed(seed)
-  make = MakeExample(decode, make_tokenizer(m), d, train)
+  make = MakeExample(decode, tokenizers.build_tokenizer(m.text), d, train)
   num_batches = None
   if train:
     # One global stream (order and per-example randomness by global position), cut into

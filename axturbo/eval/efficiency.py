@@ -30,11 +30,7 @@ class RowConfig:
   steps: int
   cfg_scale: float
 
-  @property
-  def label(self) -> str:
-    if self.sampler == 'teacher':
-      return f'{self.model} (Euler, CFG {self.cfg_scale:g})'
-    return f'{self.model} (denoise-renoise)'
+XX
 
 
 def nfe(sampler: str, steps: int, cfg_scale: float) -> int:
@@ -86,10 +82,16 @@ def measure_latency(gen, sampler: str, steps: int, cfg_scale: float, *, runs: in
 
 
 def table_rows(teacher_steps: Sequence[int], student_steps: Sequence[int], cfg_scale: float,
-               have_teacher: bool, have_student: bool) -> list[RowConfig]:
+               have_teacher: bool, have_student: bool,
+               undistilled_steps: Sequence[int] = ()) -> list[RowConfig]:
+  """Teacher rows (Euler + CFG), undistilled rows (the student's denoise-renoise sampler on the
+  teacher's weights: what distillation starts from) and student rows."""
   rows = []
   if have_teacher:
     rows += [RowConfig('teacher', 'teacher', int(s), float(cfg_scale)) for s in teacher_steps]
+    for s in undistilled_steps:
+      sampling.check_student_steps(int(s))
+      rows.append(RowConfig('teacher', 'student', int(s), 1.0))
   if have_student:
     for s in student_steps:
       sampling.check_student_steps(int(s))

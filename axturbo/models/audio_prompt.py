@@ -77,8 +77,21 @@ def mask_audio(key: jax.Array, audio: jax.Array,
   return apply_spans(audio, starts, lengths), starts, lengths
 
 
+def posterior_sample(mean: jax.Array, sigma: jax.Array, noise: jax.Array | None,
+                     key: jax.Array | None, deterministic: bool) -> jax.Array:
+  """The VAE posterior's mean, `mean + sigma * noise`, or a fresh sample from `key`."""
+  if deterministic:
+    return mean
+  if noise is not None:
+    if noise.shape != mean.shape:
+      raise ValueError(f'noise must have the latent shape {mean.shape}, got {noise.shape}')
+    return mean + sigma * noise.astype(mean.dtype)
+  return mean + sigma * jax.random.normal(key, mean.shape, mean.dtype)
+
+
 class AudioPromptConditioner(nn.Module):
-  """Audio prompt -> conditioning tokens, with its own copy of the VAE encoder.
+  """Audio prompt -> conditioning tokens, with its own copy of the VAE encoder (official) or
+  through a given parameter-free codec (the target's, e.g. the small configs' log-mel codec).
 
   Attributes:
     channels, c_mults, strides, latent_dim, in_channels, out_channels: the VAE copy's config
@@ -88,6 +101,8 @@ class AudioPromptConditioner(nn.Module):
     output_dim: token width (768).
     official_masking: zero a random waveform span like the official code (always on there).
     mask_ratio_start, mask_ratio_end: span length range as a fraction of the prompt.
+    codec: None (own VAE encoder, the fields above) or a parameter-free codec module whose
+      deterministic `encode` gives the (B, latent_seq_len, C) prompt latents.
   """
   channels: int = 128
   c_mults: Sequence[int] = (1, 2, 4, 8, 16)
@@ -101,6 +116,7 @@ class AudioPromptConditioner(nn.Module):
   official_masking: bool = False
   mask_ratio_start: float = 0.25
   mask_ratio_end: float = 0.75
+  codec: nn.Module | None = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -120,11 +136,13 @@ class AudioPromptConditioner(nn.Module):
     """
     audio = to_stereo(audio).astype(self.dtype)
     n = audio.shape[1]
-    if vae.encoded_length(n, self.strides) != self.latent_seq_len:
-      raise ValueError(f'a prompt of {n} samples gives '
-                       f'{vae.encoded_length(n, self.strides)} latent frames, '
-                       f'expected latent_seq_len={self.latent_seq_len}')
-    needs_rng = (spans is None and self.official_masking) or (noise is None and not deterministic)
+    frames = (n // self.codec.hop_length if self.codec is not None
+              else vae.encoded_length(n, self.strides))
+    if frames != self.latent_seq_len:
+      raise ValueError(f'a prompt of {n} samples gives {frames} latent frames, expected '
+                       f'latent_seq_len={self.latent_seq_len}')
+    stochastic = self.codec is None and noise is None and not deterministic
+    needs_rng = (spans is None and self.official_masking) or stochastic
     if rng is None and needs_rng:
       rng = self.make_rng('sample')
     mask_key, noise_key = jax.random.split(rng) if needs_rng else (None, None)
@@ -133,15 +151,11 @@ class AudioPromptConditioner(nn.Module):
     elif self.official_masking:
       audio, _, _ = mask_audio(mask_key, audio, (self.mask_ratio_start, self.mask_ratio_end))
 
-    mean, sigma = vae.split_posterior(vae.make_encoder(self, name='encoder')(audio))
-    if deterministic:
-      z = mean
-    elif noise is not None:
-      if noise.shape != mean.shape:
-        raise ValueError(f'noise must have the latent shape {mean.shape}, got {noise.shape}')
-      z = mean + sigma * noise.astype(mean.dtype)
+    if self.codec is not None:
+      z = self.codec.encode(audio, noise, deterministic=True).astype(self.dtype)
     else:
-      z = mean + sigma * jax.random.normal(noise_key, mean.shape, mean.dtype)
+      mean, sigma = vae.split_posterior(vae.make_encoder(self, name='encoder')(audio))
+      z = posterior_sample(mean, sigma, noise, noise_key, deterministic)
 
     # The time map mixes latent frames per channel: (B, T, D) -> (B, D, T) -> (B, D, 128).
     z = layers.dense(self.prompt_tokens, ('length', 'length_out'), dtype=self.dtype,

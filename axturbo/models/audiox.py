@@ -4,7 +4,8 @@ Parameter tree (one per network role; teacher, student and fake model differ onl
 'maf' and 'trunk', and share the frozen towers):
 
   {'text':  T5 encoder,          'clip': CLIP vision tower,
-   'video': video conditioner,   'audio_prompt': audio-prompt conditioner (own VAE encoder),
+   'video': video conditioner,   'audio_prompt': audio-prompt conditioner (own VAE encoder,
+                                 or none when it shares the parameter-free target codec),
    'maf':   fusion block,        'trunk': MMDiT velocity predictor,
    'vae':   latent codec of the target audio (`model.codec`: the Oobleck VAE, or the
             parameter-free patch codec, which adds no 'vae' entry)}
@@ -119,7 +120,8 @@ def check_model_config(m: mlc.ConfigDict) -> None:
   need(m.trunk.seq_len == latent_len,
        f'model.trunk.seq_len={m.trunk.seq_len} but model.audio_samples={m.audio_samples} gives '
        f'{latent_len} latent frames (model.codec={codec_lib.codec_name(m)!r}, hop {hop})')
-  prompt_len = vae_lib.encoded_length(m.prompt_samples, m.vae.strides)
+  prompt_len = (codec_lib.latent_shape(m, m.prompt_samples)[0] if _prompt_via_codec(m)
+                else vae_lib.encoded_length(m.prompt_samples, m.vae.strides))
   need(m.audio_prompt.latent_seq_len == prompt_len,
        f'model.audio_prompt.latent_seq_len={m.audio_prompt.latent_seq_len} but '
        f'model.prompt_samples={m.prompt_samples} gives {prompt_len} latent frames')
@@ -151,6 +153,18 @@ def check_model_config(m: mlc.ConfigDict) -> None:
     raise ValueError('inconsistent model config:\n  ' + '\n  '.join(problems))
 
 
+def _prompt_via_codec(m: mlc.ConfigDict) -> bool:
+  """`model.audio_prompt.encoder`: 'vae' (own Oobleck encoder, official; the default) or
+  'codec' (the target's parameter-free codec, so prompt and target share one latent)."""
+  encoder = m.audio_prompt.get('encoder', 'vae')
+  if encoder not in ('vae', 'codec'):
+    raise ValueError(f"model.audio_prompt.encoder must be 'vae' or 'codec', got {encoder!r}")
+  if encoder == 'codec' and codec_lib.codec_name(m) == 'oobleck':
+    raise ValueError("model.audio_prompt.encoder='codec' needs a parameter-free model.codec "
+                     "('patch' or 'mel'); the Oobleck prompt encoder is the 'vae' option")
+  return encoder == 'codec'
+
+
 def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = True) -> AudioX:
   """The AudioX module for a `config.model` section (see configs/official.py).
 
@@ -166,7 +180,8 @@ def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = Tr
       clip=clip_lib.CLIPVisionTower(**m.clip, attention_impl=attn, dtype=dt),
       video=video_lib.VideoConditioner(**m.video, attention_impl=attn, dtype=dt),
       audio_prompt=audio_prompt_lib.AudioPromptConditioner(
-          **m.vae, **m.audio_prompt, dtype=jnp.float32),
+          **m.vae, **{k: v for k, v in m.audio_prompt.items() if k != 'encoder'},
+          codec=codec_lib.build_codec(m) if _prompt_via_codec(m) else None, dtype=jnp.float32),
       maf=maf_lib.MAFBlock(**{**m.maf, 'modality_order': tuple(m.maf.modality_order)},
                            attention_impl=attn, dtype=dt),
       trunk=mmdit_lib.MMDiT(**m.trunk, attention_impl=attn, dtype=dt),
