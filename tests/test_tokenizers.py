@@ -63,3 +63,51 @@ def test_hf_tokenizer_from_local_folder(tmp_path):
   np.testing.assert_array_equal(ids[2], [3, 4, 5, 6, 1])       # truncated, EOS kept
   np.testing.assert_array_equal(ids[3], [3, 2, 1, 0, 0])       # unknown word
   assert tok.eos_id == 1 and tok.pad_id == 0
+
+
+def test_word_tokenizer_ids_unknown_words_and_truncation():
+  from axturbo.tokenizers import WordTokenizer, split_words
+  assert split_words('[0.3s-0.9s] Rising chirp.') == ['[', '0.3', 's', '-', '0.9', 's', ']',
+                                                      'rising', 'chirp', '.']
+  tok = WordTokenizer(['bell', 'then', 'tone', ','], max_length=5)
+  ids, mask = tok(['Bell, then TONE', 'bell then gong', ''])
+  np.testing.assert_array_equal(ids[0], [3, 6, 4, 5, tok.EOS])
+  np.testing.assert_array_equal(ids[1], [3, 4, tok.UNK, tok.EOS, tok.PAD])
+  np.testing.assert_array_equal(mask.sum(1), [5, 4, 1])
+  assert tok.unknown(['bell then gong', 'a bell']) == ['a', 'gong']
+  ids, _ = tok('bell bell bell bell bell bell')          # truncated, still ends with EOS
+  np.testing.assert_array_equal(ids[0], [3, 3, 3, 3, tok.EOS])
+  assert tok.vocab_size == 7
+  with pytest.raises(ValueError, match='single lower-case tokens'):
+    WordTokenizer(['two words'])
+  with pytest.raises(ValueError, match='distinct'):
+    WordTokenizer(['a', 'a'])
+
+
+def test_caption_vocabulary_covers_every_caption():
+  """Every caption style of train and held-out clips tokenizes without an unknown word."""
+  from axturbo.data import embedded
+  from axturbo.tokenizers import WordTokenizer
+  vocab = embedded.caption_vocabulary(2.0)
+  tok = WordTokenizer(vocab, max_length=48)
+  for split in ('train', 'heldout'):
+    for i in range(60):
+      captions = embedded.make_clip(i, split, 16000, 2.0, video_size=8)['captions'].values()
+      assert tok.unknown(list(captions)) == []
+      assert max(len(tok.encode(c)) for c in captions) < 48   # never truncated
+  assert {'0.0', '2.0', 'rising', 'twice', 'followed'} <= set(vocab)
+
+
+def test_build_tokenizer_picks_by_config():
+  import ml_collections as mlc
+  from axturbo import tokenizers
+  text = mlc.ConfigDict(dict(tokenizer='word', vocab=('a', 'b'), max_length=8, tokenizer_dir=''))
+  assert isinstance(tokenizers.build_tokenizer(text), tokenizers.WordTokenizer)
+  text.tokenizer = 'byte'
+  assert isinstance(tokenizers.build_tokenizer(text), tokenizers.ByteTokenizer)
+  text.tokenizer = 'hf'
+  with pytest.raises(ValueError, match='tokenizer_dir'):
+    tokenizers.build_tokenizer(text)
+  text.tokenizer = 'spm'
+  with pytest.raises(ValueError, match='must be one of'):
+    tokenizers.build_tokenizer(text)
