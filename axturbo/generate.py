@@ -27,6 +27,7 @@ import pathlib
 import time
 from typing import Any, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -228,6 +229,10 @@ class Generator:
     t_inputs = time.perf_counter()
 
     p = self.params
+    unknown = getattr(self.tokenizer, 'unknown', lambda _: [])(texts)
+    if unknown:  # a closed-vocabulary encoder reads these as one UNK token each
+      logging.warning('words outside the text encoder vocabulary (read as unknown): %s',
+                      ', '.join(unknown))
     tok = self.tokenizer(texts)
     text_tokens = self._text(p, jnp.asarray(tok.input_ids), jnp.asarray(tok.attention_mask))
     if any(it.frames is not None for it in items):
