@@ -1,4 +1,6 @@
 """configs/tiny.py shrunk further for trainer tests: compiles in seconds on CPU."""
+import ml_collections
+
 from configs import tiny
 
 
@@ -7,7 +9,9 @@ def get_config(arg=None):
   m = c.model
   m.audio_samples = 256                              # patch codec hop 16: 16 frames x 32 ch
   m.prompt_samples = 256                             # prompt encoder hop 16: 16 frames
-  m.patch.hop = 16
+  m.codec = 'patch'                                  # exact and compiles faster than 'mel'
+  m.patch = ml_collections.ConfigDict(dict(hop=16, transform='dct', scale=0.16))
+  m.audio_prompt.encoder = 'vae'                     # the official path: its own Oobleck copy
   m.cond_dim = 32
   m.vae.update(channels=4, c_mults=(1, 2), strides=(4, 4), latent_dim=4)
   m.text.update(max_length=8)

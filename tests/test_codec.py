@@ -1,10 +1,13 @@
 """Tests for the patch codec (axturbo.models.patch_codec) and codec selection (models.codec).
 
+The mel codec of configs/tiny.py has its own tests (tests/test_mel_codec.py).
+
 Reference numbers: scipy.fft.dct(type 2, norm='ortho') for the frame transform; exact
 reconstruction and the latent scale are checked on clips of the embedded dataset.
 """
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import scipy.fft
@@ -25,9 +28,21 @@ def clips():
   return np.stack([embedded.make_clip(i, 'train', 16000, 4.0)['waveform'][:N] for i in range(6)])
 
 
+def patch_config():
+  """configs/tiny.py's model on the patch codec (hop 128: 256 frames x 256 channels), as it
+  was before the mel codec replaced it there."""
+  m = tiny.model_config()
+  m.codec = 'patch'
+  m.patch = ml_collections.ConfigDict(dict(hop=128, transform='dct', scale=0.16))
+  m.trunk.update(io_channels=256, embed_dim=256, seq_len=256)
+  m.disc.in_channels = 256
+  m.audio_prompt.latent_seq_len = 256
+  return m
+
+
 @pytest.fixture(scope='module')
 def codec():
-  return codec_lib.build_codec(tiny.model_config())
+  return codec_lib.build_codec(patch_config())
 
 
 def _encode(codec, x):
@@ -70,7 +85,7 @@ def test_round_trip_exact_on_embedded_clips(clips, transform):
 
 def test_tiny_latents_shape_and_unit_scale(clips, codec):
   z = _encode(codec, clips)
-  m = tiny.model_config()
+  m = patch_config()
   assert z.shape == (6,) + codec_lib.latent_shape(m, N) == (6, m.trunk.seq_len,
                                                              m.trunk.io_channels)
   assert codec.hop_length == codec_lib.hop_length(m) == 128
@@ -127,26 +142,30 @@ def test_codec_selection_and_config_checks():
   with pytest.raises(ValueError, match='model.codec must be one of'):
     codec_lib.build_codec(off)
 
-  m = tiny.model_config()
+  m = patch_config()
   audiox.check_model_config(m)
   m.audio_samples = 32768 + 64
   with pytest.raises(ValueError, match='not a multiple of model.patch.hop=128'):
     audiox.check_model_config(m)
-  m = tiny.model_config()
+  m = patch_config()
   m.trunk.io_channels = m.disc.in_channels = 16
   with pytest.raises(ValueError, match="io_channels=16 but model.codec='patch' makes 256"):
     audiox.check_model_config(m)
   m = tiny.model_config()
+  m.audio_samples = 32768 + 64
+  with pytest.raises(ValueError, match='not a multiple of model.mel.hop=256'):
+    audiox.check_model_config(m)
+  m = patch_config()
   m.trunk.embed_dim = 128
   with pytest.raises(ValueError, match='embed_dim=128 < model.trunk.io_channels=256'):
     audiox.check_model_config(m)
 
 
 def test_tiny_audiox_latents_round_trip_without_codec_params(clips):
-  """AudioX.encode_latents / decode_latents on the tiny config: exact, and need no 'vae' params."""
-  model = audiox.build_model(tiny.model_config())
+  """AudioX.encode_latents / decode_latents on the patch codec: exact, and need no 'vae' params."""
+  model = audiox.build_model(patch_config())
   z = jax.jit(lambda a: model.apply({'params': {}}, a, method='encode_latents'))(clips[:2])
-  m = tiny.model_config()
+  m = patch_config()
   assert z.shape == (2, m.trunk.seq_len, m.trunk.io_channels)
   y = jax.jit(lambda z: model.apply({'params': {}}, z, method='decode_latents'))(z)
   np.testing.assert_allclose(np.asarray(y), clips[:2], atol=1e-5)

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
+from axturbo import tokenizers
 from axturbo.data import pipeline
 from axturbo.data import tasks
-from axturbo.tokenizers import ByteTokenizer
 from configs import tiny
 
 
@@ -84,12 +84,14 @@ def test_each_task_keeps_exactly_its_modalities(task):
       np.testing.assert_array_equal(prompt, audio)
 
 
-def test_captions_are_byte_tokenized():
+def test_captions_are_tokenized_with_the_config_tokenizer():
   c = _config()
   c.data.task_probs = {t: float(t == 'text_to_audio') for t in tasks.TASKS}
   src = pipeline.EmbeddedSource('train', 16, c.model, 2.0)
   b = next(pipeline.make_iterator(c, process_index=0, process_count=1, seed=3))
-  all_ids = {ByteTokenizer(32)(src[i]['caption']).input_ids[0].tobytes() for i in range(16)}
+  tok = tokenizers.build_tokenizer(c.model.text)
+  assert isinstance(tok, tokenizers.WordTokenizer)
+  all_ids = {tok(src[i]['caption']).input_ids[0].tobytes() for i in range(16)}
   assert {ids.tobytes() for ids in b['input_ids']} <= all_ids
 
 

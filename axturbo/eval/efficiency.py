@@ -30,7 +30,13 @@ class RowConfig:
   steps: int
   cfg_scale: float
 
-XX
+  @property
+  def label(self) -> str:
+    if self.sampler == 'teacher':
+      return f'{self.model} (Euler, CFG {self.cfg_scale:g})'
+    if self.model == 'teacher':
+      return 'teacher weights, student sampler (undistilled)'
+    return f'{self.model} (denoise-renoise)'
 
 
 def nfe(sampler: str, steps: int, cfg_scale: float) -> int:
