@@ -1,0 +1,605 @@
+r"""Official-size benchmark suite on one accelerator: generation latency and throughput, the
+teacher sampler, video-to-audio, the teacher train step and both distillation steps.
+
+  python benchmarks/gpu_suite.py --out DIR [--size official|micro] [--sections t2a,ablations,...]
+      [--runs 20] [--warmup 3] [--cache_dir .jax_cache] [--budget_s 0]
+  python benchmarks/gpu_suite.py --report DIR     # ours.json + official.json -> one table
+
+Random weights at `configs/official.py` sizes (latency does not depend on the values), created
+on the device by one jitted init: nothing is downloaded and no full-size tree is ever built on
+the host. The byte tokenizer stands in for T5's vocabulary at the same 128-token length.
+
+Timing: each setting runs once untimed (`first_s`: compilation + one run; compiles are
+persistent-cached under --cache_dir, so a rerun mostly loads them), `--warmup` more untimed,
+then `--runs` timed calls, each ending with the waveform on the host (or, for training steps,
+`block_until_ready` on the new state). Rows give the median and p90 in milliseconds.
+
+End to end (T2A, V2A) means: tokenize on the host -> T5 -> [CLIP + video conditioner] -> MAF ->
+sampler -> VAE decode -> crop -> waveform copied to the host, with a prompt not seen before
+(the T5 cache misses) unless the variant says 'cached prompt'. Every variant but 'generator-*'
+is `axturbo.serving.Pipeline`; 'generator-*' is `axturbo.generate.Generator` (stage by stage).
+
+Floors (`floor_ms`, bf16 rows): per stage max(FLOPs / 790 TFLOP/s, weight bytes / 4.3 TB/s)
+(the bf16 matrix rate and copy bandwidth measured on this H200 kind, see docs/benchmarks.md),
+FLOPs counted analytically (2 x kernel size per position, attention 4 L^2 D, the Oobleck
+convolutions layer by layer). `x_floor` = median / floor.
+
+Rows are merged into DIR/ours.json after every setting (a run that stops early keeps what it
+measured); the last thing printed is the table. `--size micro` shrinks every tower (CPU test).
+"""
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+import time
+import traceback
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:   # configs/ and axturbo/ when run as a script
+  sys.path.insert(0, str(ROOT))
+
+SECTIONS = ('t2a', 'ablations', 'throughput', 'teacher', 'v2a', 'train', 'distill')
+PEAK_BF16 = 790e12      # measured bf16 matmul rate of the H200 kind (KINDS.md)
+DATASHEET_BF16 = 989e12  # H100/H200 SXM dense bf16, the MFU denominator of configs/official.py
+BANDWIDTH = 4.3e12      # measured device-to-device copy bandwidth (KINDS.md)
+PROMPT = 'A dog barks twice, then a bell rings over distant traffic.'
+
+
+# ------------------------------------------------------------------------------- configs
+
+def micro_model_config():
+  """configs/official.py's model with every tower shrunk (Oobleck codec kept): the CPU test."""
+  from configs import official
+  m = official.model_config()
+  m.audio_samples = m.prompt_samples = 512      # Oobleck hop 4 x 8: 16 latent frames
+  m.cond_dim = 32
+  m.vae.update(channels=4, c_mults=(1, 2), strides=(4, 8), latent_dim=8)
+  m.text.update(tokenizer='byte', max_length=8)
+  m.t5.update(vocab_size=259, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+  m.clip.update(hidden_size=32, intermediate_size=32, num_layers=1, num_heads=2, image_size=16,
+                patch_size=8)
+  m.video.update(dim=32, num_frames=2, tokens_per_frame=5, sync_len=4, sync_dim=32, out_tokens=4,
+                 depth=1, heads=2, dim_head=16, mlp_dim=32)
+  m.audio_prompt.update(latent_seq_len=16, prompt_tokens=4, output_dim=32)
+  m.maf.update(dim=32, num_experts_per_modality=2, num_heads=2, num_layers=1)
+  m.trunk.update(io_channels=8, embed_dim=32, depth=2, num_heads=2, head_dim=16, cond_dim=32,
+                 cond_len=16, seq_len=16, mlp_hidden=32, fourier_dim=16)
+  m.disc.update(num_heads=2, in_channels=8, hidden=8)
+  return m
+
+
+def load_config(size: str):
+  from configs import official
+  c = official.get_config()
+  c.mesh.activation_constraints = False   # one device: nothing to shard
+  c.mesh.shape = (1, -1, 1)
+  if size == 'micro':
+    c.model = micro_model_config()
+    c.distill.disc_num_blocks = c.model.disc.num_heads
+  elif size != 'official':
+    raise ValueError(f"--size must be 'official' or 'micro', got {size!r}")
+  return c
+
+
+# ------------------------------------------------------------------------------- FLOPs
+
+def _kernels(tree, skip=()) -> int:
+  """Values in the leaves named 'kernel' whose path mentions none of `skip`."""
+  import jax
+  total = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    keys = [str(getattr(k, 'key', k)) for k in path]
+    if keys[-1] == 'kernel' and not any(s in keys for s in skip):
+      total += math.prod(leaf.shape)
+  return total
+
+
+def _bytes(tree, itemsize: int) -> int:
+  import jax
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree)) * itemsize
+
+
+def oobleck_flops(vae, num_samples: int, part: str) -> float:
+  """Convolution FLOPs of the Oobleck encoder ('encode', `num_samples` in) or decoder
+  ('decode', `num_samples` out) for one clip, layer by layer (kernel 7 residual convs and
+  their kernel 1 twins, strided / transposed kernel 2s convs, the in/out convs)."""
+  widths = [vae.channels] + [vae.channels * c for c in vae.c_mults]
+  n, flops = num_samples, 0.0
+  res_unit = lambda c, length: 2 * length * (7 * c * c + c * c)
+  if part == 'encode':
+    flops += 2 * n * 7 * vae.in_channels * widths[0]
+    for i, s in enumerate(vae.strides):
+      flops += 3 * res_unit(widths[i], n)
+      n //= s
+      flops += 2 * n * 2 * s * widths[i] * widths[i + 1]
+    return flops + 2 * n * 3 * widths[-1] * 2 * vae.latent_dim
+  frames = num_samples // math.prod(vae.strides)
+  flops += 2 * frames * 7 * vae.latent_dim * widths[-1]
+  n = frames
+  for i, s in reversed(list(enumerate(vae.strides))):
+    flops += 2 * n * 2 * s * widths[i + 1] * widths[i]   # transposed conv, per input position
+    n *= s
+    flops += 3 * res_unit(widths[i], n)
+  return flops + 2 * n * 7 * widths[0] * vae.out_channels
+
+
+def _attention(batch, length, dim, layers) -> float:
+  return 4.0 * batch * length * length * dim * layers
+
+
+def stage_costs(m, params, batch: int, *, steps: int, cfg: bool, video: bool
+                ) -> dict[str, tuple[float, float, int]]:
+  """{stage: (FLOPs of all calls, bf16 weight bytes read per call, calls)} of one generation
+  request of `batch` clips."""
+  t = m.trunk
+  length = t.seq_len + 1
+  rows = batch * (2 if cfg else 1)
+  per_pos = _kernels(params['trunk'], skip=('time_value', 'time_embed_0', 'time_embed_1',
+                                            'cond_proj', 'cond_resample'))
+  trunk = (2.0 * rows * length * per_pos + _attention(rows, length, t.embed_dim, t.depth)
+           + 2.0 * rows * t.cond_len * _kernels(params['trunk']['cond_proj'])
+           + 2.0 * rows * t.embed_dim * _kernels(params['trunk']['cond_resample']))
+  text_len = m.text.max_length
+  out = {
+      't5': (2.0 * batch * text_len * _kernels(params['text'])
+             + _attention(batch, text_len, m.t5.d_model, m.t5.num_layers),
+             _bytes(params['text'], 2), 1),
+      'maf': (2.0 * batch * t.cond_len * _kernels(params['maf']), _bytes(params['maf'], 2), 1),
+      'trunk': (steps * trunk, _bytes(params['trunk'], 2), steps),
+  }
+  if 'vae' in params:
+    samples = t.seq_len * math.prod(m.vae.strides)
+    out['decode'] = (batch * oobleck_flops(m.vae, samples, 'decode'),
+                     _bytes(params['vae'], 4) // 2, 1)
+  if video:
+    v, c = m.video, m.clip
+    clip_tokens = v.num_frames * v.tokens_per_frame
+    own = _kernels(params['video'], skip=('proj', 'proj_sync'))
+    out['clip+video'] = (
+        2.0 * batch * clip_tokens * (_kernels(params['clip']) + own)
+        + _attention(batch * v.num_frames, v.tokens_per_frame, c.hidden_size, c.num_layers)
+        + _attention(batch * v.tokens_per_frame, v.num_frames, v.heads * v.dim_head, v.depth)
+        + 2.0 * batch * v.dim * (_kernels(params['video']['proj'])
+                                 + _kernels(params['video']['proj_sync'])),
+        _bytes(params['clip'], 2) + _bytes(params['video'], 2), 1)
+  return out
+
+
+def floor_ms(costs: dict) -> float:
+  """Sum over stages of calls x max(FLOPs / peak, bytes / bandwidth), in ms."""
+  return 1e3 * sum(calls * max(f / calls / PEAK_BF16, b / BANDWIDTH)
+                   for f, b, calls in costs.values())
+
+
+def train_flops(m, params, batch: int, trainable) -> float:
+  """Model FLOPs of one teacher step: 3x forward for the trained towers, 1x for frozen ones."""
+  costs = stage_costs(m, params, batch, steps=1, cfg=False, video=True)
+  grad = ('maf', 'trunk', 'clip+video') if 'video' in trainable else ('maf', 'trunk')
+  flops = sum(3 * costs[k][0] if k in grad else costs[k][0] for k in costs if k != 'decode')
+  if 'vae' in params:
+    flops += batch * (oobleck_flops(m.vae, m.audio_samples, 'encode')
+                      + oobleck_flops(m.vae, m.prompt_samples, 'encode'))
+  return flops
+
+
+# ------------------------------------------------------------------------------- timing
+
+def time_calls(fn, runs: int, warmup: int) -> dict:
+  """First call (compile + run), `warmup` untimed calls, then `runs` timed ones (ms)."""
+  t0 = time.perf_counter()
+  fn(0)
+  first = time.perf_counter() - t0
+  for i in range(warmup):
+    fn(1 + i)
+  samples = []
+  for i in range(runs):
+    t0 = time.perf_counter()
+    fn(1 + warmup + i)
+    samples.append(1e3 * (time.perf_counter() - t0))
+  samples.sort()
+  p90 = samples[min(len(samples) - 1, math.ceil(0.9 * len(samples)) - 1)]
+  return {'median_ms': statistics.median(samples), 'p90_ms': p90, 'min_ms': samples[0],
+          'runs': runs, 'first_s': first}
+
+
+def rel_err(a, b) -> float:
+  """||a - b|| / ||b|| in float64 on the host."""
+  import numpy as np
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+class Suite:
+  """Runs sections in order, merging each row into out/ours.json as soon as it is measured."""
+
+  def __init__(self, args):
+    import flax.linen as nn
+    import jax
+    from axturbo.models import audiox
+    self.args = args
+    self.config = load_config(args.size)
+    self.m = self.config.model
+    self.gpu = jax.default_backend() == 'gpu'
+    self.attention = 'cudnn' if self.gpu else None
+    self.out = pathlib.Path(args.out)
+    self.out.mkdir(parents=True, exist_ok=True)
+    self.rows = _load(self.out / 'ours.json')
+    self.t_start = time.perf_counter()
+    self._fast, self.fast_out, self.fp32_out = None, None, None
+    model = audiox.build_model(self.m)
+    t0 = time.perf_counter()
+    self.params = jax.block_until_ready(jax.jit(
+        lambda k: nn.unbox(audiox.init_params(model, self.m, k)))(jax.random.PRNGKey(0)))
+    self.init_s = time.perf_counter() - t0
+    dev = jax.devices()[0]
+    self.device = f'{dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}'
+    print(f'# {self.device}; size {args.size}; random init {self.init_s:.1f} s', flush=True)
+
+  # ----------------------------------------------------------------------------- helpers
+
+  def record(self, section: str, variant: str, **row) -> dict:
+    row = {'impl': 'ours', 'section': section, 'variant': variant, 'device': self.device,
+           'size': self.args.size, **row}
+    self.rows = [r for r in self.rows if (r['section'], r['variant']) != (section, variant)]
+    self.rows.append(row)
+    _dump(self.out / 'ours.json', self.rows)
+    ms = row.get('median_ms')
+    print(f'  {section:10s} {variant:36s} ' + (f'median {ms:9.2f} ms  p90 {row["p90_ms"]:9.2f}  '
+          f'first {row["first_s"]:6.1f} s' if ms is not None else str(row.get('error', ''))[:160]),
+          flush=True)
+    return row
+
+  def over_budget(self) -> bool:
+    return bool(self.args.budget_s) and time.perf_counter() - self.t_start > self.args.budget_s
+
+  def pipeline(self, **kw):
+    from axturbo import serving, tokenizers
+    kw.setdefault('attention_impl', self.attention)
+    return serving.Pipeline(self.m, self.params,
+                            tokenizer=tokenizers.ByteTokenizer(self.m.text.max_length), **kw)
+
+  def _floor(self, batch, steps=4, cfg=False, video=False) -> float:
+    return floor_ms(stage_costs(self.m, self.params, batch, steps=steps, cfg=cfg, video=video))
+
+  def time_pipeline(self, section, variant, pipe, *, batch=1, cached=False, floor=True,
+                    video=None, **gen) -> tuple[dict, tuple]:
+    """Times pipe end to end; returns (row, (waveform, latents) of the first call)."""
+    import jax
+    import numpy as np
+    first = {}
+    frames = None
+    if video is not None:
+      rng = np.random.default_rng(0)
+      frames = rng.integers(0, 256, (batch,) + video, dtype=np.uint8)
+
+    def call(i):
+      texts = [PROMPT if cached else f'{PROMPT} #{i}.{j}' for j in range(batch)]
+      vt = None if frames is None else pipe.video_tokens(frames)
+      wave, lat = pipe.generate_arrays(texts, video_tokens=vt, seed=0, **gen)
+      wave = np.asarray(wave)   # the waveform on the host ends every timed call
+      if not first:
+        first['out'] = (wave, np.asarray(jax.device_get(lat)))
+
+    stats = time_calls(call, self.args.runs, self.args.warmup)
+    steps = gen.get('steps', 4)
+    nfe = steps * (2 if gen.get('sampler') == 'teacher' else 1)
+    row = dict(batch=batch, nfe=nfe, precision=pipe.config.dtype, **stats,
+               clips_per_s=1e3 * batch / stats['median_ms'])
+    if floor and pipe.config.dtype == 'bfloat16':
+      row['floor_ms'] = self._floor(batch, steps=steps, cfg=gen.get('sampler') == 'teacher',
+                                    video=video is not None)
+      row['x_floor'] = stats['median_ms'] / row['floor_ms']
+    return self.record(section, variant, **row), first['out']
+
+  # ----------------------------------------------------------------------------- sections
+
+  def fast(self):
+    """The fast bf16 pipeline, shared by the sections (its weights and compiles are reused)."""
+    if self._fast is None:
+      self._fast = self.pipeline(dtype='bfloat16')
+    return self._fast
+
+  def t2a(self):
+    """The headline: text-to-audio, batch 1, student 4 steps, end to end."""
+    _, self.fast_out = self.time_pipeline('t2a', 'fast bf16', self.fast())
+    self.time_pipeline('t2a', 'fast bf16, cached prompt', self.fast(), cached=True)
+    exact = self.pipeline(dtype='float32', attention_impl=None, matmul_precision='highest')
+    _, self.fp32_out = self.time_pipeline('t2a', 'fast fp32 (highest)', exact)
+    del exact
+    self.record('t2a', 'error: fast bf16 vs fp32',
+                latents_rel_err=rel_err(self.fast_out[1], self.fp32_out[1]),
+                wave_rel_err=rel_err(self.fast_out[0], self.fp32_out[0]))
+
+  def ablations(self):
+    """What each change buys, T2A batch 1, student 4 steps."""
+    import numpy as np
+    from axturbo import generate, tokenizers
+    for dtype in ('float32', 'bfloat16'):
+      m = self.m.copy_and_resolve_references()
+      m.dtype = dtype
+      gen = generate.Generator(m, self.params, kind='student',
+                               tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
+      stages = []
+
+      def call(i, gen=gen, stages=stages):
+        [res] = gen.generate(f'{PROMPT} #{i}', seed=0)
+        stages.append(res.meta['latency_s'])
+      stats = time_calls(call, self.args.runs, self.args.warmup)
+      timed = stages[-self.args.runs:]
+      per_stage = {f'{k}_ms': 1e3 * statistics.median(s[k] for s in timed)
+                   for k in ('conditioning_s', 'sampling_s', 'decoding_s')}
+      self.record('ablations', f'generator {dtype} (stage by stage)', batch=1, nfe=4,
+                  precision=dtype, **stats, **per_stage)
+      del gen
+    variants = (('fast bf16, float32 weights', dict(dtype='bfloat16', weights_dtype='float32')),
+                ('fast bf16, XLA attention', dict(dtype='bfloat16', attention_impl=None)),
+                ('fast bf16, bf16 decode', dict(dtype='bfloat16', decode_dtype='bfloat16')))
+    outs = {}
+    for name, kw in variants:
+      pipe = self.pipeline(**kw)
+      _, outs[name] = self.time_pipeline('ablations', name, pipe)
+      del pipe
+    if self.fast_out is None:   # the first call of 't2a' / 'fast bf16': same prompt and seed
+      wave, lat = self.fast().generate_arrays(f'{PROMPT} #0.0', seed=0)
+      self.fast_out = (np.asarray(wave), np.asarray(lat))
+    wave, lat = self.fast_out
+    x_wave, x_lat = outs['fast bf16, XLA attention']
+    self.record('ablations', 'error: cuDNN vs XLA attention (bf16)',
+                latents_rel_err=rel_err(lat, x_lat), wave_rel_err=rel_err(wave, x_wave))
+    d_wave, d_lat = outs['fast bf16, bf16 decode']
+    self.record('ablations', 'error: bf16 vs fp32 decode (same latents)',
+                latents_rel_err=rel_err(d_lat, lat), wave_rel_err=rel_err(d_wave, wave))
+    if self.fp32_out is not None:
+      self.record('ablations', 'error: bf16 decode pipeline vs fp32 pipeline',
+                  latents_rel_err=rel_err(d_lat, self.fp32_out[1]),
+                  wave_rel_err=rel_err(d_wave, self.fp32_out[0]))
+
+  def throughput(self):
+    for b in self.args.batches:
+      if self.over_budget():
+        break
+      self.time_pipeline('throughput', f'fast bf16, batch {b}', self.fast(), batch=b)
+
+  def teacher(self):
+    steps = self.args.teacher_steps
+    self.time_pipeline('teacher', f'fast bf16, {steps} Euler steps, CFG 6', self.fast(),
+                       sampler='teacher', steps=steps, cfg_scale=6.0)
+
+  def v2a(self):
+    v, c = self.m.video, self.m.clip
+    self.time_pipeline('v2a', f'fast bf16, CLIP on {v.num_frames} frames', self.fast(),
+                       video=(v.num_frames, c.image_size, c.image_size, 3))
+
+  def train(self):
+    """The teacher train step (train.py's jitted step) at --train_batch, bf16 compute."""
+    import jax
+    from axturbo.models import audiox
+    from axturbo.train import optim, parallel, state as state_lib
+    self._fast = None   # frees the bf16 inference weights
+    config = self.config.copy_and_resolve_references()
+    config.model.dtype = 'bfloat16'
+    config.model.trunk.remat_policy = self.args.remat
+    mesh = parallel.make_mesh((1, -1, 1))
+    rules = parallel.mesh_rules(config.mesh)
+    model = audiox.build_model(config.model)
+    tx = optim.make_optimizer(config.train)
+    init_fn = state_lib.make_init_fn(model, config, tx)
+    abstract, shardings = state_lib.abstract_state(init_fn, mesh, rules)
+    state = state_lib.init_state(init_fn, mesh, 0, rules)
+    b = self.args.train_batch
+    batch = parallel.global_batch(random_batch(config.model, b), mesh)
+    jitted = parallel.jit_train_step(model, tx, config, mesh, shardings, rules)
+    t0 = time.perf_counter()
+    compiled = parallel.compile_step(jitted, abstract, parallel.abstract_batch(
+        random_batch(config.model, b), mesh), mesh, rules)
+    compile_s = time.perf_counter() - t0
+    mem = memory(compiled)
+    box = {'state': state}
+
+    def call(i):
+      box['state'], metrics = compiled(box['state'], batch)
+      jax.block_until_ready(metrics['loss'])
+    stats = time_calls(call, self.args.train_runs, 1)
+    flops = train_flops(config.model, self.params, b, config.train.trainable)
+    secs = stats['median_ms'] / 1e3
+    self.record('train', f'teacher step, batch {b}, remat {self.args.remat}', batch=b,
+                precision='bfloat16', **stats, compile_s=compile_s, **mem,
+                model_tflop=flops / 1e12, mfu_datasheet=flops / secs / DATASHEET_BF16,
+                mfu_measured_peak=flops / secs / PEAK_BF16)
+    del box, state, compiled
+
+  def distill(self):
+    """distill.py's student step (with its conditioner inputs) and fake + D step."""
+    import flax.linen as nn
+    import jax
+    from axturbo import sharding
+    from axturbo.distill import state as state_lib, step as step_lib
+    from axturbo.models import audiox
+    from axturbo.train import parallel
+    config = self.config.copy_and_resolve_references()
+    config.model.dtype = 'bfloat16'
+    config.model.trunk.remat_policy = self.args.remat
+    d = config.distill
+    mesh = parallel.make_mesh((1, -1, 1))
+    rules = parallel.mesh_rules(config.mesh)
+    model = audiox.build_model(config.model)
+    boxed = state_lib.abstract_params(model, config.model)
+    t_shard = sharding.logical_shardings(boxed, mesh, rules)
+    teacher = self.params
+    txs = step_lib.make_optimizers(d)
+    init_fn = state_lib.make_init_fn(model, config, *txs)
+    abstract, shardings = state_lib.abstract_state(init_fn, model, config, mesh, rules)
+    state = jax.jit(lambda r, t: nn.unbox(init_fn(r, t)), out_shardings=shardings)(
+        jax.random.key(0), state_lib.trainable_part(teacher, d))
+    b = self.args.distill_batch
+    local = random_batch(config.model, b)
+    jitted = step_lib.jit_steps(model, txs, config, mesh, shardings, t_shard)
+    t0 = time.perf_counter()
+    plan = {('student', True), ('fake', True)}
+    compiled = step_lib.compile_steps(jitted, plan, abstract, teacher,
+                                      parallel.abstract_batch(local, mesh), mesh, rules)
+    compile_s = time.perf_counter() - t0
+    batch = parallel.global_batch(local, mesh)
+    box = {'state': state}
+    inputs = compiled['inputs'](state, teacher, batch)
+    for kind in ('student', 'fake'):
+      if self.over_budget():
+        break
+
+      def call(i, kind=kind):
+        box['state'], metrics = compiled[(kind, True)](box['state'], teacher, inputs)
+        jax.block_until_ready(jax.tree.leaves(metrics))
+      stats = time_calls(call, self.args.train_runs, 1)
+      self.record('distill', f'{kind} step, batch {b}', batch=b, precision='bfloat16', **stats,
+                  compile_s=compile_s, **memory(compiled[(kind, True)]))
+    inputs_stats = time_calls(lambda i: jax.block_until_ready(
+        compiled['inputs'](box['state'], teacher, batch)), self.args.train_runs, 1)
+    self.record('distill', f'conditioner inputs, batch {b}', batch=b, precision='bfloat16',
+                **inputs_stats)
+    del box, state, compiled, inputs
+
+
+def random_batch(m, b: int) -> dict:
+  """A training batch of `b` random rows with `axturbo.data.pipeline`'s keys and dtypes."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  s = m.clip.image_size
+  ids = rng.integers(3, 259, (b, m.text.max_length), dtype=np.int32)
+  return {
+      'audio': 0.1 * rng.standard_normal((b, m.audio_samples, 2), np.float32),
+      'prompt': 0.1 * rng.standard_normal((b, m.prompt_samples, 2), np.float32),
+      'frames': rng.integers(0, 256, (b, m.video.num_frames, s, s, 3), dtype=np.uint8),
+      'sync': rng.standard_normal((b, m.video.sync_len, m.video.sync_dim), np.float32),
+      'task': np.zeros((b,), np.int32),
+      'input_ids': ids,
+      'attention_mask': np.ones((b, m.text.max_length), np.int32),
+      'valid': np.ones((b,), bool),
+  }
+
+
+def memory(compiled) -> dict:
+  """Per-device sizes from XLA's memory analysis of a compiled step (GiB)."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return {}
+  gib = lambda n: n / 2**30
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)
+  return {'args_gib': gib(mem.argument_size_in_bytes), 'temp_gib': gib(mem.temp_size_in_bytes),
+          'peak_gib': gib(peak)}
+
+
+# ------------------------------------------------------------------------------- JSON, table
+
+def _load(path: pathlib.Path) -> list:
+  return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _dump(path: pathlib.Path, rows: list) -> None:
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(json.dumps(rows, indent=1))
+  tmp.replace(path)
+
+
+def _fmt(x, spec):
+  return '' if x is None else format(x, spec)
+
+
+def format_table(rows: list) -> str:
+  """Markdown: one line per timed row, then the error rows."""
+  head = ('| section | impl | variant | batch | NFE | median ms | p90 ms | first call s '
+          '| clips/s | floor ms | x floor |')
+  lines = [head, '|' + '---|' * 11]
+  timed = [r for r in rows if 'median_ms' in r]
+  order = {s: i for i, s in enumerate(SECTIONS)}
+  timed.sort(key=lambda r: (order.get(r['section'], 99), r['impl'] != 'ours'))
+  for r in timed:
+    lines.append(
+        f"| {r['section']} | {r['impl']} | {r['variant']} | {r.get('batch', '')} "
+        f"| {r.get('nfe', '')} | {_fmt(r['median_ms'], '.2f')} | {_fmt(r['p90_ms'], '.2f')} "
+        f"| {_fmt(r.get('first_s'), '.1f')} | {_fmt(r.get('clips_per_s'), '.2f')} "
+        f"| {_fmt(r.get('floor_ms'), '.2f')} | {_fmt(r.get('x_floor'), '.2f')} |")
+  extra = []
+  for r in rows:
+    keys = [k for k in ('latents_rel_err', 'wave_rel_err', 'mfu_datasheet', 'mfu_measured_peak',
+                        'model_tflop', 'compile_s', 'peak_gib', 'conditioning_ms', 'sampling_ms',
+                        'decoding_ms', 'error') if k in r]
+    if keys:
+      vals = ', '.join(f'{k} {r[k]:.4g}' if isinstance(r[k], float) else f'{k} {r[k]}'
+                       for k in keys)
+      extra.append(f"- {r['impl']} {r['section']} / {r['variant']}: {vals}")
+  return '\n'.join(lines + [''] + extra)
+
+
+def report(directory) -> str:
+  d = pathlib.Path(directory)
+  rows = _load(d / 'ours.json') + _load(d / 'official.json')
+  return format_table(rows)
+
+
+# ------------------------------------------------------------------------------- main
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--out', help='Directory of ours.json (rows are merged into it).')
+  p.add_argument('--report', help='Print the table of DIR/ours.json + DIR/official.json.')
+  p.add_argument('--size', default='official', choices=('official', 'micro'))
+  p.add_argument('--sections', default=','.join(SECTIONS))
+  p.add_argument('--runs', type=int, default=20)
+  p.add_argument('--warmup', type=int, default=3)
+  p.add_argument('--train_runs', type=int, default=10)
+  p.add_argument('--batches', default='8,32', help='Throughput batch sizes.')
+  p.add_argument('--teacher_steps', type=int, default=50, help='Euler steps (NFE = 2x).')
+  p.add_argument('--train_batch', type=int, default=8)
+  p.add_argument('--distill_batch', type=int, default=4)
+  p.add_argument('--remat', default='none', help='Trunk remat policy of the train steps.')
+  p.add_argument('--cache_dir', default='', help='Persistent compilation cache ("" = none).')
+  p.add_argument('--budget_s', type=float, default=0,
+                 help='Skip the remaining sections after this many seconds (0 = no limit).')
+  args = p.parse_args(argv)
+  args.sections = [s for s in args.sections.split(',') if s]
+  bad = set(args.sections) - set(SECTIONS)
+  if bad:
+    p.error(f'unknown sections {sorted(bad)}; choose from {SECTIONS}')
+  args.batches = [int(x) for x in args.batches.split(',') if x]
+  if not args.report and not args.out:
+    p.error('give --out DIR (or --report DIR)')
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.report:
+    print(report(args.report))
+    return 0
+  import jax
+  if args.cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.abspath(args.cache_dir))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+  suite = Suite(args)
+  failed = 0
+  for name in args.sections:
+    if suite.over_budget():
+      suite.record(name, 'skipped', error=f'--budget_s {args.budget_s} reached')
+      continue
+    t0 = time.perf_counter()
+    suite.rows = [r for r in suite.rows
+                  if not (r['section'] == name and r['variant'] in ('failed', 'skipped'))]
+    print(f'## {name}', flush=True)
+    try:
+      getattr(suite, name)()
+    except Exception as e:  # pylint: disable=broad-except
+      failed += 1
+      traceback.print_exc()
+      suite.record(name, 'failed', error=f'{type(e).__name__}: {e}'[:500])
+    print(f'## {name} done in {time.perf_counter() - t0:.1f} s', flush=True)
+  print(format_table(suite.rows + _load(suite.out / 'official.json')))
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

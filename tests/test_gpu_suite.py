@@ -1,0 +1,78 @@
+"""benchmarks/gpu_suite.py at micro size on CPU: rows, shapes and the table (no timing asserts).
+
+The inference sections run end to end here. The train / distill sections reuse train.py's and
+distill.py's compiled steps (tested in test_train_step / test_distill) and take minutes to
+compile on 2 cores, so only their inputs and FLOP model are checked; run them by hand with
+  python benchmarks/gpu_suite.py --out /tmp/s --size micro --sections train,distill \
+      --runs 2 --warmup 1 --train_runs 2 --train_batch 2 --distill_batch 2
+"""
+import importlib.util
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'gpu_suite.py'
+_spec = importlib.util.spec_from_file_location('gpu_suite', _PATH)
+gpu_suite = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_suite)
+
+
+def test_inference_sections_write_rows_and_table(tmp_path, capsys):
+  rc = gpu_suite.main(['--out', str(tmp_path), '--size', 'micro', '--runs', '1', '--warmup', '0',
+                       '--sections', 't2a,throughput,teacher,v2a', '--batches', '2',
+                       '--teacher_steps', '2'])
+  assert rc == 0
+  rows = json.loads((tmp_path / 'ours.json').read_text())
+  timed = {(r['section'], r['variant']): r for r in rows if 'median_ms' in r}
+  assert set(timed) == {
+      ('t2a', 'fast bf16'), ('t2a', 'fast bf16, cached prompt'), ('t2a', 'fast fp32 (highest)'),
+      ('throughput', 'fast bf16, batch 2'), ('teacher', 'fast bf16, 2 Euler steps, CFG 6'),
+      ('v2a', 'fast bf16, CLIP on 2 frames')}
+  for r in timed.values():
+    assert r['median_ms'] > 0 and r['p90_ms'] >= r['median_ms'] and r['runs'] == 1
+  assert timed[('throughput', 'fast bf16, batch 2')]['batch'] == 2
+  assert timed[('teacher', 'fast bf16, 2 Euler steps, CFG 6')]['nfe'] == 4
+  assert timed[('t2a', 'fast bf16')]['floor_ms'] > 0
+  assert 'floor_ms' not in timed[('t2a', 'fast fp32 (highest)')]
+  [err] = [r for r in rows if r['variant'] == 'error: fast bf16 vs fp32']
+  assert 0 < err['latents_rel_err'] < 0.1
+  # The table is printed last and `--report` rebuilds it from the JSON.
+  out = capsys.readouterr().out
+  table = gpu_suite.report(tmp_path)
+  assert out.rstrip().endswith(table.rstrip())
+  assert table.count('\n| ') == len(timed)   # one line per timed row after the header
+
+
+def test_floor_model_at_official_size():
+  """The analytic costs behind `floor_ms` (issue 12's figures: ~4.1 GB of bf16 trunk weights
+  per NFE, ~1.2 TFLOP of VAE decode per 10 s clip)."""
+  from axturbo.models import audiox
+  m = gpu_suite.load_config('official').model
+  model = audiox.build_model(m)
+  params = jax.eval_shape(lambda: nn.unbox(audiox.init_params(model, m, jax.random.PRNGKey(0))))
+  costs = gpu_suite.stage_costs(m, params, 1, steps=4, cfg=False, video=False)
+  trunk_flops, trunk_bytes, calls = costs['trunk']
+  assert calls == 4
+  assert 4.0e9 < trunk_bytes < 4.5e9
+  assert 0.9e12 < trunk_flops / 4 < 1.1e12     # ~2 x 2.04 B per-position weights x 237
+  assert 1.1e12 < costs['decode'][0] < 1.3e12
+  floor = gpu_suite.floor_ms(costs)
+  assert 5.0 < floor < 8.0
+  assert costs['t5'][0] < 0.05 * trunk_flops and costs['maf'][0] < 0.05 * trunk_flops
+  # Encoder and decoder mirror each other: about the same work per clip.
+  enc = gpu_suite.oobleck_flops(m.vae, m.audio_samples, 'encode')
+  assert enc == pytest.approx(costs['decode'][0], rel=0.05)
+
+
+def test_random_batch_matches_the_pipeline_batches():
+  from axturbo.data import pipeline
+  m = gpu_suite.micro_model_config()
+  batch = gpu_suite.random_batch(m, 3)
+  example = pipeline.empty_example(m)
+  assert set(batch) == set(example)
+  for k, v in example.items():
+    assert batch[k].shape == (3,) + np.shape(v) and batch[k].dtype == np.asarray(v).dtype, k
