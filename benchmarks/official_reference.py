@@ -61,10 +61,20 @@ def add_official_to_path(official: pathlib.Path) -> None:
 
 
 def patch_hub(m) -> None:
-  """from_pretrained of T5 / CLIP / the T5 tokenizer -> random models of the same configs."""
+  """from_pretrained of T5 / CLIP / the T5 tokenizer -> random models of the same configs.
+
+  Also re-creates two deprecated torch names the official modules import, should the installed
+  torch have dropped them (`sdp_kernel` is used only off the inference path).
+  """
   import torch
+  import torch.backends.cuda
   import transformers
   from axturbo import tokenizers
+
+  if not hasattr(torch.backends.cuda, 'sdp_kernel'):
+    torch.backends.cuda.sdp_kernel = lambda *a, **k: contextlib.nullcontext()
+  if not hasattr(torch.cuda.amp, 'autocast'):
+    torch.cuda.amp.autocast = lambda *a, **k: torch.amp.autocast('cuda', *a, **k)
 
   t5 = m.t5
   t5_config = transformers.T5Config(
@@ -147,6 +157,7 @@ class Reference:
     import torch
     from benchmarks import gpu_suite   # configs/official.py sizes, shared with our suite
     self.args = args
+    self.t_start = time.perf_counter()
     official = pathlib.Path(args.official).resolve()
     m = gpu_suite.load_config('official').model   # before the official folder joins sys.path
     if args.size == 'micro':
@@ -228,7 +239,8 @@ class Reference:
     def call(i):
       texts = [f'{PROMPT} #{i}.{j}' for j in range(batch)]
       cond = self.conditioning(texts, video=video)
-      with self.autocast(precision), contextlib.redirect_stdout(_Null()):
+      with self.autocast(precision), contextlib.redirect_stdout(_Null()), \
+          contextlib.redirect_stderr(_Null()):   # its prints and tqdm bars
         if teacher:
           out = generate_diffusion_cond(self.model, steps=self.args.teacher_steps, cfg_scale=6,
                                         conditioning=cond, batch_size=batch, sample_size=size,
@@ -253,13 +265,20 @@ class Reference:
     self.record(section, label, batch=batch, nfe=nfe, precision=precision, **stats,
                 clips_per_s=1e3 * batch / stats['median_ms'])
 
+  def over_budget(self) -> bool:
+    return bool(self.args.budget_s) and time.perf_counter() - self.t_start > self.args.budget_s
+
   def run(self, section):
     for precision in self.args.precisions:
+      if self.over_budget():
+        self.record(section, f'skipped {precision}', error=f'--budget_s {self.args.budget_s}')
+        continue
       if section == 't2a':
         self.time_generation('t2a', precision)
       elif section == 'throughput':
         for b in self.args.batches:
-          self.time_generation('throughput', precision, batch=b)
+          if not self.over_budget():
+            self.time_generation('throughput', precision, batch=b)
       elif section == 'teacher':
         self.time_generation('teacher', precision, teacher=True)
       elif section == 'v2a':
@@ -286,6 +305,8 @@ def main(argv=None) -> int:
   p.add_argument('--runs', type=int, default=20)
   p.add_argument('--warmup', type=int, default=3)
   p.add_argument('--device', default='cuda')
+  p.add_argument('--budget_s', type=float, default=0,
+                 help='Start no new setting after this many seconds (0 = no limit).')
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
   args.sections = [s for s in args.sections.split(',') if s]
   args.precisions = [s for s in args.precisions.split(',') if s]

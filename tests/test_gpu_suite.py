@@ -29,7 +29,8 @@ def test_inference_sections_write_rows_and_table(tmp_path, capsys):
   rows = json.loads((tmp_path / 'ours.json').read_text())
   timed = {(r['section'], r['variant']): r for r in rows if 'median_ms' in r}
   assert set(timed) == {
-      ('t2a', 'fast bf16'), ('t2a', 'fast bf16, cached prompt'), ('t2a', 'fast fp32 (highest)'),
+      ('t2a', 'fast bf16'), ('t2a', 'fast bf16, layers unrolled'),
+      ('t2a', 'fast bf16, cached prompt'), ('t2a', 'fast fp32 (highest)'),
       ('throughput', 'fast bf16, batch 2'), ('teacher', 'fast bf16, 2 Euler steps, CFG 6'),
       ('v2a', 'fast bf16, CLIP on 2 frames')}
   for r in timed.values():

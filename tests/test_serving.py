@@ -70,3 +70,11 @@ def test_bf16_weights_are_stored_in_bf16(setup):
   assert dtypes['trunk'] == {jnp.dtype(jnp.bfloat16)} and dtypes['vae'] == {jnp.dtype('float32')}
   wave = pipe('a bell', seed=0)
   assert wave.dtype == np.float32 and np.isfinite(wave).all()
+
+
+def test_unrolled_trunk_loop_is_the_same_network(setup):
+  m, params, _, pipe = setup
+  unrolled = serving.Pipeline(m, params, dtype='float32', unroll_layers=True,
+                              tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
+  np.testing.assert_allclose(unrolled('a bell', seed=4), pipe('a bell', seed=4), rtol=1e-5,
+                             atol=1e-6)

@@ -149,6 +149,7 @@ class LayerStack(nn.Module):
   attention_impl: str | None = None
   scan_layers: bool = True
   remat_policy: str = 'none'
+  scan_unroll: int = 1
 
   @nn.compact
   def __call__(self, h, cond_act, rope, temb, *, num_blocks: int, emit: bool):
@@ -202,6 +203,8 @@ class MMDiT(nn.Module):
     attention_impl: None (XLA) or 'cudnn'.
     scan_layers: stack the blocks with nn.scan (params under 'layers' with a leading axis).
     remat_policy: 'none', 'full', 'dots_saveable' or 'dots_with_no_batch_dims_saveable'.
+    scan_unroll: blocks per iteration of the scanned loop (`depth` unrolls it fully: no loop
+      overhead between blocks, a longer compile; same parameters, same math).
   """
   io_channels: int = 64
   embed_dim: int = 1536
@@ -219,6 +222,7 @@ class MMDiT(nn.Module):
   attention_impl: str | None = None
   scan_layers: bool = True
   remat_policy: str = 'none'
+  scan_unroll: int = 1
 
   def setup(self):
     # Logical names must differ within one parameter (flax rejects repeats), so square maps
@@ -239,7 +243,7 @@ class MMDiT(nn.Module):
     self.cond_resample = layers.dense(self.seq_len + 1, ('length', None), dtype=dt)
     self.layers = LayerStack(self.depth, d, self.num_heads, self.head_dim, self.mlp_hidden,
                              self.kernel_size, dt, self.attention_impl, self.scan_layers,
-                             self.remat_policy)
+                             self.remat_policy, self.scan_unroll)
     self.project_out = layers.dense(io, ('embed', 'channels'), use_bias=False, dtype=dt)
     self.postprocess_conv = layers.conv1d(io, 1, ('channels', None), use_bias=False,
                                           dtype=dt, kernel_init=nn.initializers.zeros_init())
