@@ -77,6 +77,10 @@ class Pipeline:
     tokenizer: defaults to `generate.make_tokenizer`'s choice for byte configs; pass one for
       'hf' configs (their vocabulary lives in a checkpoint folder).
     cache_size: prompts whose T5 tokens are kept on device (0 disables the cache).
+
+  Abstract parameters (a tree of jax.ShapeDtypeStruct, e.g. from jax.eval_shape) build a
+  pipeline that cannot generate but can lower its stages for shapes only (`lower_*`): the
+  ahead-of-time costs of the serving executables at any size, nothing materialised.
   """
 
   def __init__(self, model_config: mlc.ConfigDict, params: Any, *, dtype: str = 'bfloat16',
@@ -93,8 +97,10 @@ class Pipeline:
     self.decoder = codec_lib.build_codec(m, dtype=_DTYPES[decode_dtype])
     self.matmul_precision = matmul_precision
     params = nn.unbox(params)
-    self.params = jax.jit(cast_params, static_argnums=(1, 2))(
-        params, _DTYPES[weights_dtype or dtype], _DTYPES[decode_dtype])
+    self.abstract = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+    run = jax.eval_shape if self.abstract else (lambda f, *a: f(*a))
+    self.params = run(jax.jit(cast_params, static_argnums=(1, 2)),
+                      params, _DTYPES[weights_dtype or dtype], _DTYPES[decode_dtype])
     if tokenizer is None:
       if m.text.tokenizer != 'byte':
         raise ValueError("pass a tokenizer: model.text.tokenizer is not 'byte'")
@@ -108,11 +114,13 @@ class Pipeline:
     apply = self.model.apply
     with self._precision():
       # The silent prompt's tokens (posterior mean), once, in float32 as Generator computes them.
-      zeros = jnp.zeros((1, m.prompt_samples, 2), jnp.float32)
-      self.silent_tokens = jax.jit(
-          lambda p, a: apply({'params': p}, a, deterministic=True,
-                             method='encode_audio_prompt'))(
-                                 {'audio_prompt': params['audio_prompt']}, zeros).astype(dtype)
+      zeros = jax.ShapeDtypeStruct((1, m.prompt_samples, 2), jnp.float32)
+      if not self.abstract:
+        zeros = jnp.zeros(zeros.shape, zeros.dtype)
+      self.silent_tokens = run(
+          jax.jit(lambda p, a: apply({'params': p}, a, deterministic=True,
+                                     method='encode_audio_prompt').astype(dtype)),
+          {'audio_prompt': params['audio_prompt']}, zeros)
     # Each stage gets only the subtrees it reads (fewer leaves to hand over per call).
     self._text = jax.jit(lambda p, ids, mask: apply({'params': p}, ids, mask,
                                                     method='encode_text'))
@@ -132,15 +140,20 @@ class Pipeline:
   def _part(self, *names: str) -> dict:
     return {k: self.params[k] for k in names if k in self.params}
 
-  def _generate_fn(self, params, text_tokens, video_tokens, seed, *, sampler: str,
-                   steps: int, cfg_scale: float):
-    """(B, Lt, D) text tokens, (B, Lv, D) video tokens or None, int seed -> (waveform
-    (B, output_samples, C) float32, latents (B, T, C) float32)."""
+  def _generate_params(self) -> dict:
+    params = self._part('maf', 'trunk', 'vae')
+    params['video'] = {'empty_visual_feat': self.params['video']['empty_visual_feat']}
+    return params
+
+  def _generate_fn(self, params, text_tokens, video_tokens, silent_tokens, seed, *,
+                   sampler: str, steps: int, cfg_scale: float):
+    """(B, Lt, D) text tokens, (B, Lv, D) video tokens or None, (1, La, D) silent-prompt
+    tokens, int seed -> (waveform (B, output_samples, C) float32, latents (B, T, C) float32)."""
     b = text_tokens.shape[0]
     if video_tokens is None:
       empty = params['video']['empty_visual_feat']
       video_tokens = jnp.broadcast_to(empty[None], (b,) + empty.shape)
-    audio_tokens = jnp.broadcast_to(self.silent_tokens, (b,) + self.silent_tokens.shape[1:])
+    audio_tokens = jnp.broadcast_to(silent_tokens, (b,) + silent_tokens.shape[1:])
     apply = self.model.apply
     cond = apply({'params': params}, text_tokens, video_tokens.astype(text_tokens.dtype),
                  audio_tokens.astype(text_tokens.dtype), method='fuse')
@@ -201,9 +214,7 @@ class Pipeline:
       raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
     text = self.text_tokens(texts)
     with self._precision():
-      params = self._part('maf', 'trunk', 'vae')
-      params['video'] = {'empty_visual_feat': self.params['video']['empty_visual_feat']}
-      return self._generate(params, text, video_tokens,
+      return self._generate(self._generate_params(), text, video_tokens, self.silent_tokens,
                             jnp.int32(seed), sampler=sampler,
                             steps=steps, cfg_scale=cfg_scale)
 
@@ -219,3 +230,29 @@ class Pipeline:
     wave, _ = self.generate_arrays(texts, video_tokens=video_tokens, seed=seed,
                                    sampler=sampler, steps=steps, cfg_scale=cfg_scale)
     return np.asarray(wave)
+
+  # ---------------------------------------------------------------------------- AOT
+
+  def lower_generate(self, batch: int, *, sampler: str = 'student', steps: int = 4,
+                     cfg_scale: float = 1.0, video: bool = False):
+    """The fused executable for `batch` requests, lowered for shapes only."""
+    m, sds = self.config, jax.ShapeDtypeStruct
+    dt = _DTYPES[m.dtype]
+    text = sds((batch, m.text.max_length, m.cond_dim), dt)
+    video_tokens = sds((batch, m.video.out_tokens, m.cond_dim), dt) if video else None
+    with self._precision():
+      return self._generate.lower(self._generate_params(), text, video_tokens,
+                                  self.silent_tokens, sds((), jnp.int32), sampler=sampler,
+                                  steps=steps, cfg_scale=cfg_scale)
+
+  def lower_text(self, batch: int):
+    ids = jax.ShapeDtypeStruct((batch, self.config.text.max_length), jnp.int32)
+    with self._precision():
+      return self._text.lower(self._part('text'), ids, ids)
+
+  def lower_video(self, batch: int):
+    v, c = self.config.video, self.config.clip
+    frames = jax.ShapeDtypeStruct((batch, v.num_frames, c.image_size, c.image_size, 3), jnp.uint8)
+    sync = jax.ShapeDtypeStruct((batch, v.sync_len, v.sync_dim), jnp.float32)
+    with self._precision():
+      return self._video.lower(self._part('clip', 'video'), frames, sync)

@@ -41,7 +41,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:   # configs/ and axturbo/ when run as a script
   sys.path.insert(0, str(ROOT))
 
-SECTIONS = ('t2a', 'ablations', 'throughput', 'teacher', 'v2a', 'train', 'distill')
+SECTIONS = ('t2a', 'ablations', 'throughput', 'teacher', 'v2a', 'train', 'distill', 'aot')
 PEAK_BF16 = 790e12      # measured bf16 matmul rate of the H200 kind (KINDS.md)
 DATASHEET_BF16 = 989e12  # H100/H200 SXM dense bf16, the MFU denominator of configs/official.py
 BANDWIDTH = 4.3e12      # measured device-to-device copy bandwidth (KINDS.md)
@@ -216,9 +216,7 @@ class Suite:
   """Runs sections in order, merging each row into out/ours.json as soon as it is measured."""
 
   def __init__(self, args):
-    import flax.linen as nn
     import jax
-    from axturbo.models import audiox
     self.args = args
     self.config = load_config(args.size)
     self.m = self.config.model
@@ -235,14 +233,32 @@ class Suite:
     self.unroll = {'yes': True, 'no': False}.get(args.unroll_layers, 'unrolled' in picked)
     if any('cuDNN attention failed' in v for v in seen):
       self.attention = None
-    model = audiox.build_model(self.m)
-    t0 = time.perf_counter()
-    self.params = jax.block_until_ready(jax.jit(
-        lambda k: nn.unbox(audiox.init_params(model, self.m, k)))(jax.random.PRNGKey(0)))
-    self.init_s = time.perf_counter() - t0
+    self._params = None
     dev = jax.devices()[0]
     self.device = f'{dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}'
-    print(f'# {self.device}; size {args.size}; random init {self.init_s:.1f} s', flush=True)
+    print(f'# {self.device}; size {args.size}', flush=True)
+
+  @property
+  def params(self):
+    """Random weights made on the device by one jitted init (on first use)."""
+    if self._params is None:
+      import flax.linen as nn
+      import jax
+      from axturbo.models import audiox
+      model = audiox.build_model(self.m)
+      t0 = time.perf_counter()
+      self._params = jax.block_until_ready(jax.jit(
+          lambda k: nn.unbox(audiox.init_params(model, self.m, k)))(jax.random.PRNGKey(0)))
+      print(f'# random init {time.perf_counter() - t0:.1f} s', flush=True)
+    return self._params
+
+  def abstract_params(self):
+    import flax.linen as nn
+    import jax
+    from axturbo.models import audiox
+    model = audiox.build_model(self.m)
+    return jax.eval_shape(lambda: nn.unbox(audiox.init_params(model, self.m,
+                                                              jax.random.PRNGKey(0))))
 
   # ----------------------------------------------------------------------------- helpers
 
@@ -420,6 +436,60 @@ class Suite:
     self.time_pipeline('v2a', f'fast bf16, CLIP on {v.num_frames} frames', self.fast(),
                        video=(v.num_frames, c.image_size, c.image_size, 3))
 
+  def aot(self):
+    """Ahead-of-time costs of the serving executables for shapes only (no weights made):
+    XLA's cost_analysis() (FLOPs, bytes accessed; a loop body counts once) and memory next
+    to the analytic FLOPs and floor. Runs on any backend (the no-GPU fallback)."""
+    import jax
+    import jax.numpy as jnp
+    from axturbo import serving, tokenizers
+    from axturbo.models import audiox
+    abstract = self.abstract_params()
+    m = self.m
+    pipe = serving.Pipeline(m, abstract, dtype='bfloat16', unroll_layers=True,
+                            attention_impl=self.attention,
+                            tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
+    costs = stage_costs(m, abstract, 1, steps=4, cfg=False, video=True)
+    sds = jax.ShapeDtypeStruct
+    bf16 = jnp.bfloat16
+    velocity = jax.jit(lambda p, z, t, c: pipe.model.apply({'params': p}, z, t, c,
+                                                           method='velocity'))
+    decode = jax.jit(lambda p, z: pipe.decoder.apply({'params': p}, z, method='decode'))
+    t = m.trunk
+    stages = (
+        ('T5 encoder, batch 1', 't5', lambda: pipe.lower_text(1)),
+        ('CLIP + video conditioner, batch 1', 'clip+video', lambda: pipe.lower_video(1)),
+        ('trunk, one velocity call, batch 1 (layers unrolled)', 'trunk', lambda: velocity.lower(
+            {'trunk': pipe.params['trunk']}, sds((1, t.seq_len, t.io_channels), jnp.float32),
+            sds((1,), jnp.float32), sds((1, t.cond_len, t.cond_dim), bf16))),
+        ('VAE decode, batch 1 (float32)', 'decode', lambda: decode.lower(
+            pipe.params.get('vae', {}), sds((1, t.seq_len, t.io_channels), jnp.float32))),
+        ('fused T2A executable, batch 1 (MAF + 4 steps + decode)', None,
+         lambda: pipe.lower_generate(1)),
+    )
+    for name, key, lower in stages:
+      if self.over_budget():
+        break
+      t0 = time.perf_counter()
+      compiled = lower().compile()
+      row = dict(compile_s=time.perf_counter() - t0, **aot_costs(compiled))
+      if key is not None:
+        flops, nbytes, calls = costs[key]
+        row.update(analytic_tflop=flops / calls / 1e12, weight_gbytes=nbytes / 1e9,
+                   floor_ms=1e3 * max(flops / calls / PEAK_BF16, nbytes / BANDWIDTH))
+      else:
+        row.update(analytic_tflop=(costs['maf'][0] + costs['trunk'][0] + costs['decode'][0])
+                   / 1e12, floor_ms=floor_ms({k: costs[k] for k in ('maf', 'trunk', 'decode')}))
+      self.record('aot', name, **row)
+    for name, batch, kw in (('T2A request, batch 1', 1, {}), ('T2A request, batch 32', 32, {}),
+                            ('teacher request, 50 steps CFG 6, batch 1', 1,
+                             dict(steps=50, cfg=True)),
+                            ('V2A request, batch 1', 1, dict(video=True))):
+      c = stage_costs(m, abstract, batch, **{'steps': 4, 'cfg': False, 'video': False, **kw})
+      self.record('aot', f'analytic: {name}', batch=batch,
+                  analytic_tflop=sum(f for f, _, _ in c.values()) / 1e12,
+                  floor_ms=floor_ms(c), floor_clips_per_s=1e3 * batch / floor_ms(c))
+
   def train(self):
     """The teacher train step (train.py's jitted step) at --train_batch, bf16 compute."""
     import jax
@@ -509,6 +579,16 @@ class Suite:
     del box, state, compiled, inputs
 
 
+def aot_costs(compiled) -> dict:
+  """XLA's FLOPs / bytes accessed (cost_analysis) and memory of a compiled executable."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  row = {'xla_tflop': cost.get('flops', 0.0) / 1e12,
+         'xla_gbytes': cost.get('bytes accessed', 0.0) / 1e9}
+  row.update(memory(compiled))
+  return row
+
+
 def random_batch(m, b: int) -> dict:
   """A training batch of `b` random rows with `axturbo.data.pipeline`'s keys and dtypes."""
   import numpy as np
@@ -573,7 +653,10 @@ def format_table(rows: list) -> str:
   for r in rows:
     keys = [k for k in ('latents_rel_err', 'wave_rel_err', 'mfu_datasheet', 'mfu_measured_peak',
                         'model_tflop', 'compile_s', 'peak_gib', 'conditioning_ms', 'sampling_ms',
-                        'decoding_ms', 'variant_used', 'max_abs_err', 'error') if k in r]
+                        'decoding_ms', 'variant_used', 'max_abs_err', 'xla_tflop',
+                        'xla_gbytes', 'analytic_tflop', 'weight_gbytes', 'temp_gib', 'floor_ms',
+                        'floor_clips_per_s', 'error')
+            if k in r and not (k == 'floor_ms' and 'median_ms' in r)]
     if keys:
       vals = ', '.join(f'{k} {r[k]:.4g}' if isinstance(r[k], float) else f'{k} {r[k]}'
                        for k in keys)
@@ -594,7 +677,8 @@ def parse_args(argv):
   p.add_argument('--out', help='Directory of ours.json (rows are merged into it).')
   p.add_argument('--report', help='Print the table of DIR/ours.json + DIR/official.json.')
   p.add_argument('--size', default='official', choices=('official', 'micro'))
-  p.add_argument('--sections', default=','.join(SECTIONS))
+  p.add_argument('--sections', default=','.join(SECTIONS[:-1]),
+                 help=f'Comma-separated, from {SECTIONS} (default: all but aot).')
   p.add_argument('--runs', type=int, default=20)
   p.add_argument('--warmup', type=int, default=3)
   p.add_argument('--train_runs', type=int, default=10)

@@ -1,10 +1,12 @@
 """benchmarks/gpu_suite.py at micro size on CPU: rows, shapes and the table (no timing asserts).
 
-The inference sections run end to end here. The train / distill sections reuse train.py's and
+The t2a, teacher, v2a and aot sections run end to end here (the other inference sections are
+the same timing code at other batch sizes or pipeline options: the serving pipeline's batching
+and options are tested in test_serving). The train / distill sections reuse train.py's and
 distill.py's compiled steps (tested in test_train_step / test_distill) and take minutes to
-compile on 2 cores, so only their inputs and FLOP model are checked; run them by hand with
-  python benchmarks/gpu_suite.py --out /tmp/s --size micro --sections train,distill \
-      --runs 2 --warmup 1 --train_runs 2 --train_batch 2 --distill_batch 2
+compile on 2 cores, so only their inputs and FLOP model are checked; run the rest by hand with
+  python benchmarks/gpu_suite.py --out /tmp/s --size micro --runs 2 --warmup 1 --batches 2 \
+      --teacher_steps 2 --train_runs 2 --train_batch 2 --distill_batch 2
 """
 import importlib.util
 import json
@@ -23,7 +25,7 @@ _spec.loader.exec_module(gpu_suite)
 
 def test_inference_sections_write_rows_and_table(tmp_path, capsys):
   rc = gpu_suite.main(['--out', str(tmp_path), '--size', 'micro', '--runs', '1', '--warmup', '0',
-                       '--sections', 't2a,throughput,teacher,v2a', '--batches', '2',
+                       '--sections', 't2a,teacher,v2a,aot',
                        '--teacher_steps', '2'])
   assert rc == 0
   rows = json.loads((tmp_path / 'ours.json').read_text())
@@ -31,14 +33,16 @@ def test_inference_sections_write_rows_and_table(tmp_path, capsys):
   assert set(timed) == {
       ('t2a', 'fast bf16'), ('t2a', 'fast bf16, layers unrolled'),
       ('t2a', 'fast bf16, cached prompt'), ('t2a', 'fast fp32 (highest)'),
-      ('throughput', 'fast bf16, batch 2'), ('teacher', 'fast bf16, 2 Euler steps, CFG 6'),
+      ('teacher', 'fast bf16, 2 Euler steps, CFG 6'),
       ('v2a', 'fast bf16, CLIP on 2 frames')}
   for r in timed.values():
     assert r['median_ms'] > 0 and r['p90_ms'] >= r['median_ms'] and r['runs'] == 1
-  assert timed[('throughput', 'fast bf16, batch 2')]['batch'] == 2
   assert timed[('teacher', 'fast bf16, 2 Euler steps, CFG 6')]['nfe'] == 4
   assert timed[('t2a', 'fast bf16')]['floor_ms'] > 0
   assert 'floor_ms' not in timed[('t2a', 'fast fp32 (highest)')]
+  aot = {r['variant']: r for r in rows if r['section'] == 'aot'}
+  assert len(aot) == 9 and all(r['floor_ms'] > 0 for r in aot.values())
+  assert all(r['xla_tflop'] > 0 for k, r in aot.items() if not k.startswith('analytic'))
   [err] = [r for r in rows if r['variant'] == 'error: fast bf16 vs fp32']
   assert 0 < err['latents_rel_err'] < 0.1
   # The table is printed last and `--report` rebuilds it from the JSON.

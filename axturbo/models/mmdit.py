@@ -174,6 +174,7 @@ class LayerStack(nn.Module):
 
     scanned = nn.scan(cls, variable_axes={'params': 0}, split_rngs={'params': True},
                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=num_blocks,
+                      unroll=min(self.scan_unroll, num_blocks),
                       metadata_params={nn.PARTITION_NAME: 'layers'})
     if num_blocks < self.depth:
       if self.is_initializing():
