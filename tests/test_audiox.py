@@ -29,7 +29,8 @@ def setup(tiny_params):
   rng = np.random.default_rng(0)
   b = 2
   batch = audiox.dummy_batch(m, b)
-  batch['input_ids'] = jnp.asarray(rng.integers(3, 200, batch['input_ids'].shape), jnp.int32)
+  batch['input_ids'] = jnp.asarray(rng.integers(3, m.t5.vocab_size, batch['input_ids'].shape),
+                                   jnp.int32)
   mask = np.ones(batch['attention_mask'].shape, np.int32)
   mask[1, 5:] = 0
   batch['attention_mask'] = jnp.asarray(mask)

@@ -35,15 +35,16 @@ def _clip_id(audio):
 def test_batch_shapes_dtypes_and_ranges():
   c = _config()
   m = c.model
+  n = c.data.batch_size
   b = next(pipeline.make_iterator(c, process_index=0, process_count=1))
   want = {
-      'audio': ((8, m.audio_samples, 2), np.float32),
-      'prompt': ((8, m.prompt_samples, 2), np.float32),
-      'input_ids': ((8, m.text.max_length), np.int32),
-      'attention_mask': ((8, m.text.max_length), np.int32),
-      'frames': ((8, m.video.num_frames, m.clip.image_size, m.clip.image_size, 3), np.uint8),
-      'sync': ((8, m.video.sync_len, m.video.sync_dim), np.float32),
-      'task': ((8,), np.int32), 'valid': ((8,), np.bool_),
+      'audio': ((n, m.audio_samples, 2), np.float32),
+      'prompt': ((n, m.prompt_samples, 2), np.float32),
+      'input_ids': ((n, m.text.max_length), np.int32),
+      'attention_mask': ((n, m.text.max_length), np.int32),
+      'frames': ((n, m.video.num_frames, m.clip.image_size, m.clip.image_size, 3), np.uint8),
+      'sync': ((n, m.video.sync_len, m.video.sync_dim), np.float32),
+      'task': ((n,), np.int32), 'valid': ((n,), np.bool_),
   }
   assert {k: (v.shape, v.dtype) for k, v in b.items()} == want
   assert np.abs(b['audio']).max() <= 1.0 and np.abs(b['audio']).max() > 0.05
