@@ -143,6 +143,16 @@ class Generator:
 
   # ------------------------------------------------------------------------------ inputs
 
+  def encode(self, audio) -> np.ndarray:
+    """Stereo waveform (N, 2) or (B, N, 2), N = `config.audio_samples`, at the model rate ->
+    codec latents (B, T, C) (`Result.latents` holds one clip's (T, C))."""
+    audio = np.asarray(audio, np.float32)
+    audio = audio[None] if audio.ndim == 2 else audio
+    if audio.ndim != 3 or audio.shape[1:] != (self.config.audio_samples, 2):
+      raise ValueError(f'audio must be (N, 2) or (B, N, 2) with N = {self.config.audio_samples}'
+                       f', got {audio.shape}')
+    return np.asarray(self._encode(self.params, jnp.asarray(audio)))
+
   def _known_latents(self, items: list[gen_inputs.Item]):
     """(known (B, T, C), mask (B, T, 1)) for keep_unmasked, or (None, None)."""
     if all(it.known_samples is None for it in items):

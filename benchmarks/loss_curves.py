@@ -1,0 +1,59 @@
+"""Plots the flow-matching loss of several train.py runs against wall time and step.
+
+  python -m benchmarks.loss_curves --out docs/images/tiny_runs.png NAME=train.log [NAME=...]
+
+Reads the step lines that `axturbo.train.observe` logs ("step N | loss X | ...") and their
+absl timestamps; wall time counts from the first step line. Not part of the library.
+"""
+import argparse
+import datetime
+import re
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+_LINE = re.compile(r'^I\d{4} (\d\d:\d\d:\d\d\.\d+) .*\] step +(\d+) \| loss ([0-9.eE+-]+)')
+
+
+def read_log(path: str) -> tuple[list[float], list[int], list[float]]:
+  """(seconds since the first step line, steps, losses) of one log."""
+  times, steps, losses = [], [], []
+  for line in open(path, encoding='utf-8'):
+    match = _LINE.match(line)
+    if match:
+      clock = datetime.datetime.strptime(match.group(1), '%H:%M:%S.%f')
+      times.append(clock.hour * 3600 + clock.minute * 60 + clock.second
+                   + clock.microsecond / 1e6)
+      steps.append(int(match.group(2)))
+      losses.append(float(match.group(3)))
+  if not steps:
+    raise ValueError(f'{path}: no "step N | loss X" lines')
+  return [t - times[0] for t in times], steps, losses
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--out', required=True)
+  parser.add_argument('runs', nargs='+', help='NAME=path/to/train.log')
+  args = parser.parse_args()
+  fig, (ax_step, ax_time) = plt.subplots(1, 2, figsize=(11, 4))
+  for run in args.runs:
+    name, _, path = run.partition('=')
+    times, steps, losses = read_log(path)
+    ax_step.plot(steps, losses, label=name)
+    ax_time.plot([t / 60 for t in times], losses, label=name)
+  for ax, xlabel in ((ax_step, 'step'), (ax_time, 'minutes since the first logged step')):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('flow-matching loss')
+    ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(args.out, dpi=100)
+  print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+  main()
