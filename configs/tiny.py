@@ -1,9 +1,10 @@
 """A CPU-sized AudioX: the official code path with every tower shrunk.
 
-16 kHz stereo, 2.048 s clips (256 latent frames of 256 channels: the parameter-free patch codec,
-hop 128, docs/latent_codec.md), audio prompts as long (own tiny Oobleck encoder, 128 frames),
-10 video frames of 32x32 at 5 fps, a byte-level tokenizer (no vocabulary file), and towers
-small enough to train from scratch on 2 CPU cores.
+16 kHz stereo, 2.048 s clips (128 latent frames of 64 log-mel bands: the parameter-free mel
+codec with a Griffin-Lim decoder, docs/latent_codec.md), audio prompts as long and through the
+same codec, 10 video frames of 32x32 at 5 fps, a word-level tokenizer over the embedded
+captions' closed vocabulary (no vocabulary file), and towers small enough to train on 2 CPU
+cores in ~10 minutes (docs/training.md has the measured runs).
 """
 import ml_collections as mlc
 
