@@ -102,9 +102,9 @@ class Pipeline:
     self.params = run(jax.jit(cast_params, static_argnums=(1, 2)),
                       params, _DTYPES[weights_dtype or dtype], _DTYPES[decode_dtype])
     if tokenizer is None:
-      if m.text.tokenizer != 'byte':
-        raise ValueError("pass a tokenizer: model.text.tokenizer is not 'byte'")
-      tokenizer = tokenizers.ByteTokenizer(m.text.max_length)
+      if m.text.tokenizer == 'hf':
+        raise ValueError("pass a tokenizer: model.text.tokenizer 'hf' reads a local folder")
+      tokenizer = tokenizers.build_tokenizer(m.text)
     self.tokenizer = tokenizer
     self.cache_size = cache_size
     self._cache: collections.OrderedDict[str, jax.Array] = collections.OrderedDict()

@@ -55,7 +55,7 @@ def random_generator(config, seed: int):
   model = audiox.build_model(m)
   params = jax.jit(lambda k: nn.unbox(audiox.init_params(model, m, k)))(jax.random.PRNGKey(seed))
   tokenizer = None
-  if m.text.tokenizer != 'byte':
+  if m.text.tokenizer == 'hf':  # random weights, no vocabulary folder: byte ids are valid ids
     tokenizer = tokenizers.ByteTokenizer(m.text.max_length)
   return generate.Generator(m, params, kind='teacher', tokenizer=tokenizer,
                             meta={'weights': 'random'})
