@@ -83,6 +83,13 @@ def test_nfe_follows_the_samplers():
                                                 ('student', 1), ('student', 2), ('student', 4)]
   with pytest.raises(ValueError, match='steps'):
     efficiency.table_rows((), (3,), 6.0, False, True)
+  rows = efficiency.table_rows((50,), (4,), 6.0, True, True, undistilled_steps=(4,))
+  assert [(r.model, r.sampler, r.steps, r.cfg_scale) for r in rows] == [
+      ('teacher', 'teacher', 50, 6.0), ('teacher', 'student', 4, 1.0),
+      ('student', 'student', 4, 1.0)]
+  assert rows[1].label == 'teacher weights, student sampler (undistilled)'
+  with pytest.raises(ValueError, match='steps'):
+    efficiency.table_rows((50,), (4,), 6.0, True, True, undistilled_steps=(3,))
 
 
 def test_latency_statistics_come_from_the_timed_runs():
@@ -181,13 +188,13 @@ def test_cli_table_suite(tiny_checkpoint, tmp_path):
   out = tmp_path / 'table'
   run = _cli(tmp_path, '--suite=table', f'--teacher_checkpoint={tiny_checkpoint}',
              f'--student_checkpoint={tiny_checkpoint}', '--teacher_steps=1',
-             '--student_steps=1', '--runs=2', '--warmup=1', '--clips=2', '--batch_size=2',
+             '--undistilled_steps=1', '--student_steps=1', '--runs=2', '--warmup=1', '--clips=2', '--batch_size=2',
              '--tasks=t2a', f'--out={out}')
   assert run.returncode == 0, run.stderr[-3000:]
   res = json.loads((out / 'results.json').read_text())
   rows = res['rows']
   assert [(r['model'], r['sampler'], r['steps'], r['nfe']) for r in rows] == [
-      ('teacher', 'teacher', 1, 2), ('student', 'student', 1, 1)]
+      ('teacher', 'teacher', 1, 2), ('teacher', 'student', 1, 1), ('student', 'student', 1, 1)]
   for r in rows:
     assert len(r['runs_s']) == 2 and r['latency_mean_s'] == pytest.approx(np.mean(r['runs_s']))
     assert r['rtf'] == pytest.approx(r['latency_mean_s'] / r['duration_s'])
@@ -197,6 +204,7 @@ def test_cli_table_suite(tiny_checkpoint, tmp_path):
   assert '| Model | Steps | NFE | Latency (s) | RTF | Cat (%)' in md
   assert md.count('| teacher (Euler, CFG 6) | 1 | 2 |') == 1
   assert md.count('| student (denoise-renoise) | 1 | 1 |') == 1
+  assert md.count('| teacher weights, student sampler (undistilled) | 1 | 1 |') == 1
 
 
 @pytest.mark.parametrize('args,message', [

@@ -10,7 +10,7 @@ from axturbo.data import audio_io
 from axturbo.data import manifest
 from axturbo.data import pipeline
 from axturbo.data import video_io
-from axturbo.tokenizers import ByteTokenizer
+from axturbo.tokenizers import build_tokenizer
 from configs import tiny
 
 SR = 16000
@@ -183,16 +183,16 @@ def test_pipeline_skips_and_counts_bad_samples(media):
   assert len(batches) == 3   # 6 lines / 2 rows: skipping never changes the step count
   valid = np.concatenate([b['valid'] for b in batches])
   assert valid.sum() == 2 and valid[:2].all()
-  tok = ByteTokenizer(32)(['one', 'two']).input_ids
+  tok = build_tokenizer(c.model.text)(['one', 'two']).input_ids
   np.testing.assert_array_equal(batches[0]['input_ids'], tok)
   assert it.stats['skipped'] == 4 and 'nan_sync.npy' in it.stats['last_skipped']
   # Train: the bad lines never reach a batch, every epoch.
   c.data.manifest = c.data.heldout_manifest
   it = pipeline.make_iterator(c, process_index=0, process_count=1)
   rows = np.concatenate([b['attention_mask'].sum(1) for b in [next(it) for _ in range(4)]])
-  # 8 good rows ('one'/'two' + EOS) = 4 epochs of 2; the 4 bad lines of at least 3 of them
+  # 8 good rows ('one'/'two' + EOS: 2 word tokens) = 4 epochs of 2; the 4 bad lines of at least 3 of them
   # were met (the 4th epoch may end with bad lines not yet read).
-  assert set(rows.tolist()) == {4} and 12 <= it.stats['skipped'] <= 16
+  assert set(rows.tolist()) == {2} and 12 <= it.stats['skipped'] <= 16
 
 
 def test_fail_fast_raises_naming_the_file(media):
@@ -207,7 +207,8 @@ def test_folder_source_with_txt_captions(media, tmp_path):
   soundfile.write(tmp_path / 'b.flac', _sine(1.0, SR, 880.0), SR)
   c = _config(batch_size=2, heldout_manifest=str(tmp_path))
   b = next(pipeline.make_iterator(c, split='heldout', process_index=0, process_count=1))
-  np.testing.assert_array_equal(b['input_ids'], ByteTokenizer(32)(['a dog barks', '']).input_ids)
+  want = build_tokenizer(c.model.text)(['a dog barks', '']).input_ids
+  np.testing.assert_array_equal(b['input_ids'], want)
   assert (b['task'] == 0).all() and b['valid'].all()
 
 

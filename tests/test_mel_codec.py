@@ -3,7 +3,6 @@
 References: librosa's Slaney mel filterbank and STFT; the round trip is judged by the exact event
 detector on embedded clips, which is what the small configs' benchmark judges.
 """
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import librosa
@@ -104,12 +103,12 @@ def test_bad_sizes_raise():
     mel_codec.MelCodec().apply({}, jnp.zeros((1, 1000, 2)), method='encode')
 
 
-def test_prompt_conditioner_shares_the_target_codec():
+def test_prompt_conditioner_shares_the_target_codec(tiny_params):
   """encoder='codec': no own VAE parameters, and the tokens are an affine map of the codec's
   latents of the prompt."""
   m = tiny.model_config()
   model = audiox.build_model(m)
-  params = nn.unbox(jax.jit(lambda k: audiox.init_params(model, m, k))(jax.random.key(0)))
+  params = tiny_params
   assert set(params['audio_prompt']) == {'proj_features_128', 'proj_out'}
   prompt = jnp.asarray(embedded.make_clip(0, 'train', 16000, 2.0)['waveform'][None])
   prompt = jnp.pad(prompt, ((0, 0), (0, N - 32000), (0, 0)))
