@@ -7,8 +7,8 @@ Parameter tree (one per network role; teacher, student and fake model differ onl
    'video': video conditioner,   'audio_prompt': audio-prompt conditioner (own VAE encoder,
                                  or none when it shares the parameter-free target codec),
    'maf':   fusion block,        'trunk': MMDiT velocity predictor,
-   'vae':   latent codec of the target audio (`model.codec`: the Oobleck VAE, or the
-            parameter-free patch codec, which adds no 'vae' entry)}
+   'vae':   latent codec of the target audio (`model.codec`: the Oobleck VAE, or a
+            parameter-free patch or log-mel codec, which adds no 'vae' entry)}
 
 Each method touches only the subtrees it needs, so `apply` can be called with a partial tree
 (e.g. {'maf', 'trunk'} for `fuse` + `velocity`).
