@@ -193,3 +193,12 @@ def build_tokenizer(text_config, checkpoint_dir=None):
     raise ValueError("config.model.text.tokenizer_dir must name a local tokenizer folder "
                      "(model.text.tokenizer='hf'); or use tokenizer 'byte' or 'word'")
   return HFTokenizer(folder, text_config.max_length)
+
+
+def offline_tokenizer(text_config):
+  """`build_tokenizer`, except that 'hf' (a vocabulary folder) becomes bytes: for synthetic data
+  and random-weight benchmarks, which have no folder; byte ids (< 259) are valid ids of every
+  HF vocabulary this project uses."""
+  if text_config.tokenizer == 'hf':
+    return ByteTokenizer(text_config.max_length)
+  return build_tokenizer(text_config)

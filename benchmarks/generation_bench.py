@@ -54,11 +54,8 @@ def random_generator(config, seed: int):
   m = config.model
   model = audiox.build_model(m)
   params = jax.jit(lambda k: nn.unbox(audiox.init_params(model, m, k)))(jax.random.PRNGKey(seed))
-  tokenizer = None
-  if m.text.tokenizer == 'hf':  # random weights, no vocabulary folder: byte ids are valid ids
-    tokenizer = tokenizers.ByteTokenizer(m.text.max_length)
-  return generate.Generator(m, params, kind='teacher', tokenizer=tokenizer,
-                            meta={'weights': 'random'})
+  return generate.Generator(m, params, kind='teacher', meta={'weights': 'random'},
+                            tokenizer=tokenizers.offline_tokenizer(m.text))
 
 
 def measure(gen, sampler: str, steps: int, cfg_scale: float, batch: int, runs: int,

@@ -284,7 +284,7 @@ class Suite:
     from axturbo import serving, tokenizers
     kw.setdefault('attention_impl', self.attention)
     return serving.Pipeline(self.m, self.params,
-                            tokenizer=tokenizers.ByteTokenizer(self.m.text.max_length), **kw)
+                            tokenizer=tokenizers.offline_tokenizer(self.m.text), **kw)
 
   def _floor(self, batch, steps=4, cfg=False, video=False) -> float:
     return floor_ms(stage_costs(self.m, self.params, batch, steps=steps, cfg=cfg, video=video))
@@ -370,7 +370,7 @@ class Suite:
       m = self.m.copy_and_resolve_references()
       m.dtype = dtype
       gen = generate.Generator(m, self.params, kind='student',
-                               tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
+                               tokenizer=tokenizers.offline_tokenizer(m.text))
       stages = []
 
       def call(i, gen=gen, stages=stages):
@@ -451,7 +451,7 @@ class Suite:
     m = self.m
     pipe = serving.Pipeline(m, abstract, dtype='bfloat16', unroll_layers=True,
                             attention_impl=self.attention,
-                            tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
+                            tokenizer=tokenizers.offline_tokenizer(m.text))
     costs = stage_costs(m, abstract, 1, steps=4, cfg=False, video=True)
     sds = jax.ShapeDtypeStruct
     bf16 = jnp.bfloat16

@@ -26,7 +26,7 @@ def model_config() -> mlc.ConfigDict:
   # Prompts go through the same codec as the target (as the official VAE serves both).
   m.audio_prompt.update(encoder='codec', latent_seq_len=128, prompt_tokens=16, output_dim=64)
   m.vae.update(channels=4, c_mults=(1,), strides=(256,), latent_dim=4)  # unused: no prompt VAE
-  # A closed word vocabulary: a from-scratch encoder learns word ids quickly, not spelling.
+  # A closed word vocabulary: 48 tokens hold every caption whole (32 bytes cut them).
   vocab = embedded.caption_vocabulary(2.0)
   m.text.update(tokenizer='word', vocab=vocab, max_length=48)
   m.t5.update(vocab_size=len(vocab) + 3, d_model=64, d_kv=16, d_ff=128, num_layers=2,

@@ -14,14 +14,6 @@ from axturbo import tokenizers
 _NUM_CLASSES = 10
 
 
-def _tokenizer(text: mlc.ConfigDict):
-  """The config's tokenizer; bytes for 'hf' (benchmarks run without a vocabulary folder, and
-  byte ids < 259 are valid ids of any HF vocabulary this project uses)."""
-  if text.tokenizer == 'hf':
-    return tokenizers.ByteTokenizer(text.max_length)
-  return tokenizers.build_tokenizer(text)
-
-
 def _sample(m: mlc.ConfigDict, seed: int, index: int) -> dict:
   rng = np.random.default_rng([seed, index])
   c = int(rng.integers(_NUM_CLASSES))
@@ -30,7 +22,7 @@ def _sample(m: mlc.ConfigDict, seed: int, index: int) -> dict:
   phase = rng.uniform(0, 2 * np.pi)
   tone = 0.5 * np.sin(2 * np.pi * freq * np.arange(n) / sr + phase)
   audio = np.stack([tone, tone * rng.uniform(0.5, 1.0)], -1).astype(np.float32)
-  tokens = _tokenizer(m.text)(f'a tone of class {c}')
+  tokens = tokenizers.offline_tokenizer(m.text)(f'a tone of class {c}')
   s = m.clip.image_size
   frames = np.full((m.video.num_frames, s, s, 3), 25 * c, np.uint8)
   return {
