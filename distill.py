@@ -3,7 +3,7 @@
   python distill.py --config configs/tiny.py --teacher /tmp/teacher/export --workdir /tmp/d \
       [--config.distill.student.lr=1e-4 ...]
 
---teacher is an inference checkpoint (axturbo.checkpoints: train.py's <workdir>/export or
+--teacher is an inference checkpoint (axturbo.runtime.checkpoints: train.py's <workdir>/export or
 `python -m axturbo.convert` output) made for exactly `config.model`. Student and fake start as
 copies of its MAF + trunk; its conditioners (frozen) serve all three networks. Multi-host: as
 train.py (--distributed, or --coordinator_address/--num_processes/--process_id).
@@ -20,7 +20,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from axturbo import launch
+from axturbo.runtime import launch
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -32,8 +32,8 @@ _MULTIHOST = launch.define_multihost_flags()
 
 def _plan(d, step: int) -> list[tuple[str, bool]]:
   """The (step kind, advance the schedule) calls for schedule position `step`."""
-  from axturbo import dmd
-  s, f = dmd.updates_at(step, d.schedule, student_steps_per_cycle=d.student_steps_per_cycle,
+  from axturbo.distill import dmd
+  s, f = dmd.updates_at(step, d.update_schedule, student_steps_per_cycle=d.student_steps_per_cycle,
                         fake_steps_per_cycle=d.fake_steps_per_cycle,
                         fake_updates_per_student_update=d.fake_updates_per_student_update)
   calls = [('student', not f)] if s else []
@@ -55,13 +55,11 @@ def _check_same_teacher(workdir: pathlib.Path, teacher: str) -> None:
 
 def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   import jax
-  from jax.experimental import multihost_utils
 
-  from axturbo import checkpoints
   from axturbo.distill import observe, state as state_lib, step as step_lib
   from axturbo.models import audiox
-  from axturbo.train import checkpointing, parallel
-  from axturbo.train import observe as train_observe
+  from axturbo.runtime import checkpoints, sharding
+  from axturbo.runtime import observe as runtime_observe
 
   if config.distill.batch_size and config.distill.batch_size != config.data.batch_size:
     config = config.copy_and_resolve_references()
@@ -80,8 +78,8 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   abstract, shardings = state_lib.abstract_state(init_fn, model, config, mesh, rules)
   data_iter = launch.make_data_iterator(config, d.data_source, 'distill.data_source',
                                         jax.process_index(), jax.process_count())
-  manager = checkpointing.make_manager(workdir, d)
-  state = checkpointing.restore_latest(manager, abstract, data_iter)
+  manager = checkpoints.make_manager(workdir, d)
+  state = checkpoints.restore_latest(manager, abstract, data_iter)
   if state is not None:
     logging.info('resumed from step %d (%d student / %d fake updates, %d skipped)',
                  int(state.step), int(state.student_updates), int(state.fake_updates),
@@ -96,11 +94,11 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   local = next(data_iter)
   t0 = time.perf_counter()
   compiled = step_lib.compile_steps(jitted, plan, abstract, teacher,
-                                    parallel.abstract_batch(local, mesh), mesh, rules,
+                                    sharding.abstract_batch(local, mesh), mesh, rules,
                                     config.mesh.activation_constraints)
   logging.info('compiled %s in %.1f s', sorted(map(str, compiled)), time.perf_counter() - t0)
   # MFU uses the student step's FLOPs (the common step under the official schedule).
-  flops = train_observe.compiled_flops(next(c for k, c in compiled.items()
+  flops = runtime_observe.compiled_flops(next(c for k, c in compiled.items()
                                             if k[0] == 'student'))
   reporter = observe.Reporter(workdir, d.log_every, config.data.batch_size, flops,
                               d.peak_flops_per_device, first_step=int(state.step))
@@ -109,7 +107,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   while step < d.total_steps:
     if local is None:
       local = next(data_iter)
-    inputs = compiled['inputs'](state, teacher, parallel.global_batch(local, mesh))
+    inputs = compiled['inputs'](state, teacher, sharding.global_batch(local, mesh))
     metrics = {}
     for kind, adv in _plan(d, step):
       state, m = compiled[(kind, adv)](state, teacher, inputs)
@@ -118,7 +116,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
     step += 1
     reporter.record(step, metrics)
     if step % d.checkpoint_every == 0 or step == d.total_steps:
-      checkpointing.save(manager, state, data_iter)   # batches of steps < `step` consumed
+      checkpoints.save(manager, state, data_iter)   # batches of steps < `step` consumed
   manager.wait_until_finished()
   reporter.close()
 
@@ -127,14 +125,12 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
     logging.info('%s exists; not exporting again', out)
   else:
     params = state_lib.student_export_params(state, teacher, d)
-    if jax.process_count() > 1:
-      params = multihost_utils.process_allgather(params, tiled=True)
     meta = {'kind': 'student', 'step': int(state.step), 'ema': bool(d.ema.enabled),
             'student_updates': int(state.student_updates),
             'fake_updates': int(state.fake_updates), 'skipped': int(state.skipped),
-            'teacher': str(pathlib.Path(teacher_dir).absolute()), 'schedule': d.schedule,
+            'teacher': str(pathlib.Path(teacher_dir).absolute()), 'schedule': d.update_schedule,
             'num_steps': d.num_steps}
-    checkpoints.save_params(out, state_lib.as_numpy(params), config.model, meta)
+    checkpoints.export(out, params, config.model, meta)
     logging.info('student inference checkpoint (EMA: %s) in %s', d.ema.enabled, out)
   logging.info('done: step %d (%d student / %d fake updates, %d skipped)', step,
                int(state.student_updates), int(state.fake_updates), int(state.skipped))

@@ -12,12 +12,12 @@ python3 train.py --config "$CONFIG" --workdir "$OUT/teacher"
 echo "== 2/5 student: DMD + GAN distillation of the teacher"
 python3 distill.py --config "$CONFIG" --teacher "$OUT/teacher/export" --workdir "$OUT/student"
 echo "== 3/5 inputs for every task (held-out clip, its video, a frame, prompts)"
-python3 data/make_demo_inputs.py --config "$CONFIG" --out "$OUT/inputs"
+python3 -m scripts.make_demo_inputs --config "$CONFIG" --out "$OUT/inputs"
 echo "== 4/5 samples: student, 4 steps"
 python3 sample.py --checkpoint "$OUT/student/export" --batch_file "$OUT/inputs/tasks.jsonl" \
     --out "$OUT/samples"
 echo "== 5/5 scoreboard: teacher vs student on 32 held-out clips (event benchmark)"
-python3 -m axturbo.evaluate --suite table --teacher_checkpoint "$OUT/teacher/export" \
+python3 -m axturbo.eval --suite table --teacher_checkpoint "$OUT/teacher/export" \
     --student_checkpoint "$OUT/student/export" --teacher_steps 50,4 --undistilled_steps 4 \
     --student_steps 4,2,1 --tasks t2a,v2a,inpaint --clips 32 --runs 5 --warmup 2 \
     --out "$OUT/samples/scoreboard"

@@ -65,7 +65,7 @@ _PROMPT_PAD = flags.DEFINE_enum('prompt_pad', 'left', ['left', 'right'],
 
 
 def _jobs() -> list[dict]:
-  from axturbo import jobs
+  from axturbo.generation import jobs
   if _BATCH_FILE.value:
     return jobs.parse_batch_file(_BATCH_FILE.value)
   return [{'text': _PROMPT.value, 'video': _VIDEO.value, 'audio': _AUDIO.value,
@@ -74,38 +74,24 @@ def _jobs() -> list[dict]:
            'continuation': _CONTINUE.value}]
 
 
-def _progress(n: int):
-  try:
-    from tqdm import tqdm
-    return tqdm(total=n, unit='prompt', disable=n <= 1)
-  except ImportError:
-    return None
-
-
 def main(argv):
   del argv
-  from axturbo import generate
-  from axturbo import jobs
-  from axturbo import media
+  from axturbo.generation import jobs
+  from axturbo.generation import media
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError('--checkpoint and --out are required (see --help)')
   if _BATCH_SIZE.value < 1:
     raise app.UsageError('--batch_size must be >= 1')
   try:
     todo = _jobs()
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
-    try:
-      gen = generate.Generator.load(_CHECKPOINT.value)
-    finally:
-      logging.set_verbosity(verbosity)
+    gen = jobs.load_generator(_CHECKPOINT.value)
     sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
                                               _STEPS.value, _CFG.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   logging.info('%s checkpoint, %s sampler, %d steps, cfg %.2f, %d prompt(s)', gen.kind, sampler,
                steps, cfg, len(todo))
-  bar = _progress(len(todo))
+  bar = jobs.Progress(len(todo), unit='prompt')
   for start in range(0, len(todo), _BATCH_SIZE.value):
     chunk = todo[start:start + _BATCH_SIZE.value]
     per = {k: [job[k] for job in chunk] for k in jobs.JOB_KEYS}
@@ -132,10 +118,8 @@ def main(argv):
     for rec in records:
       logging.info('%s  (%.2f s audio, total %.2f s, RTF %.3f)', rec['files']['wav'],
                    rec['duration_s'], rec['latency_s']['total_s'], rec['real_time_factor'])
-    if bar is not None:
-      bar.update(len(chunk))
-  if bar is not None:
-    bar.close()
+    bar.update(len(chunk))
+  bar.close()
 
 
 def _dashes_to_underscores(argv: list[str]) -> list[str]:

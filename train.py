@@ -1,6 +1,6 @@
 """Teacher (AudioX-Base) training: rectified flow over VAE latents, on any mesh, resumable.
 
-  python train.py --config configs/tiny.py --workdir /tmp/w [--config.train.lr=3e-4 ...]
+  python train.py --config configs/tiny.py --workdir /tmp/w [--config.train.optim.lr=3e-4 ...]
 
 Multi-host: every host runs the same command. On TPU VMs / SLURM add `--distributed`
 (jax.distributed auto-detects the cluster); elsewhere pass --coordinator_address,
@@ -16,7 +16,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from axturbo import launch
+from axturbo.runtime import launch
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -28,16 +28,15 @@ def train(config, workdir: str) -> None:
   import jax
   import numpy as np
 
-  from axturbo import checkpoints
   from axturbo.models import audiox
-  from axturbo.train import checkpointing, observe, optim, parallel
-  from axturbo.train import state as state_lib
+  from axturbo.runtime import checkpoints, observe, optim, sharding
+  from axturbo.train import observe as train_observe, state as state_lib, step as step_lib
 
   t = config.train
   # Mesh and the abstract state: shapes and shardings, nothing materialised yet.
   workdir, mesh, rules = launch.start_run(config, workdir)
   model = audiox.build_model(config.model)
-  tx = optim.make_optimizer(t)
+  tx = optim.make_optimizer(t.optim, t.total_steps)
   init_fn = state_lib.make_init_fn(model, config, tx)
   abstract, shardings = state_lib.abstract_state(init_fn, mesh, rules)
   logging.info('mesh %s', dict(mesh.shape))
@@ -45,8 +44,8 @@ def train(config, workdir: str) -> None:
   # Resume from the latest checkpoint (onto this mesh, whatever mesh saved it) or start fresh.
   data_iter = launch.make_data_iterator(config, t.data_source, 'train.data_source',
                                         jax.process_index(), jax.process_count())
-  manager = checkpointing.make_manager(workdir, t)
-  state = checkpointing.restore_latest(manager, abstract, data_iter)
+  manager = checkpoints.make_manager(workdir, t)
+  state = checkpoints.restore_latest(manager, abstract, data_iter)
   if state is not None:
     logging.info('resumed from step %d (%d updates, %d skipped)', int(state.step),
                  int(state.updates), int(state.skipped))
@@ -59,13 +58,13 @@ def train(config, workdir: str) -> None:
       logging.info('initialized from %s', t.init_from)
 
   # The jitted step, compiled once ahead of time (and its FLOPs read for MFU).
-  step_fn = parallel.jit_train_step(model, tx, config, mesh, shardings, rules)
+  step_fn = step_lib.jit_train_step(model, tx, config, mesh, shardings)
   local = next(data_iter)
   t0 = time.perf_counter()
-  compiled = parallel.compile_step(step_fn, abstract, parallel.abstract_batch(local, mesh),
+  compiled = sharding.compile_step(step_fn, abstract, sharding.abstract_batch(local, mesh),
                                    mesh, rules, config.mesh.activation_constraints)
   logging.info('compiled the train step in %.1f s', time.perf_counter() - t0)
-  reporter = observe.Reporter(workdir, t.log_every, config.data.batch_size,
+  reporter = train_observe.Reporter(workdir, t.log_every, config.data.batch_size,
                               observe.compiled_flops(compiled), t.peak_flops_per_device,
                               first_step=int(state.step))
 
@@ -73,13 +72,13 @@ def train(config, workdir: str) -> None:
   while step < t.total_steps:
     if local is None:
       local = next(data_iter)
-    state, metrics = compiled(state, parallel.global_batch(local, mesh))
+    state, metrics = compiled(state, sharding.global_batch(local, mesh))
     local = None
     step += 1
     reporter.record(step, metrics)
     if step % t.checkpoint_every == 0 or step == t.total_steps:
       # The iterator has produced exactly the batches of steps < `step`.
-      checkpointing.save(manager, state, data_iter)
+      checkpoints.save(manager, state, data_iter)
   manager.wait_until_finished()
   curve = reporter.close()
 
@@ -88,7 +87,10 @@ def train(config, workdir: str) -> None:
     if (out / checkpoints.PARAMS_DIR).exists():
       logging.info('%s exists; not exporting again', out)
     else:
-      checkpointing.export(out, state, config, use_ema=t.ema.enabled)
+      meta = {'step': int(state.step), 'updates': int(state.updates), 'ema': t.ema.enabled,
+              'skipped': int(state.skipped)}
+      checkpoints.export(out, state_lib.inference_params(state, t, use_ema=t.ema.enabled),
+                         config.model, meta)
       logging.info('inference checkpoint (EMA merged: %s) in %s', t.ema.enabled, out)
   final_loss = reporter.history[-1][1] if reporter.history else float('nan')
   logging.info('done: step %d, last loss %.5f, skipped %d; loss curve %s', step,

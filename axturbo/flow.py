@@ -2,9 +2,20 @@
 
 Shapes: latents are (B, T, C); `t` is (B,) and broadcast over the remaining axes.
 All arithmetic is done in float32 whatever the dtype of the network outputs.
+
+This module is the one source of the flow primitives that training, distillation and
+generation share: the equations, the time grids, classifier-free guidance, the timestep
+samplers and the official defaults (docs/official.md).
 """
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+OFFICIAL_CFG_SCALE = 6.0         # teacher sampling, and the teacher's score in distillation
+OFFICIAL_TEACHER_STEPS = 250
+OFFICIAL_STUDENT_STEPS = 4
 
 
 def _bcast(t: jax.Array, like: jax.Array) -> jax.Array:
@@ -45,12 +56,65 @@ def euler_step(z_t: jax.Array, v: jax.Array, t: jax.Array, t_next: jax.Array) ->
   return z_t.astype(jnp.float32) + _bcast(t_next - t, z_t) * v.astype(jnp.float32)
 
 
-def classifier_free_guidance(v_cond: jax.Array, v_uncond: jax.Array, scale: float) -> jax.Array:
-  """v = v_u + s * (v_c - v_u); the official null condition is all-zero post-MAF tokens."""
-  v_cond, v_uncond = v_cond.astype(jnp.float32), v_uncond.astype(jnp.float32)
-  return v_uncond + scale * (v_cond - v_uncond)
+def classifier_free_guidance(v_cond: jax.Array, v_uncond: jax.Array, scale) -> jax.Array:
+  """v = v_u + s * (v_c - v_u), in the dtype of the velocities (the bf16 serving path keeps
+  bf16); the official null condition is all-zero post-MAF tokens (`cfg_velocity`)."""
+  return v_uncond + (v_cond - v_uncond) * scale
 
 
-def student_timesteps(num_steps: int) -> jax.Array:
-  """The student's grid [1, ..., 1/num_steps]: linspace(1, 0, num_steps + 1) without the final 0."""
-  return jnp.linspace(1.0, 0.0, num_steps + 1)[:-1]
+def cfg_velocity(apply_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+                 x: jax.Array, t: jax.Array, cond: jax.Array, scale) -> jax.Array:
+  """Classifier-free guidance as the official wrapper does it: v_u + s * (v_c - v_u).
+
+  The null condition is all-zero post-fusion tokens; conditional and null rows run as one
+  batch [cond, null]. A Python scale of exactly 1 runs the conditional pass only.
+  apply_fn(x, t, cond) -> v, e.g. `lambda *a: model.apply(params, *a)`.
+  """
+  if isinstance(scale, (int, float)) and scale == 1:
+    return apply_fn(x, t, cond)
+  v = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+               jnp.concatenate([cond, jnp.zeros_like(cond)]))
+  return classifier_free_guidance(*jnp.split(v, 2), scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time grids. Concrete arrays, so that a rollout can index them with Python ints under jit;
+# computed by jnp.linspace in float32 so that every sampler keeps the grid it was measured on.
+
+def time_grid(num_steps: int) -> np.ndarray:
+  """linspace(1, 0, num_steps + 1) in float32: the Euler solver's and the student's times."""
+  with jax.ensure_compile_time_eval():
+    return np.asarray(jnp.linspace(1.0, 0.0, num_steps + 1))
+
+
+def student_timesteps(num_steps: int = OFFICIAL_STUDENT_STEPS) -> np.ndarray:
+  """The student's grid [1, ..., 1/num_steps]: `time_grid` without the final 0."""
+  return time_grid(num_steps)[:-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestep samplers, (B,) float32.
+
+def sample_times(key: jax.Array, batch: int, low: float = 0.0, high: float = 1.0,
+                 stratified: bool = True) -> jax.Array:
+  """Per-sample times in [low, high).
+
+  stratified: (perm(i) + u_i) / B, one sample per 1/B stratum, a low-discrepancy stand-in for
+  the official scrambled Sobol draw (the teacher's t, and distillation's t_dmd and t_fake).
+  """
+  if not 0.0 <= low < high <= 1.0:
+    raise ValueError(f'time range must satisfy 0 <= low < high <= 1, got [{low}, {high})')
+  k_perm, k_u = jax.random.split(key)
+  u = jax.random.uniform(k_u, (batch,), jnp.float32)
+  if stratified:
+    u = (jax.random.permutation(k_perm, batch).astype(jnp.float32) + u) / batch
+  return low + (high - low) * u
+
+
+def logit_normal_times(key: jax.Array, batch: int) -> jax.Array:
+  """t = sigmoid(n), n ~ N(0, 1) (the official 'logit_normal' option)."""
+  return jax.nn.sigmoid(jax.random.normal(key, (batch,)))
+
+
+# The teacher's `train.timestep_sampler` options.
+TIMESTEP_SAMPLERS = {'uniform': sample_times, 'logit_normal': logit_normal_times}

@@ -1,6 +1,6 @@
 """Ahead-of-time compile of the teacher train step for a mesh you may not have; memory per device.
 
-  python benchmarks/aot_memory.py --config configs/official.py --devices 8 --mesh 1,-1,1 \
+  python -m benchmarks.aot_memory --config configs/official.py --devices 8 --mesh 1,-1,1 \
       --batch 8 [--config.model.trunk.remat_policy=full] [--config.model.dtype=bfloat16]
 
 Builds fake CPU devices, the abstract TrainState (jax.eval_shape: no parameter is ever
@@ -9,17 +9,13 @@ materialised), ShapeDtypeStruct batches, then jit(...).lower(...).compile() and 
 batch; temp = activations and scratch) and XLA's FLOP count. CPU numbers approximate what a
 GPU/TPU compile of the same SPMD program needs (layouts and fusion differ per backend).
 """
-import os
-import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-import aot_report
+from benchmarks import aot_report
 
-# The repo root, so that configs (which import axturbo) load when run as a script.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/official.py', 'Model/train config.')
 _DEVICES = flags.DEFINE_integer('devices', 8, 'Fake CPU devices.')
@@ -34,24 +30,25 @@ def main(argv):
 
   from axturbo.data import pipeline
   from axturbo.models import audiox
-  from axturbo.train import optim, parallel, state as state_lib
+  from axturbo.runtime import optim, sharding
+  from axturbo.train import state as state_lib, step as step_lib
 
   config = _CONFIG.value
   m = config.model
-  mesh = parallel.make_mesh(tuple(int(x) for x in _MESH.value.split(',')))
-  rules = parallel.mesh_rules(config.mesh)
+  mesh = sharding.make_mesh(tuple(int(x) for x in _MESH.value.split(',')))
+  rules = sharding.mesh_rules(config.mesh)
   model = audiox.build_model(m)
-  tx = optim.make_optimizer(config.train)
+  tx = optim.make_optimizer(config.train.optim, config.train.total_steps)
   init_fn = state_lib.make_init_fn(model, config, tx)
   abstract, shardings = state_lib.abstract_state(init_fn, mesh, rules)
 
   b = _BATCH.value
   # Shapes/dtypes of one global batch (a single process holds all of it here).
   local = {k: np.stack([v] * b) for k, v in pipeline.empty_example(m).items()}
-  batch = parallel.abstract_batch(local, mesh)
-  step = parallel.jit_train_step(model, tx, config, mesh, shardings, rules)
+  batch = sharding.abstract_batch(local, mesh)
+  step = step_lib.jit_train_step(model, tx, config, mesh, shardings)
   t0 = time.perf_counter()
-  compiled = parallel.compile_step(step, abstract, batch, mesh, rules,
+  compiled = sharding.compile_step(step, abstract, batch, mesh, rules,
                                    config.mesh.activation_constraints)
   secs = time.perf_counter() - t0
 

@@ -1,23 +1,20 @@
 """Ahead-of-time compile of both distillation steps (student; fake + D) for a mesh you may not
 have; memory per device. The distillation twin of benchmarks/aot_memory.py.
 
-  python benchmarks/aot_memory_distill.py --config configs/official.py --devices 8 \
+  python -m benchmarks.aot_memory_distill --config configs/official.py --devices 8 \
       --mesh 1,-1,1 --batch 8 [--config.model.dtype=bfloat16] [--steps student,fake]
 
 Abstract teacher (full AudioX tree), abstract DistillState (student, fake, heads, EMA, two AdamW
 states) and ShapeDtypeStruct batches, all with their shardings; nothing is materialised.
 """
-import os
 import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-import aot_report
+from benchmarks import aot_report
 
-# The repo root, so that configs (which import axturbo) load when run as a script.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/official.py', 'Model/distill config.')
 _DEVICES = flags.DEFINE_integer('devices', 8, 'Fake CPU devices.')
@@ -33,17 +30,17 @@ def main(argv):
   import jax
   import numpy as np
 
-  from axturbo import sharding
+  from axturbo.runtime import sharding
   from axturbo.distill import state as state_lib, step as step_lib
   from axturbo.data import pipeline
   from axturbo.models import audiox
-  from axturbo.train import parallel
+  from axturbo.runtime import sharding
 
   config = _CONFIG.value
   m, d = config.model, config.distill
   state_lib.check_distill_config(config)
-  mesh = parallel.make_mesh(tuple(int(x) for x in _MESH.value.split(',')))
-  rules = parallel.mesh_rules(config.mesh)
+  mesh = sharding.make_mesh(tuple(int(x) for x in _MESH.value.split(',')))
+  rules = sharding.mesh_rules(config.mesh)
   model = audiox.build_model(m)
   boxed = state_lib.abstract_params(model, m)
   t_shard = sharding.logical_shardings(boxed, mesh, rules)
@@ -56,7 +53,7 @@ def main(argv):
   b = _BATCH.value
   # Shapes/dtypes of one global batch (a single process holds all of it here).
   local = {k: np.stack([v] * b) for k, v in pipeline.empty_example(m).items()}
-  batch = parallel.abstract_batch(local, mesh)
+  batch = sharding.abstract_batch(local, mesh)
   jitted = step_lib.jit_steps(model, txs, config, mesh, shardings, t_shard)
   count = aot_report.count
   print(f'mesh {dict(mesh.shape)}  global batch {b}  dtype {m.dtype}  '

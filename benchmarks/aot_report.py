@@ -1,6 +1,6 @@
 """What the AOT memory benchmarks share: fake CPU devices, parameter counts, the memory report.
 
-Import it from a benchmark script (benchmarks/ is on sys.path when one runs as a script).
+Import it from a benchmark script: `from benchmarks import aot_report`.
 """
 import os
 
@@ -25,7 +25,7 @@ def _gib(n: int) -> str:
 
 def print_memory(compiled) -> None:
   """Per-device `memory_analysis()` fields, the peak (args + out - alias + temp) and XLA's FLOPs."""
-  from axturbo.train import observe
+  from axturbo.runtime import observe
   mem = compiled.memory_analysis()
   for field in ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
                 'temp_size_in_bytes', 'generated_code_size_in_bytes'):

@@ -1,6 +1,6 @@
 """How close are a distilled student's 4-step samples to its teacher's many-step samples?
 
-  python benchmarks/distill_quality.py --config configs/tiny.py --teacher /tmp/teacher/export \
+  python -m benchmarks.distill_quality --config configs/tiny.py --teacher /tmp/teacher/export \
       --student /tmp/distill/export[,/tmp/other/export] [--clips 32] [--ref_steps 50]
 
 For the first `--clips` held-out clips of the config's dataset (their text, video and audio
@@ -21,13 +21,10 @@ Metrics, each vs the reference, mean over clips (lower is closer):
 Conditioning is deterministic (posterior mean prompts, no MAF dropout).
 """
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-# The repo root, so that configs (which import axturbo) load when run as a script.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config (model + data).')
 _TEACHER = flags.DEFINE_string('teacher', None, 'Teacher inference checkpoint.')
@@ -46,10 +43,12 @@ def main(argv):
   import librosa
   import numpy as np
 
-  from axturbo import checkpoints, sampling
+  from axturbo import flow
   from axturbo.data import pipeline
   from axturbo.eval import metrics
+  from axturbo.generation import sampling
   from axturbo.models import audiox
+  from axturbo.runtime import checkpoints
 
   config = _CONFIG.value
   m = checkpoints.load_model_config(_TEACHER.value)
@@ -59,13 +58,9 @@ def main(argv):
 
   @jax.jit
   def condition(p, batch):
-    text = model.apply({'params': p}, batch['input_ids'], batch['attention_mask'],
-                       method='encode_text')
-    video = model.apply({'params': p}, batch['frames'].astype(jnp.float32), batch['sync'],
-                        method='encode_video')
-    audio = model.apply({'params': p}, batch['prompt'], rng=jax.random.key(0),
-                        deterministic=True, method='encode_audio_prompt')
-    return model.apply({'params': p}, text, video, audio, method='fuse')
+    f = model.apply({'params': p}, batch, rng=jax.random.key(0), deterministic=True,
+                    method='encode_conditions')
+    return model.apply({'params': p}, f['text'], f['video'], f['audio'], method='fuse')
 
   def euler(p, cond, noise, steps, cfg):
     vf = lambda z, t, c: model.apply({'params': p}, z, t, c, method='velocity')
@@ -96,10 +91,10 @@ def main(argv):
     noise = jax.random.normal(k1, (b, m.trunk.seq_len, m.trunk.io_channels))
     renoise = jax.random.normal(k2, (3,) + noise.shape)
     c_t = condition(teacher, batch)
-    zs = {'ref': euler(teacher, c_t, noise, _REF_STEPS.value, sampling.OFFICIAL_CFG_SCALE),
+    zs = {'ref': euler(teacher, c_t, noise, _REF_STEPS.value, flow.OFFICIAL_CFG_SCALE),
           'floor': euler(teacher, c_t, jax.random.normal(k3, noise.shape), _REF_STEPS.value,
-                         sampling.OFFICIAL_CFG_SCALE),
-          'teacher4': euler(teacher, c_t, noise, 4, sampling.OFFICIAL_CFG_SCALE),
+                         flow.OFFICIAL_CFG_SCALE),
+          'teacher4': euler(teacher, c_t, noise, 4, flow.OFFICIAL_CFG_SCALE),
           'init4': student4(teacher, c_t, noise, renoise)}
     for k, p in students.items():
       zs[k] = student4(p, condition(p, batch), noise, renoise)

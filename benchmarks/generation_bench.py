@@ -1,8 +1,8 @@
 r"""Generation latency per stage, NFE and real-time factor: teacher (Euler + CFG) vs student.
 
-  python benchmarks/generation_bench.py --checkpoint out/quickstart/student/export \
+  python -m benchmarks.generation_bench --checkpoint out/quickstart/student/export \
       [--batch 1] [--runs 10] [--warmup 2] [--teacher_steps 4,25,50,250] [--student_steps 1,2,4]
-  python benchmarks/generation_bench.py --config configs/official.py [--config.model.dtype=bfloat16]
+  python -m benchmarks.generation_bench --config configs/official.py [--config.model.dtype=bfloat16]
 
 Without --checkpoint the model of --config is built with random weights (nothing is downloaded;
 latency does not depend on the weights). A config whose tokenizer is a local Hugging Face folder
@@ -24,7 +24,6 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'axturbo checkpoint directory.')
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,7 +48,8 @@ def random_generator(config, seed: int):
   """A Generator (kind 'teacher') for config.model with random weights, no files read."""
   import flax.linen as nn
   import jax
-  from axturbo import generate, tokenizers
+  from axturbo.data import tokenizers
+  from axturbo.generation import generate
   from axturbo.models import audiox
   m = config.model
   model = audiox.build_model(m)
@@ -110,7 +110,7 @@ def speedup(rows: list[dict], teacher_steps: int = 50, student_steps: int = 4) -
 
 def main(argv):
   del argv
-  from axturbo import jobs, sampling
+  from axturbo.generation import jobs, sampling
   try:
     if _WARMUP.value < 1:
       raise ValueError('--warmup must be >= 1 (the first call of each setting compiles)')
@@ -125,7 +125,7 @@ def main(argv):
     if not _CHECKPOINT.value and _CONFIG.value is None:
       raise ValueError('give --checkpoint DIR, or --config FILE for random weights')
     import jax
-    from axturbo import generate
+    from axturbo.generation import generate
     if _CHECKPOINT.value:
       if not pathlib.Path(_CHECKPOINT.value).is_dir():
         raise FileNotFoundError(f'--checkpoint {_CHECKPOINT.value!r}: directory not found')

@@ -1,9 +1,9 @@
 r"""Official-size benchmark suite on one accelerator: generation latency and throughput, the
 teacher sampler, video-to-audio, the teacher train step and both distillation steps.
 
-  python benchmarks/gpu_suite.py --out DIR [--size official|micro] [--sections t2a,ablations,...]
+  python -m benchmarks.gpu_suite --out DIR [--size official|micro] [--sections t2a,ablations,...]
       [--runs 20] [--warmup 3] [--cache_dir .jax_cache] [--budget_s 0]
-  python benchmarks/gpu_suite.py --report DIR     # ours.json + official.json -> one table
+  python -m benchmarks.gpu_suite --report DIR     # ours.json + official.json -> one table
 
 Random weights at `configs/official.py` sizes (latency does not depend on the values), created
 on the device by one jitted init: nothing is downloaded and no full-size tree is ever built on
@@ -38,8 +38,6 @@ import time
 import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:   # configs/ and axturbo/ when run as a script
-  sys.path.insert(0, str(ROOT))
 
 SECTIONS = ('t2a', 'ablations', 'throughput', 'teacher', 'v2a', 'train', 'distill', 'aot')
 PEAK_BF16 = 790e12      # measured bf16 matmul rate of the H200 kind (KINDS.md)
@@ -281,7 +279,8 @@ class Suite:
     return bool(self.args.budget_s) and time.perf_counter() - self.t_start > self.args.budget_s
 
   def pipeline(self, **kw):
-    from axturbo import serving, tokenizers
+    from axturbo.data import tokenizers
+    from axturbo.generation import serving
     kw.setdefault('attention_impl', self.attention)
     return serving.Pipeline(self.m, self.params,
                             tokenizer=tokenizers.offline_tokenizer(self.m.text), **kw)
@@ -365,7 +364,8 @@ class Suite:
   def ablations(self):
     """What each change buys, T2A batch 1, student 4 steps."""
     import numpy as np
-    from axturbo import generate, tokenizers
+    from axturbo.data import tokenizers
+    from axturbo.generation import generate
     for dtype in ('float32', 'bfloat16'):
       m = self.m.copy_and_resolve_references()
       m.dtype = dtype
@@ -445,7 +445,8 @@ class Suite:
     to the analytic FLOPs and floor. Runs on any backend (the no-GPU fallback)."""
     import jax
     import jax.numpy as jnp
-    from axturbo import serving, tokenizers
+    from axturbo.data import tokenizers
+    from axturbo.generation import serving
     from axturbo.models import audiox
     abstract = self.abstract_params()
     m = self.m
@@ -499,23 +500,24 @@ class Suite:
     """The teacher train step (train.py's jitted step) at --train_batch, bf16 compute."""
     import jax
     from axturbo.models import audiox
-    from axturbo.train import optim, parallel, state as state_lib
+    from axturbo.runtime import optim, sharding
+    from axturbo.train import state as state_lib, step as train_step_lib
     self._fast = None   # frees the bf16 inference weights
     config = self.config.copy_and_resolve_references()
     config.model.dtype = 'bfloat16'
     config.model.trunk.remat_policy = self.args.remat
-    mesh = parallel.make_mesh((1, -1, 1))
-    rules = parallel.mesh_rules(config.mesh)
+    mesh = sharding.make_mesh((1, -1, 1))
+    rules = sharding.mesh_rules(config.mesh)
     model = audiox.build_model(config.model)
-    tx = optim.make_optimizer(config.train)
+    tx = optim.make_optimizer(config.train.optim, config.train.total_steps)
     init_fn = state_lib.make_init_fn(model, config, tx)
     abstract, shardings = state_lib.abstract_state(init_fn, mesh, rules)
     state = state_lib.init_state(init_fn, mesh, 0, rules)
     b = self.args.train_batch
-    batch = parallel.global_batch(random_batch(config.model, b), mesh)
-    jitted = parallel.jit_train_step(model, tx, config, mesh, shardings, rules)
+    batch = sharding.global_batch(random_batch(config.model, b), mesh)
+    jitted = train_step_lib.jit_train_step(model, tx, config, mesh, shardings)
     t0 = time.perf_counter()
-    compiled = parallel.compile_step(jitted, abstract, parallel.abstract_batch(
+    compiled = sharding.compile_step(jitted, abstract, sharding.abstract_batch(
         random_batch(config.model, b), mesh), mesh, rules)
     compile_s = time.perf_counter() - t0
     mem = memory(compiled)
@@ -537,16 +539,15 @@ class Suite:
     """distill.py's student step (with its conditioner inputs) and fake + D step."""
     import flax.linen as nn
     import jax
-    from axturbo import sharding
+    from axturbo.runtime import sharding
     from axturbo.distill import state as state_lib, step as step_lib
     from axturbo.models import audiox
-    from axturbo.train import parallel
     config = self.config.copy_and_resolve_references()
     config.model.dtype = 'bfloat16'
     config.model.trunk.remat_policy = self.args.remat
     d = config.distill
-    mesh = parallel.make_mesh((1, -1, 1))
-    rules = parallel.mesh_rules(config.mesh)
+    mesh = sharding.make_mesh((1, -1, 1))
+    rules = sharding.mesh_rules(config.mesh)
     model = audiox.build_model(config.model)
     boxed = state_lib.abstract_params(model, config.model)
     t_shard = sharding.logical_shardings(boxed, mesh, rules)
@@ -562,9 +563,9 @@ class Suite:
     t0 = time.perf_counter()
     plan = {('student', True), ('fake', True)}
     compiled = step_lib.compile_steps(jitted, plan, abstract, teacher,
-                                      parallel.abstract_batch(local, mesh), mesh, rules)
+                                      sharding.abstract_batch(local, mesh), mesh, rules)
     compile_s = time.perf_counter() - t0
-    batch = parallel.global_batch(local, mesh)
+    batch = sharding.global_batch(local, mesh)
     box = {'state': state}
     inputs = compiled['inputs'](state, teacher, batch)
     for kind in ('student', 'fake'):

@@ -15,8 +15,8 @@ deadline=$(( $(date +%s) + ${2:?deadline in seconds} ))
 shift 2
 stages=${*:-ours_t2a official_t2a ours_inference official_inference ours_ablations ours_train ours_distill}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
-suite="python3 benchmarks/gpu_suite.py --out $out --cache_dir .jax_cache ${SUITE_ARGS:-}"
-official="python3 benchmarks/official_reference.py --out $out ${OFFICIAL_ARGS:-}"
+suite="python3 -m benchmarks.gpu_suite --out $out --cache_dir .jax_cache ${SUITE_ARGS:-}"
+official="python3 -m benchmarks.official_reference --out $out ${OFFICIAL_ARGS:-}"
 
 run() {  # run CAP_S CMD...: at most CAP_S seconds, and never past the deadline (10 s spare)
   local cap=$1 left=$(( deadline - $(date +%s) - 10 )); shift
@@ -41,4 +41,4 @@ for stage in $stages; do
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done
-python3 benchmarks/gpu_suite.py --report "$out" | tee "$out/table.md"
+python3 -m benchmarks.gpu_suite --report "$out" | tee "$out/table.md"

@@ -1,6 +1,6 @@
 r"""The official AudioX-Turbo PyTorch code, timed the way benchmarks/gpu_suite.py times ours.
 
-  python benchmarks/official_reference.py --official .official --out DIR \
+  python -m benchmarks.official_reference --official .official --out DIR \
       [--size official|micro] [--sections t2a,throughput,teacher,v2a] [--precisions fp32,bf16]
       [--runs 20] [--warmup 3] [--device cuda]
 
@@ -69,7 +69,7 @@ def patch_hub(m) -> None:
   import torch
   import torch.backends.cuda
   import transformers
-  from axturbo import tokenizers
+  from axturbo.data import tokenizers
 
   if not hasattr(torch.backends.cuda, 'sdp_kernel'):
     torch.backends.cuda.sdp_kernel = lambda *a, **k: contextlib.nullcontext()
@@ -311,8 +311,6 @@ def main(argv=None) -> int:
   args.sections = [s for s in args.sections.split(',') if s]
   args.precisions = [s for s in args.precisions.split(',') if s]
   args.batches = [int(x) for x in args.batches.split(',') if x]
-  if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
   ref = Reference(args)
   failed = 0
   for section in args.sections:

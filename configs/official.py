@@ -1,4 +1,4 @@
-"""AudioX-Turbo at the released size (official_architecture.md; loads the official weights).
+"""AudioX-Turbo at the released size (docs/official.md; loads the official weights).
 
   python sample.py --config configs/official.py ...
   python -m axturbo.convert --config configs/official.py ...
@@ -67,7 +67,7 @@ def data_config() -> mlc.ConfigDict:
   d.manifest = ''                 # train manifest .jsonl (official format) or audio folder
   d.heldout_manifest = ''         # split='heldout'
   d.root = ''                     # base of relative manifest paths ('' = working directory)
-  d.records_dir = ''              # source 'records': output of data/prepare.py
+  d.records_dir = ''              # source 'records': output of scripts/prepare.py
   d.num_clips = 10000             # source 'embedded': train clips
   d.heldout_clips = 256           # source 'embedded': heldout clips
   d.duration_s = 0.0              # embedded clip length; 0 = fits audio and prompt (10 s)
@@ -81,6 +81,23 @@ def data_config() -> mlc.ConfigDict:
   d.inpaint_ratio = (0.1, 0.5)    # masked span / clip length
   d.continuation_ratio = (0.25, 0.75)  # kept prefix / clip length
   return d
+
+
+def optimizer_config(lr: float = 1e-5) -> mlc.ConfigDict:
+  """One optimizer (axturbo/runtime/optim.py): `train.optim`, `distill.student`, `distill.fake`.
+
+  Official: AdamW lr 1e-5, betas (0.9, 0.999), weight decay 1e-3 (torch AdamW eps 1e-8), the
+  InverseLR schedule, no clipping.
+  """
+  o = mlc.ConfigDict()
+  o.lr = lr
+  o.b1, o.b2, o.eps, o.weight_decay = 0.9, 0.999, 1e-8, 1e-3
+  o.schedule = 'inverse'           # 'inverse' (official InverseLR), 'constant', 'cosine'
+  o.inverse = mlc.ConfigDict(dict(inv_gamma=1e6, power=0.5, warmup=0.99))
+  o.warmup_steps = 0               # linear warmup of 'constant' / 'cosine'
+  o.final_lr_fraction = 0.0        # 'cosine' end value as a fraction of lr (decays over total_steps)
+  o.grad_clip_norm = 0.0           # global-norm clipping; 0 disables (official: none)
+  return o
 
 
 def train_config() -> mlc.ConfigDict:
@@ -97,14 +114,7 @@ def train_config() -> mlc.ConfigDict:
   # audio-prompt projections (not its VAE encoder copy). 'vae' is never trainable here.
   t.trainable = ('maf', 'trunk', 'video', 'audio_prompt/proj_features_128',
                  'audio_prompt/proj_out')
-  # AdamW: lr 1e-5, betas (0.9, 0.999), weight decay 1e-3 (torch AdamW eps 1e-8).
-  t.lr = 1e-5
-  t.b1, t.b2, t.eps, t.weight_decay = 0.9, 0.999, 1e-8, 1e-3
-  t.schedule = 'inverse'           # 'inverse' (official InverseLR), 'constant', 'cosine'
-  t.inverse = mlc.ConfigDict(dict(inv_gamma=1e6, power=0.5, warmup=0.99))
-  t.warmup_steps = 0               # linear warmup of 'constant' / 'cosine'
-  t.final_lr_fraction = 0.0        # 'cosine' end value as a fraction of lr
-  t.grad_clip_norm = 0.0           # global-norm clipping; 0 disables (official: none)
+  t.optim = optimizer_config()
   # EMA as ema_pytorch(beta=0.9999, power=3/4, update_after_step=1); covers the trunk only.
   t.ema = mlc.ConfigDict(dict(enabled=True, subtrees=('trunk',), beta=0.9999, power=0.75,
                               update_after_step=1))
@@ -121,9 +131,8 @@ def train_config() -> mlc.ConfigDict:
 
 
 def distill_config() -> mlc.ConfigDict:
-  """Student distillation (distill.py): the official DMD + GAN settings (the values of
-  `axturbo.dmd_objectives.official_config()`, spelled out so that configs import nothing from
-  axturbo; tests/test_distill.py checks they agree) plus optimizers, EMA and the loop."""
+  """Student distillation (distill.py): the official DMD + GAN settings (docs/official.md)
+  plus optimizers, EMA and the loop."""
   d = mlc.ConfigDict()
   d.num_steps = 4                  # student grid linspace(1, 0, 5)[:-1]
   d.index_probs = (0.25, 0.25, 0.25, 0.25)   # rollout target index
@@ -133,7 +142,7 @@ def distill_config() -> mlc.ConfigDict:
   d.disc_num_blocks = 6            # = model.disc.num_heads
   d.disc_max_t = 0.2               # t_d ~ U[0, 0.2)
   d.dm_weight, d.adv_weight, d.fake_weight, d.disc_weight = 1.0, 1.0, 1.0, 1.0
-  d.schedule = 'audiox'            # 'audiox': 5 student steps, then 1 fake + D step; or 'dmd2'
+  d.update_schedule = 'audiox'     # 'audiox': 5 student steps, then 1 fake + D step; or 'dmd2'
   d.student_steps_per_cycle = 5
   d.fake_steps_per_cycle = 1
   d.fake_updates_per_student_update = 5   # 'dmd2': fake every step, student every 5th
@@ -142,15 +151,10 @@ def distill_config() -> mlc.ConfigDict:
   d.total_steps = 100_000
   d.data_source = 'pipeline'       # 'pipeline' or 'synthetic' (as train.data_source)
   d.batch_size = 0                 # global batch; 0 = config.data.batch_size
-  # Official: one AdamW(lr 1e-5, betas (0.9, 0.999), wd 1e-3) + InverseLR over every network.
-  # Here each group has its own optax state (an idle group never moves) and its own lr / clip.
-  d.student = mlc.ConfigDict(dict(lr=1e-5, grad_clip_norm=0.0))
-  d.fake = mlc.ConfigDict(dict(lr=1e-5, grad_clip_norm=0.0))   # fake model + disc heads
-  d.b1, d.b2, d.eps, d.weight_decay = 0.9, 0.999, 1e-8, 1e-3
-  d.schedule_lr = 'inverse'
-  d.inverse = mlc.ConfigDict(dict(inv_gamma=1e6, power=0.5, warmup=0.99))
-  d.warmup_steps = 0               # linear warmup of 'constant' / 'cosine' lr schedules
-  d.final_lr_fraction = 0.0
+  # Official: one AdamW + InverseLR over every network. Here each group has its own optax state
+  # (an idle group never moves) and its own optimizer settings; 'cosine' decays over total_steps.
+  d.student = optimizer_config()
+  d.fake = optimizer_config()      # fake model + discriminator heads
   # EMA of the student (official: none, the raw student is released); exported when enabled.
   d.ema = mlc.ConfigDict(dict(enabled=True, beta=0.999, power=0.75, update_after_step=1))
   d.log_every = 50

@@ -28,7 +28,7 @@ def tiny_checkpoint(tiny_params, tmp_path_factory):
   """An inference checkpoint (kind 'student') of `tiny_params`, with a non-zero
   `empty_visual_feat` (a random init leaves it 0, which would hide the empty-video path)."""
   import jax
-  from axturbo import checkpoints
+  from axturbo.runtime import checkpoints
   from configs import tiny
   params = dict(tiny_params)
   params['video'] = dict(params['video'])
@@ -37,3 +37,14 @@ def tiny_checkpoint(tiny_params, tmp_path_factory):
   directory = tmp_path_factory.mktemp('tiny_ckpt') / 'student'
   checkpoints.save_params(directory, params, tiny.model_config(), {'kind': 'student'})
   return directory
+
+
+def pytest_collection_modifyitems(config, items):
+  """`gpu` tests skip where no accelerator is visible (this file pins JAX to the CPU unless
+  JAX_PLATFORMS says otherwise)."""
+  del config
+  if os.environ.get('JAX_PLATFORMS', 'cpu') == 'cpu':
+    skip = pytest.mark.skip(reason='needs an accelerator (set JAX_PLATFORMS)')
+    for item in items:
+      if 'gpu' in item.keywords:
+        item.add_marker(skip)

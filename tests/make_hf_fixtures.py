@@ -7,8 +7,6 @@ model.safetensors; meta['hf_config'] is the config.json content. Run from the re
   python tests/make_hf_fixtures.py
 """
 import math
-import pathlib
-import sys
 import tempfile
 
 import numpy as np
@@ -16,8 +14,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from tests.fixture_io import save_fixture  # noqa: E402
+from tests.fixture_io import save_fixture
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:

@@ -35,9 +35,9 @@ def get_config(arg=None):
   t.log_every = 2
   t.checkpoint_every = 2
   t.ema.beta = 0.9
-  t.warmup_steps = 0                                 # the first step already moves params
+  t.optim.warmup_steps = 0                           # the first step already moves params
   # Adam divides by sqrt(v) + eps: with the default 1e-8 a parameter whose gradient is rounding
   # noise (~1e-12) moves by +-lr, so two exact-arithmetic-equal runs (sharded vs not) diverge.
-  t.eps = 1e-3
+  t.optim.eps = 1e-3
   c.mesh.shape = (1, -1, 1)
   return c

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from axturbo.models import audiox
-from axturbo.models.mmdit import cfg_velocity
+from axturbo.flow import cfg_velocity
 from configs import tiny
 from tests.fixture_io import rel_err
 

@@ -96,7 +96,7 @@ def test_bad_inputs():
 def test_vit_b32_param_count():
   """ViT-B/32 tower without post_layernorm / projection, against the official count.
 
-  official_architecture.md §8 counts CLIP as 87,849,216 under
+  docs/official.md ("Networks and weights") counts CLIP as 87,849,216 under
   `...video_prompt.visual_encoder_model.`: that total includes post_layernorm (2 x 768) and
   visual_projection (512 x 768), which `last_hidden_state` does not use.
   """

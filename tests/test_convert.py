@@ -18,7 +18,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
-from axturbo import checkpoints
+from axturbo.runtime import checkpoints
 from axturbo.convert import hf, official, torch_io
 from axturbo.convert.common import ConversionError
 from axturbo.models import audiox
@@ -92,12 +92,14 @@ def converted(tmp_path_factory):
   return out, run.stdout, sd, t5_dir, tmp
 
 
+@pytest.mark.e2e
 def test_cli_reports_every_network(converted):
   _, stdout, _, _, _ = converted
   for name in ('trunk', 'maf', 'video', 'audio_prompt', 'clip', 'vae', 'disc', 'text'):
     assert f'  {name} ' in stdout
 
 
+@pytest.mark.e2e
 def test_round_trip_matches_official_outputs(converted):
   out, _, _, _, _ = converted
   params = checkpoints.load_params(out)
@@ -140,6 +142,7 @@ def test_round_trip_matches_official_outputs(converted):
   assert rel_err(got, np.swapaxes(o['scores'], 1, 2)) <= 1e-5
 
 
+@pytest.mark.e2e
 def test_cli_refuses_existing_output(converted):
   out, _, _, t5_dir, tmp = converted
   run = subprocess.run(
@@ -155,6 +158,7 @@ def _convert(sd, t5_dir):
                           log=lambda _: None)
 
 
+@pytest.mark.e2e
 def test_missing_misshaped_and_extra_keys_are_named(converted):
   _, _, sd, t5_dir, _ = converted
   bad = dict(sd)
@@ -172,6 +176,7 @@ def test_missing_misshaped_and_extra_keys_are_named(converted):
     official.convert(sd, _model_config(), source='x.ckpt', log=lambda _: None)
 
 
+@pytest.mark.e2e
 def test_separate_vae_file_replaces_the_checkpoint_copy(converted):
   _, _, sd, t5_dir, _ = converted
   vae_sd = load_fixture('vae_small')[0]

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from axturbo import tokenizers
+from axturbo.data import tokenizers
 from axturbo.data import pipeline
 from axturbo.data import tasks
 from configs import tiny

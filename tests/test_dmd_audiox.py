@@ -6,10 +6,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from axturbo import dmd_objectives as obj
+from axturbo.distill import objectives as obj
 from axturbo.models.audiox import build_model, init_params
 from axturbo.models.disc_head import DiscriminatorHeads
-from configs import tiny
+from configs import official, tiny
 
 
 def test_objectives_wire_up_with_audiox():
@@ -21,7 +21,7 @@ def test_objectives_wire_up_with_audiox():
   params = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, m, jax.random.key(0))))
   hp = jax.eval_shape(lambda: nn.meta.unbox(heads.init(
       jax.random.key(0), jnp.zeros((m.disc.num_heads, n, t, c)))['params']))
-  nets, cfg = obj.audiox_networks(model, heads), obj.official_config()
+  nets, cfg = obj.audiox_networks(model, heads), official.distill_config()
   cfg.disc_num_blocks = m.disc.num_heads
   feats = dict(text=jnp.zeros((n, m.text.max_length, m.cond_dim)),
                video=jnp.zeros((n, m.video.out_tokens, m.cond_dim)),

@@ -1,13 +1,13 @@
-"""dmd_notes.md §5.2 test 19 / §5.3: DMD on an exactly known Gaussian teacher converges, through
+"""DMD on an exactly known Gaussian teacher converges, through
 the same rollout, DMD gradient, losses and schedule functions as the real distillation
-(axturbo.dmd_toy). Learning rates: DMD2 rule 1e-2 / 1e-2 (student / fake); official 5:1 rule
+(benchmarks/dmd_toy.py). Learning rates: DMD2 rule 1e-2 / 1e-2 (student / fake); official 5:1 rule
 1e-3 / 1e-2 (the student 10x slower than the fake; with equal rates it collapses). Batch 256,
 Adam, target N(1.5, 0.5^2) in 16-D; student read off as the average over the last quarter of the
 steps; tolerances 5 % of the target mean and std (seeds 0-3 all within 1 %).
 """
 import pytest
 
-from axturbo import dmd_toy
+from benchmarks import dmd_toy
 
 
 def _toy(**kw):

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from axturbo import sampling
+from axturbo.generation import sampling
 from axturbo.eval import benchmark
 from axturbo.eval import cnn14
 from axturbo.eval import cnn14_weights
@@ -169,6 +169,7 @@ def _check_fractions(metrics, counts):
       assert value is None, key
 
 
+@pytest.mark.e2e
 def test_cli_events_suite(tiny_checkpoint, tmp_path):
   out = tmp_path / 'events'
   run = _cli(tmp_path, '--suite=events', f'--checkpoint={tiny_checkpoint}', '--clips=3',
@@ -184,6 +185,7 @@ def test_cli_events_suite(tiny_checkpoint, tmp_path):
     assert f'| {header} |' in md
 
 
+@pytest.mark.e2e
 def test_cli_table_suite(tiny_checkpoint, tmp_path):
   out = tmp_path / 'table'
   run = _cli(tmp_path, '--suite=table', f'--teacher_checkpoint={tiny_checkpoint}',
@@ -207,6 +209,7 @@ def test_cli_table_suite(tiny_checkpoint, tmp_path):
   assert md.count('| teacher weights, student sampler (undistilled) | 1 | 1 |') == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('args,message', [
     (('--suite=events', '--checkpoint={tmp}/nowhere'), 'nowhere'),
     (('--suite=leaderboard', '--checkpoint={tmp}'), 'suite'),

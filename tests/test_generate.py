@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from axturbo import generate
-from axturbo import media
+from axturbo.generation import generate
+from axturbo.generation import media
 from configs import tiny
 from tests import media_files
 
@@ -164,7 +164,7 @@ def test_bad_inputs_give_clear_errors(gen, files, tmp_path):
 
 def test_batch_file_and_saved_outputs(gen, files, tmp_path):
   import json
-  from axturbo import jobs
+  from axturbo.generation import jobs
   batch = tmp_path / 'prompts.txt'
   batch.write_text('a dog barks\n\n# skipped\n'
                    f'{{"text": "", "video": "{files["video"]}"}}\n'

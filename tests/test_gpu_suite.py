@@ -5,7 +5,7 @@ the same timing code at other batch sizes or pipeline options: the serving pipel
 and options are tested in test_serving). The train / distill sections reuse train.py's and
 distill.py's compiled steps (tested in test_train_step / test_distill) and take minutes to
 compile on 2 cores, so only their inputs and FLOP model are checked; run the rest by hand with
-  python benchmarks/gpu_suite.py --out /tmp/s --size micro --runs 2 --warmup 1 --batches 2 \
+  python -m benchmarks.gpu_suite --out /tmp/s --size micro --runs 2 --warmup 1 --batches 2 \
       --teacher_steps 2 --train_runs 2 --train_batch 2 --distill_batch 2
 """
 import importlib.util

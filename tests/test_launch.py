@@ -7,6 +7,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.e2e   # each test runs a script in a subprocess
+
 
 def _run(script, *args):
   return subprocess.run([sys.executable, str(REPO / script), '--config',
@@ -23,9 +25,9 @@ def test_unknown_config_key_names_the_key(script, tmp_path):
 
 
 def test_wrong_value_type_names_the_override(tmp_path):
-  r = _run('train.py', '--workdir', str(tmp_path), '--config.train.lr=fast')
+  r = _run('train.py', '--workdir', str(tmp_path), '--config.train.optim.lr=fast')
   assert r.returncode != 0
-  assert '--config.train.lr=fast' in r.stderr and 'Traceback' not in r.stderr
+  assert '--config.train.optim.lr=fast' in r.stderr and 'Traceback' not in r.stderr
 
 
 def test_missing_coordinator_process_count_is_explained(tmp_path):

@@ -10,7 +10,7 @@ from axturbo.data import audio_io
 from axturbo.data import manifest
 from axturbo.data import pipeline
 from axturbo.data import video_io
-from axturbo.tokenizers import build_tokenizer
+from axturbo.data.tokenizers import build_tokenizer
 from configs import tiny
 
 SR = 16000

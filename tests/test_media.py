@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 
-from axturbo import media
+from axturbo.generation import media
 from tests import media_files
 
 

@@ -31,7 +31,8 @@ import pytest
 
 from axturbo.convert.common import ConversionError, StateDict
 from axturbo.convert.mmdit import DEAD_TENSORS, mmdit_params
-from axturbo.models.mmdit import MMDiT, cfg_velocity
+from axturbo.flow import cfg_velocity
+from axturbo.models.mmdit import MMDiT
 from tests.fixture_io import load_fixture, rel_err
 
 KEYS_TSV = pathlib.Path(__file__).parent / 'fixtures' / 'official_state_dict_keys.tsv'
@@ -249,7 +250,7 @@ def test_bad_inputs_raise(fixture):
 def test_sharded_forward_matches(fixture):
   """Params sharded by their logical names with the default rules on a 2x2x2 CPU mesh."""
   from jax.sharding import Mesh
-  from axturbo import sharding
+  from axturbo.runtime import sharding
   sd, args, outs, _ = fixture
   model = MMDiT(**SMALL)
   x, t, cond = (np.concatenate([a, a]) for a in args)  # batch 4 divides data x fsdp

@@ -29,6 +29,7 @@ def test_notebook_is_committed_clean():
     assert not any(line.lstrip().startswith(('%', '!')) for line in lines)
 
 
+@pytest.mark.e2e
 def test_notebook_runs(tiny_checkpoint, monkeypatch, capsys):
   import matplotlib
   matplotlib.use('Agg')

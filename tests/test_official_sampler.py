@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from axturbo import sampling
+from axturbo.generation import sampling
 from axturbo.convert.common import StateDict
 from axturbo.convert.mmdit import mmdit_params
 from axturbo.models.mmdit import MMDiT

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from axturbo import sampling
+from axturbo.generation import sampling
 
 B, T, C, L, D = 2, 6, 3, 4, 5
 

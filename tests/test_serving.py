@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from axturbo import generate, serving, tokenizers
+from axturbo.data import tokenizers
+from axturbo.generation import generate, serving
 from axturbo.models import audiox
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'gpu_suite.py'

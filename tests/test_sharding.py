@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from axturbo import layers, sharding
+from axturbo.models import layers
+from axturbo.runtime import sharding
 
 
 class _Tiny(nn.Module):

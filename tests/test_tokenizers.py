@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from axturbo.tokenizers import ByteTokenizer, HFTokenizer
+from axturbo.data.tokenizers import ByteTokenizer, HFTokenizer
 
 
 def test_byte_round_trip_eos_and_padding():
@@ -66,7 +66,7 @@ def test_hf_tokenizer_from_local_folder(tmp_path):
 
 
 def test_word_tokenizer_ids_unknown_words_and_truncation():
-  from axturbo.tokenizers import WordTokenizer, split_words
+  from axturbo.data.tokenizers import WordTokenizer, split_words
   assert split_words('[0.3s-0.9s] Rising chirp.') == ['[', '0.3', 's', '-', '0.9', 's', ']',
                                                       'rising', 'chirp', '.']
   tok = WordTokenizer(['bell', 'then', 'tone', ','], max_length=5)
@@ -87,7 +87,7 @@ def test_word_tokenizer_ids_unknown_words_and_truncation():
 def test_caption_vocabulary_covers_every_caption():
   """Every caption style of train and held-out clips tokenizes without an unknown word."""
   from axturbo.data import embedded
-  from axturbo.tokenizers import WordTokenizer
+  from axturbo.data.tokenizers import WordTokenizer
   vocab = embedded.caption_vocabulary(2.0)
   tok = WordTokenizer(vocab, max_length=48)
   for split in ('train', 'heldout'):
@@ -100,7 +100,7 @@ def test_caption_vocabulary_covers_every_caption():
 
 def test_build_tokenizer_picks_by_config():
   import ml_collections as mlc
-  from axturbo import tokenizers
+  from axturbo.data import tokenizers
   text = mlc.ConfigDict(dict(tokenizer='word', vocab=('a', 'b'), max_length=8, tokenizer_dir=''))
   assert isinstance(tokenizers.build_tokenizer(text), tokenizers.WordTokenizer)
   text.tokenizer = 'byte'

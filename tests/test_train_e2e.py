@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from axturbo import checkpoints
+from axturbo.runtime import checkpoints
 from tests import script_runs
+
+pytestmark = pytest.mark.e2e   # subprocesses: SIGKILL and resume, two processes
 
 CONFIG = str(script_runs.REPO / 'tests' / 'micro_train_config.py')
 STEPS, EVERY = 24, 4

@@ -1,8 +1,6 @@
 """Teacher train step: loss formula, EMA/LR schedules, sharding equivalence, non-finite skip,
 frozen subtrees, checkpoint restore onto another mesh (in-process, 8 fake CPU devices)."""
 import functools
-import sys
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,18 +9,19 @@ import optax
 import pytest
 
 from axturbo.models import audiox
-from axturbo.train import checkpointing, optim, parallel, state as state_lib, step as step_lib
-from axturbo.train import synthetic_data
+from axturbo import flow
+from axturbo.data import synthetic as synthetic_data
+from axturbo.runtime import checkpoints as checkpointing, optim, sharding
+from axturbo.train import state as state_lib, step as step_lib
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import micro_train_config  # noqa: E402
+from tests import micro_train_config
 
 
 @functools.lru_cache(maxsize=None)
 def _setup():
   config = micro_train_config.get_config()
   model = audiox.build_model(config.model)
-  tx = optim.make_optimizer(config.train)
+  tx = optim.make_optimizer(config.train.optim, config.train.total_steps)
   init_fn = state_lib.make_init_fn(model, config, tx)
   it = synthetic_data.make_iterator(config)
   batches = [next(it) for _ in range(2)]
@@ -33,12 +32,12 @@ def _setup():
 def _stepper(mesh_shape, single_device=False):
   """(mesh, fresh-state fn, jitted step), compiled once per mesh for the whole module."""
   config, model, tx, init_fn, _ = _setup()
-  mesh = parallel.make_mesh(mesh_shape, jax.devices()[:1] if single_device else None)
+  mesh = sharding.make_mesh(mesh_shape, jax.devices()[:1] if single_device else None)
   _, shardings = state_lib.abstract_state(init_fn, mesh)
   # Initialise (and compile the init) once; steps donate their input, so hand out copies.
   host = jax.tree.map(np.asarray, state_lib.init_state(init_fn, mesh, config.seed))
   init = lambda: jax.device_put(host, shardings)
-  return mesh, init, parallel.jit_train_step(model, tx, config, mesh, shardings)
+  return mesh, init, step_lib.jit_train_step(model, tx, config, mesh, shardings)
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +46,7 @@ def _two_steps(mesh_shape, single_device=False):
   mesh, init, step = _stepper(mesh_shape, single_device)
   state, losses = init(), []
   for batch in batches:
-    state, metrics = step(state, parallel.global_batch(batch, mesh))
+    state, metrics = step(state, sharding.global_batch(batch, mesh))
     losses.append(float(metrics['loss']))
   # Host copies: the device state is donated by any later step.
   return jax.tree.map(np.asarray, state), losses
@@ -74,9 +73,9 @@ def test_rectified_flow_loss_matches_numpy_reference():
 
 
 def test_timestep_samplers_and_cfg_dropout():
-  t = np.asarray(step_lib.stratified_uniform_t(jax.random.key(0), 16))
+  t = np.asarray(flow.sample_times(jax.random.key(0), 16))
   assert sorted(np.floor(t * 16).astype(int)) == list(range(16))  # one draw per stratum
-  ln = np.asarray(step_lib.logit_normal_t(jax.random.key(0), 1000))
+  ln = np.asarray(flow.logit_normal_times(jax.random.key(0), 1000))
   assert 0 < ln.min() and ln.max() < 1 and abs(np.median(ln) - 0.5) < 0.05
   cond = jnp.ones((2000, 3, 4))
   dropped = np.asarray(step_lib.cfg_dropout(jax.random.key(1), cond, 0.1))
@@ -139,11 +138,11 @@ def test_activation_constraints_compile_and_keep_the_step_exact():
   _, _, _, _, batches = _setup()
   mesh, init, step = _stepper((2, 4, 1))
   state = init()
-  compiled = parallel.compile_step(step, state, parallel.global_batch(batches[0], mesh), mesh,
+  compiled = sharding.compile_step(step, state, sharding.global_batch(batches[0], mesh), mesh,
                                    activation_constraints=True)
   losses = []
   for batch in batches:
-    state, metrics = compiled(state, parallel.global_batch(batch, mesh))
+    state, metrics = compiled(state, sharding.global_batch(batch, mesh))
     losses.append(float(metrics['loss']))
   np.testing.assert_allclose(losses, loss1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
@@ -154,21 +153,21 @@ def test_nonfinite_loss_skips_the_update():
   _, _, _, _, batches = _setup()
   bad = dict(batches[0], audio=np.full_like(batches[0]['audio'], np.nan))
   mesh, init, step = _stepper((2, 4, 1))
-  state, _ = step(init(), parallel.global_batch(batches[0], mesh))   # one good update
+  state, _ = step(init(), sharding.global_batch(batches[0], mesh))   # one good update
   before = jax.tree.map(np.asarray, (state.params, state.opt_state, state.ema))
-  state, metrics = step(state, parallel.global_batch(bad, mesh))
+  state, metrics = step(state, sharding.global_batch(bad, mesh))
   assert not bool(metrics['finite']) and not np.isfinite(float(metrics['loss']))
   assert (int(state.step), int(state.updates), int(state.skipped)) == (2, 1, 1)
   jax.tree.map(np.testing.assert_array_equal, before,
                jax.tree.map(np.asarray, (state.params, state.opt_state, state.ema)))
-  state, metrics = step(state, parallel.global_batch(batches[1], mesh))  # training goes on
+  state, metrics = step(state, sharding.global_batch(batches[1], mesh))  # training goes on
   assert bool(metrics['finite']) and int(state.updates) == 2
 
 
 def test_checkpoint_restores_onto_another_mesh_with_data_state(tmp_path):
   config, model, tx, init_fn, _ = _setup()
   mesh, init, step = _stepper((2, 4, 1))
-  state, _ = step(init(), parallel.global_batch(_setup()[4][0], mesh))
+  state, _ = step(init(), sharding.global_batch(_setup()[4][0], mesh))
   it = synthetic_data.make_iterator(config)
   for _ in range(3):
     next(it)
@@ -177,7 +176,7 @@ def test_checkpoint_restores_onto_another_mesh_with_data_state(tmp_path):
   mgr.wait_until_finished()
   expected_next = next(it)
 
-  mesh = parallel.make_mesh((1, 1, 8))  # tensor-parallel layout instead of data x fsdp
+  mesh = sharding.make_mesh((1, 1, 8))  # tensor-parallel layout instead of data x fsdp
   abstract, _ = state_lib.abstract_state(init_fn, mesh)
   fresh_it = synthetic_data.make_iterator(config)
   restored = checkpointing.restore_latest(checkpointing.make_manager(tmp_path, config.train),

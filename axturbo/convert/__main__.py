@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from axturbo import checkpoints
+from axturbo.runtime import checkpoints
 from axturbo.convert import official, torch_io
 from axturbo.convert.common import ConversionError
 

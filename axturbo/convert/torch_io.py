@@ -13,7 +13,7 @@ import numpy as np
 
 from axturbo.convert.common import ConversionError
 
-# Top-level prefixes of the canonical official names (official_architecture.md §8).
+# Top-level prefixes of the canonical official names (docs/official.md, "Networks and weights").
 CANONICAL_PREFIXES = ('model.model.', 'maf_block.', 'conditioner.conditioners.',
                       'pretransform.model.', 'discriminator_heads.')
 # Prefixes the official loader strips (inference/__init__.py), tried in this order.

@@ -1,6 +1,6 @@
-"""Audio decoding, resampling and the official crops (official_architecture.md §2.3, §6.8).
+"""Audio decoding, resampling and the official crops (docs/official.md, "Inputs and tasks").
 
-The one audio reader of the package: the training pipeline and generation (`axturbo.media`, which
+The one audio reader of the package: the training pipeline and generation (`axturbo.generation.media`, which
 turns `BadSampleError` into its user-facing `MediaError`) both decode through here.
 
 Waveforms are (N, C) float32 here (time first, as soundfile returns them); the official loader

@@ -122,7 +122,7 @@ def caption_vocabulary(max_duration_s: float = 10.0) -> tuple[str, ...]:
   Found by running the caption templates on event lists that reach every template branch
   (1-5 events, counts 1-5, every category), plus every time stamp on the 0.1 s grid.
   """
-  from axturbo import tokenizers  # the library's tokenizer defines what a word is
+  from axturbo.data import tokenizers  # the library's tokenizer defines what a word is
   rng = np.random.default_rng(0)
   words = set()
   for _ in range(400):

@@ -25,7 +25,7 @@ from absl import logging
 import grain
 import numpy as np
 
-from axturbo import tokenizers
+from axturbo.data import tokenizers
 from axturbo.data import audio_io
 from axturbo.data import embedded
 from axturbo.data import manifest

@@ -1,6 +1,6 @@
 """Pre-decoded base examples (data/tasks.py) in ArrayRecord shards, read through grain.
 
-Layout of a records folder (written by data/prepare.py):
+Layout of a records folder (written by scripts/prepare.py):
   <split>-00000-of-00004.array_record ...  one record = one base example, an uncompressed .npz
                                            (no pickle: strings are unicode arrays)
   <split>.json                             {'num_examples', 'shapes' of the model config, ...}
@@ -90,14 +90,14 @@ class RecordsSource:
     meta_path = os.path.join(folder, f'{split}.json')
     if not paths or not os.path.isfile(meta_path):
       raise FileNotFoundError(f'no {split!r} records in {folder!r} (expected {split}-*-of-*.'
-                              f'array_record and {split}.json; run data/prepare.py)')
+                              f'array_record and {split}.json; run scripts/prepare.py)')
     with open(meta_path) as f:
       meta = json.load(f)
     for key, want in model_shapes(m).items():
       got = meta.get('shapes', {}).get(key)
       if got != want:
         raise ValueError(f'{meta_path}: records were prepared with {key}={got}, but the model '
-                         f'config has {key}={want}; rerun data/prepare.py')
+                         f'config has {key}={want}; rerun scripts/prepare.py')
     import grain
     self._paths = paths
     self._source = grain.sources.ArrayRecordDataSource(paths)

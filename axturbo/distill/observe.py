@@ -1,4 +1,4 @@
-"""The distillation log line and TensorBoard scalars (train.observe.Reporter, other metrics).
+"""The distillation log line and TensorBoard scalars (runtime.observe.Reporter, its metrics).
 
 Student and fake steps report different metrics; each logged value is the mean over the steps
 since the last line that reported it. The loss-curve PNG plots the fake model's flow-matching
@@ -6,7 +6,7 @@ loss (the one curve that should fall as the fake tracks the student).
 """
 import numpy as np
 
-from axturbo.train import observe
+from axturbo.runtime import observe
 
 _LINE = (('loss_dm', 'dm %.4f'), ('loss_adv', 'adv %.3f'), ('loss_fake', 'fake %.4f'),
          ('loss_d', 'D %.3f'), ('logits_real', 'D(real) %.2f'), ('logits_fake', 'D(fake) %.2f'),

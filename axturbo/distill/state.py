@@ -11,14 +11,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 from flax import struct
 from jax.sharding import Mesh
 
-from axturbo import checkpoints, param_checks, sharding
 from axturbo.models import audiox
 from axturbo.models.disc_head import DiscriminatorHeads
-from axturbo.train import optim
+from axturbo.runtime import checkpoints, optim, sharding
 
 
 @struct.dataclass
@@ -109,15 +107,12 @@ def load_teacher(directory: str | pathlib.Path, model: audiox.AudioX, m: mlc.Con
   if diff:
     raise ValueError(f'--teacher {directory}: its model_config.json does not match '
                      'config.model:\n  ' + '\n  '.join(diff[:10]))
-  boxed = abstract_params(model, m)
-  shardings = sharding.logical_shardings(boxed, mesh, rules)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nn.unbox(boxed), shardings)
+  target, shardings = sharding.abstract_with_shardings(abstract_params(model, m), mesh, rules)
   try:
     params = checkpoints.load_params(directory, target=target)
   except Exception as e:  # orbax's message names the mismatching key; keep it
     raise ValueError(f'--teacher {directory}: parameters do not match the model: {e}') from e
-  param_checks.assert_same_tree(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+  checkpoints.assert_same_tree(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                              target),
                                 jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                              params), f'--teacher {directory}', values=False)
@@ -162,11 +157,8 @@ def abstract_state(init_fn, model, config, mesh: Mesh, rules=sharding.DEFAULT_RU
                    ) -> tuple[DistillState, DistillState]:
   """(abstract unboxed state with .sharding on every leaf, the shardings tree)."""
   teacher_boxed = trainable_part(abstract_params(model, config.model), config.distill)
-  boxed = jax.eval_shape(init_fn, jax.random.key(0), teacher_boxed)
-  shardings = sharding.logical_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.unbox(boxed), shardings)
-  return abstract, shardings
+  return sharding.abstract_with_shardings(
+      jax.eval_shape(init_fn, jax.random.key(0), teacher_boxed), mesh, rules)
 
 
 def init_state(init_fn, shardings: DistillState, seed: int, teacher: Any,
@@ -176,10 +168,10 @@ def init_state(init_fn, shardings: DistillState, seed: int, teacher: Any,
   state = jax.jit(lambda r, t: nn.unbox(init_fn(r, t)), out_shardings=shardings)(
       jax.random.key(seed), t_part)
   if jax.process_count() == 1:   # names the first differing key
-    param_checks.assert_distill_init(jax.device_get(t_part), jax.device_get(state.student),
+    checkpoints.assert_distill_init(jax.device_get(t_part), jax.device_get(state.student),
                                      jax.device_get(state.fake))
   elif not bool(_trees_equal(t_part, state.student) & _trees_equal(t_part, state.fake)):
-    raise param_checks.TreeMismatchError('student/fake init differs from the teacher')
+    raise checkpoints.TreeMismatchError('student/fake init differs from the teacher')
   return state
 
 
@@ -195,6 +187,3 @@ def student_export_params(state: DistillState, teacher: Any, d: mlc.ConfigDict) 
   _, frozen = optim.split_params(teacher, d.trainable, 'distill.trainable')
   return optim.merge_params(frozen, state.ema if d.ema.enabled else state.student)
 
-
-def as_numpy(tree: Any) -> Any:
-  return jax.tree.map(np.asarray, tree)

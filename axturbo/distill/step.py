@@ -3,7 +3,7 @@
 A schedule position runs `step_inputs` once (the frozen teacher's conditioners on the batch, and
 the real latents: no gradient, shared by both networks and by both steps of a DMD2 step), then
 the student and/or fake step on (state, teacher, inputs). `teacher` is the full frozen AudioX
-tree; the batch is train.py's (axturbo.train.step docstring). Step n draws every random input
+tree; the batch is train.py's (keys in `axturbo.models.audiox.AudioX.__call__`). Step n draws every random input
 from fold_in(state.rng, n), so on a DMD2 step that updates both groups they see the same noise,
 index and times (the fake step, run second, rolls out the just-updated student), and a resumed run
 repeats the same draws. The rollout target index is one replicated draw (identical on every
@@ -18,39 +18,18 @@ import ml_collections as mlc
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from axturbo import dmd_objectives as obj
+from axturbo.distill import objectives as obj
 from axturbo.distill.state import DistillState, build_heads
 from axturbo.models import audiox
-from axturbo.train import optim, parallel
+from axturbo.runtime import optim, sharding
 
 sg = jax.lax.stop_gradient
-_OPTIMIZER_FIELDS = ('b1', 'b2', 'eps', 'weight_decay', 'inverse', 'warmup_steps',
-                     'final_lr_fraction', 'total_steps')
-
-
-def optimizer_config(d: mlc.ConfigDict, group: str) -> mlc.ConfigDict:
-  """The `train.optim` view of one group: shared AdamW/schedule fields + the group's lr/clip."""
-  t = mlc.ConfigDict({k: d[k] for k in _OPTIMIZER_FIELDS})
-  t.schedule = d.schedule_lr      # `distill.schedule` is the student/fake update schedule
-  t.lr, t.grad_clip_norm = d[group].lr, d[group].grad_clip_norm
-  return t
 
 
 def make_optimizers(d: mlc.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
-  """(student tx, fake + heads tx): AdamW + schedule (+ clipping) of `axturbo.train.optim`."""
-  return (optim.make_optimizer(optimizer_config(d, 'student')),
-          optim.make_optimizer(optimizer_config(d, 'fake')))
-
-
-def conditioner_features(model: audiox.AudioX, teacher: Any, batch: dict, key: jax.Array
-                         ) -> dict[str, jax.Array]:
-  """The frozen conditioners' outputs, before any MAF: text (B, Lt, D), video (B, Lv, D), audio
-  prompt (B, La, D) (posterior sampled, as officially). Stop-gradient."""
-  apply = functools.partial(model.apply, {'params': teacher})
-  text = apply(batch['input_ids'], batch['attention_mask'], method='encode_text')
-  video = apply(batch['frames'].astype(jnp.float32), batch['sync'], method='encode_video')
-  audio = apply(batch['prompt'], rng=key, deterministic=False, method='encode_audio_prompt')
-  return sg(dict(text=text, video=video, audio=audio))
+  """(student tx, fake + heads tx), from `distill.student` and `distill.fake`."""
+  return (optim.make_optimizer(d.student, d.total_steps),
+          optim.make_optimizer(d.fake, d.total_steps))
 
 
 def _keys(state: DistillState) -> dict[str, jax.Array]:
@@ -63,14 +42,11 @@ def step_inputs(state: DistillState, teacher: Any, batch: dict, *, model: audiox
                 ) -> dict[str, jax.Array]:
   """{'features': conditioner outputs, 'x_real': real VAE latents (B, T, C)}, stop-gradient."""
   keys = _keys(state)
-  x_real = model.apply({'params': teacher}, batch['audio'], rng=keys['latents'],
-                       method='encode_latents')
-  return sg(dict(features=conditioner_features(model, teacher, batch, keys['prompt']),
-                 x_real=x_real))
-
-
-def _keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
-  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  apply = functools.partial(model.apply, {'params': teacher})
+  # The audio prompt's posterior is sampled, as officially.
+  features = apply(batch, rng=keys['prompt'], method='encode_conditions')
+  x_real = apply(batch['audio'], rng=keys['latents'], method='encode_latents')
+  return sg(dict(features=features, x_real=x_real))
 
 
 def student_step(state: DistillState, teacher: Any, inputs: dict, *, model: audiox.AudioX,
@@ -84,27 +60,25 @@ def student_step(state: DistillState, teacher: Any, inputs: dict, *, model: audi
   (loss, aux), grads = jax.value_and_grad(obj.student_objective, has_aux=True)(
       state.student, teacher, state.fake, state.heads, nets, inputs['features'], draws,
       draws['index'], d)
-  grad_norm = optax.global_norm(grads)
-  updates, opt = tx.update(grads, state.student_opt, state.student)
-  student = optax.apply_updates(state.student, updates)
-  ema = state.ema
-  if d.ema.enabled:
+
+  def next_ema(student):
     decay = optim.ema_decay(state.student_updates, d.ema.beta, d.ema.power,
                             d.ema.update_after_step)
-    ema = optim.ema_update(state.ema, student, decay)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return optim.ema_update(state.ema, student, decay)
+
+  student, opt, ema, finite, grad_norm = optim.apply_if_finite(
+      tx, loss, grads, state.student_opt, state.student, next_ema if d.ema.enabled else None,
+      state.ema)
   new = state.replace(
       student_updates=state.student_updates + finite.astype(jnp.int32),
       skipped=state.skipped + (~finite).astype(jnp.int32),
-      student=_keep_if(finite, student, state.student),
-      student_opt=_keep_if(finite, opt, state.student_opt),
-      ema=_keep_if(finite, ema, state.ema))
+      student=student, student_opt=opt, ema=ema)
   metrics = dict(loss_student=loss, loss_dm=aux['loss_dm'], loss_adv=aux['loss_adv'],
                  g_abs_mean=aux['g_abs_mean'],
                  nonfinite_fraction=aux['nonfinite'] / aux['x0'].size,
                  v_teacher_rms=aux['v_teacher_rms'], v_fake_rms=aux['v_fake_rms'],
                  x0_std=jnp.std(aux['x0']), student_grad_norm=grad_norm,
-                 student_lr=optim.make_schedule(optimizer_config(d, 'student'))(
+                 student_lr=optim.make_schedule(d.student, d.total_steps)(
                      state.student_updates),
                  student_finite=finite, target_index=draws['index'])
   return new, metrics
@@ -122,19 +96,16 @@ def fake_step(state: DistillState, teacher: Any, inputs: dict, *, model: audiox.
   x0 = obj.student_sample(nets, state.student, features, draws, draws['index'], d)
   (loss, aux), grads = jax.value_and_grad(obj.fake_objective, has_aux=True)(
       (state.fake, state.heads), teacher, nets, features, x0, x_real, draws, d)
-  grad_norm = optax.global_norm(grads)
-  updates, opt = tx.update(grads, state.fake_opt, (state.fake, state.heads))
-  fake, heads = optax.apply_updates((state.fake, state.heads), updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  (fake, heads), opt, _, finite, grad_norm = optim.apply_if_finite(
+      tx, loss, grads, state.fake_opt, (state.fake, state.heads))
   new = state.replace(
       fake_updates=state.fake_updates + finite.astype(jnp.int32),
       skipped=state.skipped + (~finite).astype(jnp.int32),
-      fake=_keep_if(finite, fake, state.fake), heads=_keep_if(finite, heads, state.heads),
-      fake_opt=_keep_if(finite, opt, state.fake_opt))
+      fake=fake, heads=heads, fake_opt=opt)
   metrics = dict(loss_fake=aux['loss_fake'], loss_d=aux['loss_d'],
                  logits_real=aux['logits_real'], logits_fake=aux['logits_fake'],
                  latent_std=jnp.std(x_real), fake_grad_norm=grad_norm,
-                 fake_lr=optim.make_schedule(optimizer_config(d, 'fake'))(state.fake_updates),
+                 fake_lr=optim.make_schedule(d.fake, d.total_steps)(state.fake_updates),
                  fake_finite=finite)
   return new, metrics
 
@@ -149,7 +120,7 @@ def jit_steps(model: audiox.AudioX, txs, config: mlc.ConfigDict, mesh: Mesh,
   """{'inputs': jit (state, teacher, batch) -> inputs; 'student', 'fake': jit (state, teacher,
   inputs, advance: static bool) -> (state, metrics)}, explicit shardings, the state donated by
   the steps (the teacher never is)."""
-  rows = parallel.batch_sharding(mesh)
+  rows = sharding.batch_sharding(mesh)
   out = {'inputs': jax.jit(functools.partial(step_inputs, model=model),
                            in_shardings=(state_shardings, teacher_shardings, rows),
                            out_shardings=rows)}
@@ -168,10 +139,10 @@ def compile_steps(jitted: dict, plan: set[tuple[str, bool]], state, teacher, bat
                   rules, activation_constraints: bool = False) -> dict:
   """Ahead-of-time compiles `step_inputs` ('inputs') and the (kind, advance) step variants in
   `plan` for abstract or concrete arguments: {'inputs': compiled, (kind, advance): compiled}."""
-  with parallel.mesh_context(mesh, rules, activation_constraints):
+  with sharding.mesh_context(mesh, rules, activation_constraints):
     lowered = jitted['inputs'].lower(state, teacher, batch)
     out = {'inputs': lowered.compile()}
-    rows = parallel.batch_sharding(mesh)
+    rows = sharding.batch_sharding(mesh)
     inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rows),
                           jax.eval_shape(jitted['inputs'], state, teacher, batch))
     out.update({(k, a): jitted[k].lower(state, teacher, inputs, a).compile() for k, a in plan})

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axturbo import layers
+from axturbo.models import layers
 
 CNN14_32K = dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50.0,
                  fmax=14000.0)

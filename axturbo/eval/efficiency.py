@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from axturbo import sampling
+from axturbo.generation import sampling
 from axturbo.eval import benchmark
 
 DEFAULT_TEACHER_STEPS = (4, 25, 50)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axturbo import layers
+from axturbo.models import layers
 from axturbo.models import vae
 
 Dtype = jnp.dtype

@@ -65,6 +65,16 @@ class AudioX(nn.Module):
     """Prompt waveform (B, N, C) -> (B, La, D); kwargs as `AudioPromptConditioner`."""
     return self.audio_prompt(audio, **kwargs)
 
+  def encode_conditions(self, batch: dict[str, jax.Array], *, rng: jax.Array | None = None,
+                        deterministic: bool = False) -> dict[str, jax.Array]:
+    """The conditioners on a batch, before any MAF: {'text': (B, Lt, D), 'video': (B, Lv, D),
+    'audio': (B, La, D)}. The audio prompt's VAE posterior is sampled with `rng` (and
+    span-masked if `official_masking`) unless `deterministic`, as the official training does."""
+    return dict(
+        text=self.encode_text(batch['input_ids'], batch['attention_mask']),
+        video=self.encode_video(batch['frames'].astype(jnp.float32), batch['sync']),
+        audio=self.encode_audio_prompt(batch['prompt'], rng=rng, deterministic=deterministic))
+
   def fuse(self, text: jax.Array, video: jax.Array, audio: jax.Array,
            deterministic: bool = True) -> jax.Array:
     """Per-modality tokens -> post-fusion conditioning (B, Lt + Lv + La, D)."""

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from axturbo.layers import attention, constrain, dense, layer_norm, named_init
+from axturbo.models.layers import attention, constrain, dense, layer_norm, named_init
 from axturbo.models.activations import hf_activation
 
 Dtype = jnp.dtype

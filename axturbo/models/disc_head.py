@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from axturbo import layers
+from axturbo.models import layers
 
 
 class DiscriminatorHead(nn.Module):

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from axturbo import layers
+from axturbo.models import layers
 
 SLOTS = ('v', 't', 'a')
 MODALITIES = ('text', 'video', 'audio')

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axturbo import layers
+from axturbo.models import layers
 
 _ACT = ('act_batch', 'act_length', None)
 

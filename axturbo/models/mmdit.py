@@ -3,7 +3,7 @@
 Shapes below use B = batch, T = `seq_len` latent frames (236 for a 10 s clip), L = T + 1 (the
 timestep token is prepended at position 0), D = `embed_dim`, N = `num_heads`, H = `head_dim`.
 
-Faithful to the released weights, quirks included (see docs/official_architecture.md §4.1, §9):
+Faithful to the released weights, quirks included (docs/official.md, "Networks and weights"):
   * N x H = 64 x 24 (not 24 x 64) at full size, so both are separate fields here.
   * Conditioning enters only as per-position adaLN modulation, made by a dense map along the
     sequence axis (cond_len -> L); there is no attention to conditioning tokens.
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axturbo import layers
+from axturbo.models import layers
 
 ACT = ('act_batch', 'act_length', 'act_embed')
 ACT_HEADS = ('act_batch', 'act_length', 'act_heads', 'act_kv')
@@ -300,19 +300,3 @@ class MMDiT(nn.Module):
       raise ValueError(f'num_blocks must be in [1, {self.depth}], got {num_blocks}')
     _, hs = self._trunk(x, t, cond, num_blocks, emit=True)
     return self._read_out(hs)
-
-
-def cfg_velocity(apply_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
-                 x: jax.Array, t: jax.Array, cond: jax.Array, scale) -> jax.Array:
-  """Classifier-free guidance as the official wrapper does it: v_u + s * (v_c - v_u).
-
-  The null condition is all-zero post-fusion tokens; conditional and null rows run as one
-  batch [cond, null]. A Python scale of exactly 1 runs the conditional pass only.
-  apply_fn(x, t, cond) -> v, e.g. `lambda *a: model.apply(params, *a)`.
-  """
-  if isinstance(scale, (int, float)) and scale == 1:
-    return apply_fn(x, t, cond)
-  v = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-               jnp.concatenate([cond, jnp.zeros_like(cond)]))
-  v_c, v_u = jnp.split(v, 2)
-  return v_u + (v_c - v_u) * scale

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axturbo.layers import constrain, dense, named_init
+from axturbo.models.layers import constrain, dense, named_init
 from axturbo.models.activations import hf_activation
 
 Dtype = jnp.dtype

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from axturbo import layers
+from axturbo.models import layers
 
 Dtype = jnp.dtype
 _SNAKE_EPS = 1e-9

@@ -1,1 +1,1 @@
-"""Teacher training: state, optimizer/EMA, the pure train step, checkpoints and observability."""
+"""Teacher training: its state, its pure step on a mesh and its log line (train.py)."""

@@ -1,76 +1,10 @@
-"""Host-side observability: the periodic log line, TensorBoard events, MFU, the loss-curve PNG."""
-import pathlib
-import time
-from typing import Any
-
-import jax
+"""The teacher's log line and TensorBoard scalars (runtime.observe.Reporter, the train metrics)."""
 import numpy as np
-from absl import logging
+
+from axturbo.runtime import observe
 
 
-def compiled_flops(compiled: Any) -> float | None:
-  """FLOPs of one call of a compiled (per-device SPMD) program from XLA's cost analysis."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # some backends do not implement it
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = (cost or {}).get('flops')
-  return float(flops) if flops and flops > 0 else None
-
-
-class Reporter:
-  """Collects per-step metrics (device arrays, fetched only at log time, so the host does not
-  stall the device every step), prints one line per `every` steps, writes TensorBoard events and
-  a loss curve.
-
-  flops_per_device: FLOPs of one step on one device; with `peak_flops_per_device` gives MFU.
-  """
-
-  def __init__(self, workdir: str | pathlib.Path, every: int, global_batch: int,
-               flops_per_device: float | None, peak_flops_per_device: float,
-               first_step: int = 0):
-    self.workdir = pathlib.Path(workdir)
-    self.every, self.global_batch = max(int(every), 1), global_batch
-    self.flops, self.peak = flops_per_device, peak_flops_per_device
-    self.pending: list[tuple[int, dict]] = []
-    self.history: list[tuple[int, float]] = []
-    self.writer = None
-    if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter  # imported here: only the primary host writes
-      self.writer = SummaryWriter(str(self.workdir / 'tensorboard'))
-    self._t0, self._step0 = time.perf_counter(), first_step
-
-  def record(self, step: int, metrics: dict) -> None:
-    """`step`: the number of steps done after this one."""
-    self.pending.append((step, metrics))
-    if step % self.every == 0:
-      self.flush()
-
-  def flush(self) -> None:
-    if not self.pending:
-      return
-    rows = [(s, jax.tree.map(lambda x: np.asarray(jax.device_get(x)), m)) for s, m in self.pending]
-    self.pending = []
-    now = time.perf_counter()
-    step = rows[-1][0]
-    steps_per_s = (step - self._step0) / max(now - self._t0, 1e-9)
-    self._t0, self._step0 = now, step
-    scalars, line, skipped = self.summarize(rows)
-    scalars.update({'perf/steps_per_s': steps_per_s,
-                    'perf/samples_per_s': steps_per_s * self.global_batch})
-    mfu = ''
-    if self.flops and self.peak:
-      scalars['perf/mfu'] = self.flops * steps_per_s / self.peak
-      mfu = f' | mfu {100 * scalars["perf/mfu"]:.1f}%'
-    logging.info('step %d | %s | %.2f steps/s | %.1f samples/s%s%s', step, line, steps_per_s,
-                 scalars['perf/samples_per_s'], mfu,
-                 f' | SKIPPED {skipped} non-finite' if skipped else '')
-    if self.writer is not None:
-      for k, v in scalars.items():
-        self.writer.add_scalar(k, v, step)
-      self.writer.flush()
+class Reporter(observe.Reporter):
 
   def summarize(self, rows: list[tuple[int, dict]]) -> tuple[dict, str, int]:
     """Host metrics of the steps since the last line -> (TensorBoard scalars, the line's
@@ -86,35 +20,3 @@ class Reporter:
     line = (f'loss {mean_loss:.5f} | grad_norm {scalars["train/grad_norm"]:.3g} | '
             f'lr {scalars["train/lr"]:.3g}')
     return scalars, line, skipped
-
-  def close(self) -> pathlib.Path | None:
-    """Flushes, closes TensorBoard and writes <workdir>/loss_curve.png (primary host)."""
-    self.flush()
-    if self.writer is None:
-      return None
-    self.writer.close()
-    return plot_loss(self.history, self.workdir / 'loss_curve.png')
-
-
-def plot_loss(history: list[tuple[int, float]], path: pathlib.Path) -> pathlib.Path | None:
-  if not history:
-    return None
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  steps, losses = np.array(history).T
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  ax.plot(steps, losses, lw=0.8, alpha=0.5, label='loss')
-  k = max(len(losses) // 20, 1)
-  if k > 1:
-    smooth = np.convolve(losses, np.ones(k) / k, mode='valid')
-    ax.plot(steps[k - 1:], smooth, lw=1.5, label=f'mean of {k}')
-  ax.set_xlabel('step')
-  ax.set_ylabel('flow-matching loss')
-  if min(losses) > 0:
-    ax.set_yscale('log')  # from-scratch losses span orders of magnitude
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path

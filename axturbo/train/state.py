@@ -1,16 +1,14 @@
 """The teacher's training state and its (sharded) initialization."""
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 from flax import struct
 from jax.sharding import Mesh
 
-from axturbo import sharding
 from axturbo.models import audiox
-from axturbo.train import optim
+from axturbo.runtime import optim, sharding
 
 
 @struct.dataclass
@@ -60,13 +58,18 @@ def make_init_fn(model: audiox.AudioX, config: mlc.ConfigDict,
 def abstract_state(init_fn, mesh: Mesh, rules=sharding.DEFAULT_RULES, seed: int = 0
                    ) -> tuple[TrainState, TrainState]:
   """(abstract unboxed state with .sharding on every leaf, the shardings tree); no arrays made."""
-  boxed = jax.eval_shape(init_fn, jax.random.key(seed))
-  shardings = sharding.logical_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.unbox(boxed), shardings)
-  return abstract, shardings
+  return sharding.abstract_with_shardings(jax.eval_shape(init_fn, jax.random.key(seed)), mesh,
+                                         rules)
 
 
 def init_state(init_fn, mesh: Mesh, seed: int, rules=sharding.DEFAULT_RULES) -> TrainState:
   """The initial state, created directly in its shards (no full copy on any host)."""
   return sharding.sharded_init(init_fn, mesh, jax.random.key(seed), rules=rules)
+
+
+def inference_params(state: TrainState, t: mlc.ConfigDict, use_ema: bool = True) -> Any:
+  """The full AudioX tree with the EMA subtree (if any) in place of the online weights."""
+  if not (use_ema and t.ema.enabled):
+    return state.params
+  _, rest = optim.split_params(state.params, t.ema.subtrees, 'train.ema.subtrees')
+  return optim.merge_params(rest, state.ema)

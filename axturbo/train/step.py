@@ -1,4 +1,5 @@
-"""The pure teacher train step: frozen towers -> MAF -> CFG dropout -> rectified-flow loss.
+"""The pure teacher train step (frozen towers -> MAF -> CFG dropout -> rectified-flow loss) and
+its jitted form on a mesh.
 
 Batch (global, per step): 'audio' (B, N, 2) f32 target waveform, 'input_ids' /
 'attention_mask' (B, Lt) i32, 'frames' (B, F, H, W, 3) u8, 'sync' (B, S, Ds) f32,
@@ -11,26 +12,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from axturbo import flow
 from axturbo.models import audiox
-from axturbo.train import optim
+from axturbo.runtime import optim, sharding
 from axturbo.train.state import TrainState
-
-
-def stratified_uniform_t(key: jax.Array, batch: int) -> jax.Array:
-  """t_i = (perm(i) + u_i) / B: one draw per 1/B stratum (stands in for the official Sobol)."""
-  k_perm, k_u = jax.random.split(key)
-  perm = jax.random.permutation(k_perm, batch).astype(jnp.float32)
-  return (perm + jax.random.uniform(k_u, (batch,))) / batch
-
-
-def logit_normal_t(key: jax.Array, batch: int) -> jax.Array:
-  """t = sigmoid(n), n ~ N(0, 1) (the official 'logit_normal' option)."""
-  return jax.nn.sigmoid(jax.random.normal(key, (batch,)))
-
-
-TIMESTEP_SAMPLERS = {'uniform': stratified_uniform_t, 'logit_normal': logit_normal_t}
 
 
 def cfg_dropout(key: jax.Array, cond: jax.Array, p: float) -> jax.Array:
@@ -68,11 +55,9 @@ def condition(model: audiox.AudioX, params: Any, batch: dict, key: jax.Array,
   """
   k_prompt, k_drop = jax.random.split(key)
   apply = functools.partial(model.apply, {'params': params})
-  text = apply(batch['input_ids'], batch['attention_mask'], method='encode_text')
-  video = apply(batch['frames'].astype(jnp.float32), batch['sync'], method='encode_video')
-  audio = apply(batch['prompt'], rng=k_prompt, deterministic=False, method='encode_audio_prompt')
-  return apply(text, video, audio, deterministic=not train, rngs={'dropout': k_drop},
-               method='fuse')
+  features = apply(batch, rng=k_prompt, method='encode_conditions')
+  return apply(features['text'], features['video'], features['audio'], deterministic=not train,
+               rngs={'dropout': k_drop}, method='fuse')
 
 
 def loss_fn(trainable: Any, frozen: Any, batch: dict, key: jax.Array, *,
@@ -88,7 +73,7 @@ def loss_fn(trainable: Any, frozen: Any, batch: dict, key: jax.Array, *,
   # Targets: a posterior sample of the VAE latents (official), never a gradient path.
   x0 = jax.lax.stop_gradient(model.apply({'params': params}, batch['audio'], rng=k_lat,
                                          method='encode_latents'))
-  times = TIMESTEP_SAMPLERS[t.timestep_sampler](k_t, x0.shape[0])
+  times = flow.TIMESTEP_SAMPLERS[t.timestep_sampler](k_t, x0.shape[0])
   noise = jax.random.normal(k_eps, x0.shape, jnp.float32)
 
   def velocity(z_t, tt):
@@ -96,10 +81,6 @@ def loss_fn(trainable: Any, frozen: Any, batch: dict, key: jax.Array, *,
 
   loss = rectified_flow_loss(velocity, x0, noise, times, batch.get('valid'))
   return loss, {'latent_std': jnp.std(x0)}
-
-
-def _keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
-  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: audiox.AudioX,
@@ -110,28 +91,41 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: audiox.
   trainable, frozen = optim.split_params(state.params, t.trainable)
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       trainable, frozen, batch, rng, model=model, t=t)
-  grad_norm = optax.global_norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, trainable)
-  params = optim.merge_params(optax.apply_updates(trainable, updates), frozen)
-  ema = state.ema
-  if t.ema.enabled:
-    covered, _ = optim.split_params(params, t.ema.subtrees, 'train.ema.subtrees')
-    decay = optim.ema_decay(state.updates, t.ema.beta, t.ema.power, t.ema.update_after_step)
-    ema = optim.ema_update(state.ema, covered, decay)
 
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  def next_ema(new_trainable):
+    covered, _ = optim.split_params(optim.merge_params(new_trainable, frozen), t.ema.subtrees,
+                                    'train.ema.subtrees')
+    decay = optim.ema_decay(state.updates, t.ema.beta, t.ema.power, t.ema.update_after_step)
+    return optim.ema_update(state.ema, covered, decay)
+
+  trainable, opt_state, ema, finite, grad_norm = optim.apply_if_finite(
+      tx, loss, grads, state.opt_state, trainable, next_ema if t.ema.enabled else None,
+      state.ema)
   new_state = state.replace(
       step=state.step + 1,
       updates=state.updates + finite.astype(jnp.int32),
       skipped=state.skipped + (~finite).astype(jnp.int32),
-      params=_keep_if(finite, params, state.params),
-      opt_state=_keep_if(finite, opt_state, state.opt_state),
-      ema=_keep_if(finite, ema, state.ema))
+      params=optim.merge_params(trainable, frozen), opt_state=opt_state, ema=ema)
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite,
-             'lr': optim.make_schedule(t)(state.updates), **aux}
+             'lr': optim.make_schedule(t.optim, t.total_steps)(state.updates), **aux}
   return new_state, metrics
 
 
 def step_rng(state: TrainState) -> jax.Array:
   """Per-step key fold_in(base, step): a resumed run draws the same noise at the same step."""
   return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def jit_train_step(model: audiox.AudioX, tx: optax.GradientTransformation,
+                   config: mlc.ConfigDict, mesh: Mesh, state_shardings: TrainState):
+  """jit(state, batch) -> (state, metrics): explicit shardings, the state donated.
+
+  The step's randomness is fold_in(state.rng, state.step). Lower it with
+  `sharding.compile_step`.
+  """
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    return train_step(state, batch, step_rng(state), model=model, tx=tx, config=config)
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))

@@ -9,7 +9,7 @@ import grain
 import ml_collections as mlc
 import numpy as np
 
-from axturbo import tokenizers
+from axturbo.data import tokenizers
 
 _NUM_CLASSES = 10
 

@@ -2,14 +2,14 @@
 
 Convention (axturbo.flow): z_t = t * eps + (1 - t) * x0, t = 1 is noise, networks predict
 v = eps - x0. Latents are (B, T, C); every per-sample time is (B,). Every loss and gradient here
-is computed in float32 whatever the dtype of the network outputs (dmd_notes.md §5.1.6).
+is computed in float32 whatever the dtype of the network outputs (docs/official.md).
 
 Networks are passed as callables, `velocity_fn(z (B, T, C), t (B,), cond (B, L, D)) -> v`, with
 their parameters closed over; which parameters receive gradients is decided by what the caller
-differentiates, and `axturbo.dmd_objectives` composes these functions into the two per-step
+differentiates, and `axturbo.distill.objectives` composes these functions into the two per-step
 objectives with the stop-gradients in place.
 
-Official behaviour this reproduces (official_architecture.md §6, dmd_notes.md §2):
+Official behaviour this reproduces (docs/official.md, "Distillation"):
   * student rollout over t = [1, .75, .5, .25] with fresh-noise re-noising, gradient through the
     target step only; the target index is one draw per step (official: uniform over 4);
   * DMD gradient with the AudioX normalizer mean|z_t - x0_T| + 1e-8 (== t * mean|v_T|), or the
@@ -26,16 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from axturbo import flow
-from axturbo.models import mmdit
 
 VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # readouts_fn(z (B, T, C), t (B,), cond, num_blocks) -> (K, B, T, C); heads_fn(feats) -> (B, T', 1)
 ReadoutsFn = Callable[[jax.Array, jax.Array, jax.Array, int], jax.Array]
 HeadsFn = Callable[[jax.Array], jax.Array]
 
-OFFICIAL_NUM_STEPS = 4
 OFFICIAL_INDEX_PROBS = (0.25, 0.25, 0.25, 0.25)
-OFFICIAL_GUIDANCE_SCALE = 6.0
 OFFICIAL_DISC_MAX_T = 0.2
 AUDIOX_EPS = 1e-8
 NORMALIZERS = ('audiox', 'dmd2')
@@ -49,7 +46,7 @@ def _per_sample_mean(x: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Random draws (each takes its own key: dmd_notes.md §5.1.11).
+# Random draws (each takes its own key, so adding one never moves another: docs/official.md).
 
 
 def check_index_probs(probs: Sequence[float], num_steps: int) -> np.ndarray:
@@ -76,26 +73,10 @@ def sample_target_index(key: jax.Array, probs: Sequence[float] = OFFICIAL_INDEX_
   return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
-def sample_times(key: jax.Array, batch: int, low: float = 0.0, high: float = 1.0,
-                 stratified: bool = True) -> jax.Array:
-  """Per-sample times in [low, high), (B,) float32.
-
-  stratified: (perm(i) + u_i) / B, one sample per stratum, a low-discrepancy stand-in for the
-  official scrambled Sobol draw (t_dmd and t_fake, both over the full [0, 1)).
-  """
-  if not 0.0 <= low < high <= 1.0:
-    raise ValueError(f'time range must satisfy 0 <= low < high <= 1, got [{low}, {high})')
-  k_perm, k_u = jax.random.split(key)
-  u = jax.random.uniform(k_u, (batch,), _f32)
-  if stratified:
-    u = (jax.random.permutation(k_perm, batch).astype(_f32) + u) / batch
-  return low + (high - low) * u
-
-
 def sample_discriminator_times(key: jax.Array, batch: int,
                                max_t: float = OFFICIAL_DISC_MAX_T) -> jax.Array:
   """t_d ~ U[0, max_t) per sample (official rand(B) * 0.2; Eq. 13's perturbation level), (B,)."""
-  return sample_times(key, batch, 0.0, max_t, stratified=False)
+  return flow.sample_times(key, batch, 0.0, max_t, stratified=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,12 +87,6 @@ def student_x0(student_velocity_fn: VelocityFn, z: jax.Array, t: jax.Array, cond
                ) -> jax.Array:
   """Eq. (5): the student's clean estimate x0_hat = z_t - t * v_phi(z_t, t, H_c), float32."""
   return flow.x0_from_velocity(z, student_velocity_fn(z, t, cond), t)
-
-
-def student_grid(num_steps: int = OFFICIAL_NUM_STEPS) -> np.ndarray:
-  """The student's times [1, .75, .5, .25] (= `flow.student_timesteps`) as a concrete array, so
-  the rollout can index it with Python ints under jit."""
-  return np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float32)[:-1]
 
 
 def _rollout_to(index: int, student_velocity_fn, noise, cond, renoise_noises, timesteps):
@@ -146,10 +121,9 @@ def student_rollout(student_velocity_fn: VelocityFn, noise: jax.Array, cond: jax
     renoise_noises: fresh noise for each re-noising, (N - 1, B, T, C) (entries >= k unused);
       None only for a 1-step grid.
     timesteps: the student grid, default `flow.student_timesteps(4)` = [1, .75, .5, .25];
-      must be concrete (the grid is a configuration, not data). Default `student_grid(4)`.
+      must be concrete (the grid is a configuration, not data).
   """
-  ts = np.asarray(student_grid(OFFICIAL_NUM_STEPS) if timesteps is None else timesteps,
-                  np.float32)
+  ts = np.asarray(flow.student_timesteps() if timesteps is None else timesteps, np.float32)
   n = ts.shape[0]
   if ts.ndim != 1 or n < 1:
     raise ValueError(f'timesteps must be a non-empty 1-D grid, got shape {ts.shape}')
@@ -193,10 +167,10 @@ def _rollout_traced(index: jax.Array, student_velocity_fn, noise, cond, renoise_
 
 
 def teacher_velocity(apply_fn: VelocityFn, z: jax.Array, t: jax.Array, cond: jax.Array,
-                     guidance_scale: float = OFFICIAL_GUIDANCE_SCALE) -> jax.Array:
+                     guidance_scale: float = flow.OFFICIAL_CFG_SCALE) -> jax.Array:
   """The real score's velocity v_theta with CFG (official scale 6; null = zero post-MAF tokens):
   v_u + s (v_c - v_u), float32, stop-gradient (the teacher is data to the student)."""
-  v = mmdit.cfg_velocity(apply_fn, z, t, cond, guidance_scale)
+  v = flow.cfg_velocity(apply_fn, z, t, cond, guidance_scale)
   return jax.lax.stop_gradient(v.astype(_f32))
 
 
@@ -303,7 +277,7 @@ def student_loss(loss_dm: jax.Array, loss_adv: jax.Array, dm_weight: float = 1.0
 
 
 # ----------------------------------------------------------------------------------------------
-# Update schedules (dmd_notes.md §5.1.4). Work on Python ints and traced int scalars alike.
+# Update schedules (docs/official.md). Work on Python ints and traced int scalars alike.
 
 
 def is_student_step(step, student_steps_per_cycle: int = 5, fake_steps_per_cycle: int = 1):

@@ -1,6 +1,6 @@
-"""The two per-step distillation objectives, composed from `axturbo.dmd` with the stop-gradients.
+"""The two per-step distillation objectives, composed from `dmd` with the stop-gradients.
 
-A distillation step is one of (dmd_notes.md §2.3-2.4):
+A distillation step is one of (docs/official.md, "Distillation"):
   * student step: rollout -> DMD gradient (teacher CFG 6, fake CFG 1) + generator hinge term;
     differentiate `student_objective` w.r.t. its first argument (student params) only;
   * fake + discriminator step: flow matching of the fake on sg(student samples) + hinge D loss;
@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
-from axturbo import dmd, flow
+from axturbo import flow
+from axturbo.distill import dmd
 
 Params = Any
 sg = jax.lax.stop_gradient
@@ -53,29 +54,7 @@ def audiox_networks(model, heads_module) -> Networks:
       fuse=fuse)
 
 
-def official_config() -> mlc.ConfigDict:
-  """Distillation settings of the official run (official_architecture.md §6)."""
-  c = mlc.ConfigDict()
-  c.num_steps = dmd.OFFICIAL_NUM_STEPS            # student grid linspace(1, 0, 5)[:-1]
-  c.index_probs = dmd.OFFICIAL_INDEX_PROBS         # TIMESTEP_SAMPLING_PROBS
-  c.guidance_scale = dmd.OFFICIAL_GUIDANCE_SCALE   # teacher CFG in the real score
-  c.normalizer = 'audiox'                          # or 'dmd2'
-  c.t_dmd_range = (0.0, 1.0)                       # official: full range (DMD2 clamps 0.02-0.98)
-  c.disc_num_blocks = 6                            # GAN_BACKBONE_NUM_BLOCKS
-  c.disc_max_t = dmd.OFFICIAL_DISC_MAX_T           # t_d ~ U[0, 0.2)
-  c.dm_weight = 1.0
-  c.adv_weight = 1.0                               # lambda_adv (generator hinge term)
-  c.fake_weight = 1.0
-  c.disc_weight = 1.0
-  c.schedule = 'audiox'                            # or 'dmd2'
-  c.student_steps_per_cycle = 5                    # 'audiox': 5 student steps ...
-  c.fake_steps_per_cycle = 1                       # ... then 1 fake + D step
-  c.fake_updates_per_student_update = 5            # 'dmd2': fake every step, student every 5th
-  return c
-
-
-# Independent streams (dmd_notes.md §5.1.11); fold_in by a fixed id keeps each stream stable when
-# another one is added.
+# Independent streams; fold_in by a fixed id keeps each stream stable when another one is added.
 _STREAMS = ('index', 'noise', 'renoise', 't_dmd', 'eps_dmd', 't_fake', 'eps_fake',
             't_d_real', 'eps_d_real', 't_d_fake', 'eps_d_fake')
 
@@ -95,8 +74,8 @@ def draw_step_randomness(key: jax.Array, x_shape: tuple[int, ...], c: mlc.Config
   return dict(
       index=dmd.sample_target_index(k['index'], c.index_probs),
       noise=normal('noise'), renoise=normal('renoise', (c.num_steps - 1,) + tuple(x_shape)),
-      t_dmd=dmd.sample_times(k['t_dmd'], b, lo, hi), eps_dmd=normal('eps_dmd'),
-      t_fake=dmd.sample_times(k['t_fake'], b), eps_fake=normal('eps_fake'),
+      t_dmd=flow.sample_times(k['t_dmd'], b, lo, hi), eps_dmd=normal('eps_dmd'),
+      t_fake=flow.sample_times(k['t_fake'], b), eps_fake=normal('eps_fake'),
       t_d_real=dmd.sample_discriminator_times(k['t_d_real'], b, c.disc_max_t),
       eps_d_real=normal('eps_d_real'),
       t_d_fake=dmd.sample_discriminator_times(k['t_d_fake'], b, c.disc_max_t),
@@ -104,7 +83,7 @@ def draw_step_randomness(key: jax.Array, x_shape: tuple[int, ...], c: mlc.Config
 
 
 def _timesteps(c):
-  return dmd.student_grid(c.num_steps)
+  return flow.student_timesteps(c.num_steps)
 
 
 def student_sample(nets: Networks, student_params: Params, features: Any,

@@ -1,6 +1,6 @@
 r"""Writes demo inputs for every generation task from the embedded held-out split.
 
-  python data/make_demo_inputs.py --config configs/tiny.py --out out/inputs
+  python -m scripts.make_demo_inputs --config configs/tiny.py --out out/inputs
 
 Writes clip.wav (a held-out clip at the model rate), start.wav (its first half), clip.mp4 (its
 synthetic video), frame.png (a frame showing an event) and tasks.jsonl: one line per task
@@ -9,12 +9,10 @@ continuation, image-to-audio) for `sample.py --batch_file`.
 """
 import json
 import pathlib
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Model config.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder.')
@@ -26,7 +24,7 @@ def main(argv):
   import numpy as np
   from PIL import Image
 
-  from axturbo import media
+  from axturbo.generation import media
   from axturbo.data import embedded
 
   m = _CONFIG.value.model

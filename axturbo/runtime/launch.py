@@ -84,14 +84,14 @@ def start_run(config, workdir):
   import jax
   from absl import logging
 
-  from axturbo.train import parallel
+  from axturbo.runtime import sharding
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   logging.info('process %d/%d, %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  mesh = parallel.make_mesh(config.mesh.shape)
-  parallel.check_batch_size(config.data.batch_size, mesh)
-  return workdir, mesh, parallel.mesh_rules(config.mesh)
+  mesh = sharding.make_mesh(config.mesh.shape)
+  sharding.check_batch_size(config.data.batch_size, mesh)
+  return workdir, mesh, sharding.mesh_rules(config.mesh)
 
 
 def make_data_iterator(config, source: str, field: str, process_index: int,
@@ -100,7 +100,7 @@ def make_data_iterator(config, source: str, field: str, process_index: int,
   'synthetic': learnable tones with the batch's shapes, for benchmarks and smoke runs); `field`
   names the config entry for the error message."""
   if source == 'synthetic':
-    from axturbo.train import synthetic_data as data
+    from axturbo.data import synthetic as data
   elif source == 'pipeline':
     from axturbo.data import pipeline as data
   else:

@@ -1,6 +1,6 @@
 """Samplers: pure functions whose whole step loop is one compiled `lax.scan`.
 
-Convention (official_architecture.md §5): z_t = t * eps + (1 - t) * x0, t = 1 is noise, the
+Convention (docs/official.md, "Rectified flow"): z_t = t * eps + (1 - t) * x0, t = 1 is noise, the
 network predicts v = eps - x0. Latents are (B, T, C); every noise is injectable so that a run can
 be matched against the official sampler tensor for tensor.
 
@@ -18,11 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from axturbo import flow
-from axturbo.models import mmdit
 
 STUDENT_STEPS = (1, 2, 4)
-OFFICIAL_CFG_SCALE = 6.0
-OFFICIAL_TEACHER_STEPS = 250
 
 # velocity_fn(z (B, T, C), t (B,)) -> v (B, T, C); the conditioning is closed over.
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -81,7 +78,7 @@ def sample_student(velocity_fn: VelocityFn, noise: jax.Array, renoise: jax.Array
   if renoise is None or renoise.shape != want:
     raise ValueError(f'renoise must be (steps - 1, B, T, C) = {want}, '
                      f'got {None if renoise is None else renoise.shape}')
-  ts = jnp.linspace(1.0, 0.0, steps + 1)
+  ts = flow.time_grid(steps)
   # The last transition re-noises to t = 0, i.e. z = 0 * eps + 1 * x0 = x0 exactly, so one
   # uniform scan body covers every step (the padding noise is multiplied by exactly 0).
   eps = jnp.concatenate([renoise.astype(jnp.float32), jnp.zeros((1,) + noise.shape, jnp.float32)])
@@ -98,7 +95,7 @@ def sample_student(velocity_fn: VelocityFn, noise: jax.Array, renoise: jax.Array
 
 
 def sample_euler(velocity_fn: CondVelocityFn, noise: jax.Array, cond: jax.Array, steps: int,
-                 cfg_scale: float = OFFICIAL_CFG_SCALE, *, known: jax.Array | None = None,
+                 cfg_scale: float = flow.OFFICIAL_CFG_SCALE, *, known: jax.Array | None = None,
                  known_mask: jax.Array | None = None) -> jax.Array:
   """Euler ODE solve on linspace(1, 0, steps + 1) with classifier-free guidance.
 
@@ -121,13 +118,13 @@ def sample_euler(velocity_fn: CondVelocityFn, noise: jax.Array, cond: jax.Array,
   if steps < 1:
     raise ValueError(f'steps must be >= 1, got {steps}')
   _check_known(noise, known, known_mask)
-  ts = jnp.linspace(1.0, 0.0, steps + 1)
+  ts = flow.time_grid(steps)
   b = noise.shape[0]
   noise = noise.astype(jnp.float32)
 
   def body(z, xs):
     t, t_next = xs
-    v = mmdit.cfg_velocity(velocity_fn, z, jnp.full((b,), t, jnp.float32), cond, cfg_scale)
+    v = flow.cfg_velocity(velocity_fn, z, jnp.full((b,), t, jnp.float32), cond, cfg_scale)
     z = flow.euler_step(z, v, jnp.full((b,), t), jnp.full((b,), t_next))
     if known is not None:
       z = _keep(z, flow.interpolate(known, noise, jnp.full((b,), t_next)), known_mask)

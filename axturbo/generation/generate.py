@@ -4,7 +4,7 @@ One call runs a batch of prompts through conditioning (text, video, audio prompt
 sampler (`axturbo.sampling`) and the VAE decoder, each stage a jitted function compiled once per
 input shape. Results carry the waveform at `model.sample_rate`, the latents and a metadata dict.
 
-Tasks (official_architecture.md §2.4, §7): whatever is missing takes the official default —
+Tasks (docs/official.md, "Inputs and tasks"): whatever is missing takes the official default —
 text "", an all-zero video (-> the learned `empty_visual_feat`), zero sync features, a silent
 audio prompt. Work whose result is known is skipped: no CLIP pass when no prompt has a video
 (the tokens are `empty_visual_feat` broadcast), and the silent-prompt tokens are computed once.
@@ -34,11 +34,12 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from axturbo import checkpoints
-from axturbo import gen_inputs
-from axturbo import sampling
-from axturbo import tokenizers
+from axturbo import flow
+from axturbo.data import tokenizers
+from axturbo.generation import inputs
+from axturbo.generation import sampling
 from axturbo.models import audiox
+from axturbo.runtime import checkpoints
 
 KINDS = ('student', 'teacher')
 _PROMPT_RNG_TAG = 0x5EED
@@ -153,7 +154,7 @@ class Generator:
                        f', got {audio.shape}')
     return np.asarray(self._encode(self.params, jnp.asarray(audio)))
 
-  def _known_latents(self, items: list[gen_inputs.Item]):
+  def _known_latents(self, items: list[inputs.Item]):
     """(known (B, T, C), mask (B, T, 1)) for keep_unmasked, or (None, None)."""
     if all(it.known_samples is None for it in items):
       return None, None
@@ -183,10 +184,10 @@ class Generator:
                          f'got cfg_scale={cfg_scale}; use the teacher sampler for CFG')
       return sampler, steps, 1.0
     if sampler == 'teacher':
-      steps = sampling.OFFICIAL_TEACHER_STEPS if steps is None else int(steps)
+      steps = flow.OFFICIAL_TEACHER_STEPS if steps is None else int(steps)
       if steps < 1:
         raise ValueError(f'steps must be >= 1, got {steps}')
-      cfg = sampling.OFFICIAL_CFG_SCALE if cfg_scale is None else float(cfg_scale)
+      cfg = flow.OFFICIAL_CFG_SCALE if cfg_scale is None else float(cfg_scale)
       return sampler, steps, cfg
     raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
 
@@ -228,7 +229,7 @@ class Generator:
     args = [_per_item(v, n, name) for v, name in (
         (video, 'video'), (sync, 'sync'), (audio, 'audio'), (image, 'image'),
         (inpaint, 'inpaint'), (continuation, 'continuation'), (keep_unmasked, 'keep_unmasked'))]
-    items = [gen_inputs.prepare_item(
+    items = [inputs.prepare_item(
         self.config, i, texts[i], *(a[i] for a in args), official_image_scaling, prompt_pad,
         output_samples=self.output_samples, latent_frames=self.latent_shape[0], hop=self.hop)
         for i in range(n)]

@@ -1,7 +1,7 @@
 r"""Writes the embedded procedural dataset to disk in the official manifest format.
 
 Usage (from the repository root):
-  python data/build_embedded.py --out /tmp/emb --split train --num_clips 64 \
+  python -m scripts.build_embedded --out /tmp/emb --split train --num_clips 64 \
       --sample_rate 16000 --duration 4
 
 Layout under --out: audio/<split>_<i>.wav, video/<split>_<i>.npy ((F, H, W, 3)
@@ -20,9 +20,7 @@ from absl import flags
 import numpy as np
 import soundfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from axturbo.data import embedded  # pylint: disable=g-import-not-at-top
-
+from axturbo.data import embedded  
 _OUT = flags.DEFINE_string('out', None, 'Output directory.', required=True)
 _SPLIT = flags.DEFINE_enum('split', 'train', list(embedded.SPLITS), 'Dataset split.')
 _NUM_CLIPS = flags.DEFINE_integer('num_clips', 16, 'Number of clips.')

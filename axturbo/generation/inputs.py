@@ -10,7 +10,7 @@ from typing import Any
 import ml_collections as mlc
 import numpy as np
 
-from axturbo import media
+from axturbo.generation import media
 
 
 @dataclasses.dataclass

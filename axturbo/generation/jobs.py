@@ -1,5 +1,5 @@
-"""Batch jobs for sample.py: reading a batch file and writing each result's files (and the
-command-line value parsers the generation and evaluation CLIs share).
+"""Batch jobs for sample.py: reading a batch file and writing each result's files (and what the
+generation and evaluation CLIs share: value parsers, a quiet checkpoint load, a progress bar).
 
 Batch file: one prompt per line; blank lines and lines starting with '#' are skipped. A line
 starting with '{' is a JSON object with any of the keys text, video, audio, image, sync,
@@ -8,13 +8,51 @@ inpaint ([start_s, end_s] or "start:end"), continuation (bool).
 import json
 import pathlib
 import re
+import sys
 from typing import Sequence
+
+from absl import logging
 
 import numpy as np
 
-from axturbo import media
+from axturbo.generation import media
 
 JOB_KEYS = ('text', 'video', 'audio', 'image', 'sync', 'inpaint', 'continuation')
+
+
+def load_generator(path, kind: str | None = None):
+  """`Generator.load` without orbax's INFO line for every restore step."""
+  from axturbo.generation import generate
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    return generate.Generator.load(path, kind=kind)
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+class Progress:
+  """tqdm when available (hidden for a single item), else a log line every ~10%."""
+
+  def __init__(self, total: int, desc: str = '', unit: str = 'clip'):
+    try:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total, desc=desc or None, unit=unit, disable=total <= 1)
+    except ImportError:
+      self._bar = None
+    self.total, self.done, self.desc, self._next = total, 0, desc, 0
+
+  def update(self, n: int):
+    self.done += n
+    if self._bar is not None:
+      self._bar.update(n)
+    elif self.done >= self._next:
+      print(f'{self.desc}: {self.done}/{self.total}', file=sys.stderr, flush=True)
+      self._next = self.done + max(1, self.total // 10)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
 
 
 def parse_span(text: str) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 r"""Decodes a dataset once into ArrayRecord shards of fixed-shape base examples.
 
-  python data/prepare.py --config configs/official.py \
+  python -m scripts.prepare --config configs/official.py \
       --config.data.manifest=data/train_manifest.jsonl --out /data/records --split train
   # then train with --config.data.source=records --config.data.records_dir=/data/records
 
@@ -11,7 +11,6 @@ offset is drawn once, from data.seed), and writes <out>/<split>-*-of-*.array_rec
 skipped and counted (data.fail_fast=True stops instead). Shows a progress line on stderr.
 """
 import multiprocessing
-import os
 import sys
 import time
 
@@ -21,8 +20,6 @@ from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top
 from axturbo.data import audio_io
 from axturbo.data import pipeline
 from axturbo.data import records

@@ -1,4 +1,5 @@
-"""Logical axis vocabulary and the default logical -> mesh rules.
+"""Mesh and sharding: the logical axis vocabulary, the logical -> mesh rules, the mesh itself,
+how parameters, states and batches are laid out on it, and ahead-of-time compilation.
 
 Parameters use the names below; activations use the `act_*` names so that the same logical
 dimension can be sharded differently as a weight (FSDP) and as an activation (batch).
@@ -56,13 +57,19 @@ DEFAULT_RULES = (
 )
 
 
-import math  # noqa: E402  (kept below the vocabulary, which is data)
+# Batches are split along their leading axis over these mesh axes, replicated over 'tensor'.
+BATCH_AXES = ('data', 'fsdp')
+
+
+import contextlib  # noqa: E402  (kept below the vocabulary, which is data)
+import math  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+import ml_collections as mlc  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 
 def mesh_shape(requested: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -85,14 +92,29 @@ def mesh_shape(requested: Sequence[int], num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(requested: Sequence[int], devices: Sequence[Any] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all, across hosts)."""
+  """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all, across hosts).
+
+  Auto axes: the compiler propagates shardings between the logical constraints (Explicit axes
+  would turn every constraint into an assertion).
+  """
   devices = jax.devices() if devices is None else list(devices)
   shape = mesh_shape(requested, len(devices))
   try:
-    return jax.make_mesh(shape, MESH_AXES, devices=devices)
+    mesh = jax.make_mesh(shape, MESH_AXES, devices=devices)
   except (AssertionError, ValueError, NotImplementedError, TypeError):
     # Topology-unaware fallback (e.g. a device subset that make_mesh cannot lay out).
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    mesh = Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+  return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def mesh_rules(mesh_config: mlc.ConfigDict) -> tuple:
+  """DEFAULT_RULES with `mesh.rules` ((logical, mesh axes) pairs) taking precedence."""
+  overrides = {name: (tuple(axes) if isinstance(axes, list) else axes)
+               for name, axes in (mesh_config.get('rules') or ())}
+  unknown = set(overrides) - set(PARAM_AXES + ACTIVATION_AXES)
+  if unknown:
+    raise ValueError(f'mesh.rules: unknown logical axes {sorted(unknown)}')
+  return tuple((k, overrides.pop(k, v)) for k, v in DEFAULT_RULES) + tuple(overrides.items())
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
@@ -119,6 +141,15 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=DEFAULT_RULES) -> An
       specs, unboxed, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def abstract_with_shardings(boxed: Any, mesh: Mesh, rules=DEFAULT_RULES) -> tuple[Any, Any]:
+  """(the unboxed abstract tree with `.sharding` on every leaf, the shardings tree) of a boxed
+  abstract tree (e.g. `jax.eval_shape` of an init): what orbax restores into and jit lowers."""
+  shardings = logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.unbox(boxed), shardings)
+  return abstract, shardings
+
+
 def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=DEFAULT_RULES) -> Any:
   """Runs `init_fn(*args)` under jit with output shardings derived from its logical names.
 
@@ -128,3 +159,56 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=DEFAULT_R
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_shardings(abstract, mesh, rules)
   return jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches.
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  if global_batch_size % ways:
+    raise ValueError(f'data.batch_size={global_batch_size} is not divisible by data x fsdp = '
+                     f'{ways} (mesh {dict(mesh.shape)})')
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Per-host rows (b, ...) -> global arrays (b * process_count, ...) sharded over the batch."""
+  shard = batch_sharding(mesh)
+  n = jax.process_count()
+  return {k: jax.make_array_from_process_local_data(shard, v, (v.shape[0] * n,) + v.shape[1:])
+          for k, v in local.items()}
+
+
+def abstract_batch(local_example: dict[str, np.ndarray], mesh: Mesh) -> dict:
+  shard, n = batch_sharding(mesh), jax.process_count()
+  return {k: jax.ShapeDtypeStruct((v.shape[0] * n,) + v.shape[1:], v.dtype, sharding=shard)
+          for k, v in local_example.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing and compiling a step.
+
+def mesh_context(mesh: Mesh, rules=DEFAULT_RULES,
+                 activation_constraints: bool = False) -> contextlib.ExitStack:
+  """Context for tracing a step.
+
+  With `activation_constraints`, the mesh and logical rules are active so the models'
+  `layers.constrain` hints take effect. Off, the hints are no-ops and XLA propagates shardings
+  from the explicit parameter/batch shardings alone.
+  """
+  stack = contextlib.ExitStack()
+  if activation_constraints:
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(nn.logical_axis_rules(rules))
+  return stack
+
+
+def compile_step(jitted, state: Any, batch: dict, mesh: Mesh, rules=DEFAULT_RULES,
+                 activation_constraints: bool = False):
+  """Ahead-of-time compile for abstract (ShapeDtypeStruct) or concrete arguments."""
+  with mesh_context(mesh, rules, activation_constraints):
+    return jitted.lower(state, batch).compile()

@@ -1,9 +1,12 @@
-"""Optimizer, learning-rate schedules, EMA and the parameter-subtree selection they share.
+"""Optimizer, learning-rate schedules, the skip-if-not-finite update, EMA, and the
+parameter-subtree selection they share; the same for the teacher and every distilled network.
 
+An optimizer is described by one sub-config shape (`configs/official.py: optimizer_config`):
+`train.optim`, `distill.student` and `distill.fake`.
 Subtrees are named by '/'-joined path prefixes of the AudioX parameter tree, e.g. 'trunk',
 'maf' or 'audio_prompt/proj_out' (config `train.trainable`, `train.ema.subtrees`).
 """
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,32 +58,55 @@ def inverse_lr(step: jax.Array, base_lr: float, inv_gamma: float, power: float,
   return base_lr * (1.0 - warmup ** (n + 1.0)) * (1.0 + n / inv_gamma) ** (-power)
 
 
-def make_schedule(t: mlc.ConfigDict) -> optax.Schedule:
-  """`t.schedule`: 'inverse' (official), 'constant' or 'cosine' (both with linear warmup)."""
-  if t.schedule == 'inverse':
-    return lambda n: inverse_lr(n, t.lr, t.inverse.inv_gamma, t.inverse.power, t.inverse.warmup)
-  warm = max(int(t.warmup_steps), 0)
-  if t.schedule == 'constant':
-    main = optax.constant_schedule(t.lr)
-  elif t.schedule == 'cosine':
-    main = optax.cosine_decay_schedule(t.lr, max(int(t.total_steps) - warm, 1),
-                                       alpha=t.final_lr_fraction)
+def make_schedule(o: mlc.ConfigDict, total_steps: int) -> optax.Schedule:
+  """`o.schedule`: 'inverse' (official), 'constant' or 'cosine' (both with linear warmup);
+  'cosine' decays over `total_steps` updates."""
+  if o.schedule == 'inverse':
+    return lambda n: inverse_lr(n, o.lr, o.inverse.inv_gamma, o.inverse.power, o.inverse.warmup)
+  warm = max(int(o.warmup_steps), 0)
+  if o.schedule == 'constant':
+    main = optax.constant_schedule(o.lr)
+  elif o.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(o.lr, max(int(total_steps) - warm, 1),
+                                       alpha=o.final_lr_fraction)
   else:
-    raise ValueError(f"train.schedule={t.schedule!r}; expected 'inverse', 'constant' or 'cosine'")
+    raise ValueError(f"optimizer schedule={o.schedule!r}; expected 'inverse', 'constant' or "
+                     "'cosine'")
   if not warm:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, t.lr, warm), main], [warm])
+  return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warm), main], [warm])
 
 
-def make_optimizer(t: mlc.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(o: mlc.ConfigDict, total_steps: int) -> optax.GradientTransformation:
   """AdamW (+ optional global-norm clipping) for the trainable subtree only.
 
   Frozen subtrees are never passed to it, so they carry no optimizer state at all.
   """
-  adamw = optax.adamw(make_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay)
-  if t.grad_clip_norm and t.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), adamw)
+  adamw = optax.adamw(make_schedule(o, total_steps), b1=o.b1, b2=o.b2, eps=o.eps,
+                      weight_decay=o.weight_decay)
+  if o.grad_clip_norm and o.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
   return adamw
+
+
+def apply_if_finite(tx: optax.GradientTransformation, loss: jax.Array, grads: Any,
+                    opt_state: Any, params: Any, next_ema: Callable[[Any], Any] | None = None,
+                    ema: Any = None) -> tuple[Any, Any, Any, jax.Array, jax.Array]:
+  """One optimizer update, dropped whole when the loss or the gradient norm is not finite.
+
+  One bad batch (an overflow, a corrupt clip) must not poison the weights, the optimizer
+  moments or the EMA, which a later checkpoint would then keep; the caller counts the skip.
+  next_ema(new_params) -> the EMA after this update (None: `ema` passes through).
+  Returns (params, opt_state, ema, finite, grad_norm).
+  """
+  grad_norm = optax.global_norm(grads)
+  updates, new_opt = tx.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  new_ema = ema if next_ema is None else next_ema(new_params)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), (new_params, new_opt, new_ema),
+                      (params, opt_state, ema))
+  return (*kept, finite, grad_norm)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from axturbo import sampling
-from axturbo import tokenizers
+from axturbo import flow
+from axturbo.data import tokenizers
+from axturbo.generation import sampling
 from axturbo.models import audiox
 from axturbo.models import codec as codec_lib
 
@@ -209,7 +210,7 @@ class Pipeline:
       sampling.check_student_steps(steps)
       cfg_scale = 1.0
     elif sampler == 'teacher':
-      cfg_scale = sampling.OFFICIAL_CFG_SCALE if cfg_scale is None else float(cfg_scale)
+      cfg_scale = flow.OFFICIAL_CFG_SCALE if cfg_scale is None else float(cfg_scale)
     else:
       raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
     text = self.text_tokens(texts)

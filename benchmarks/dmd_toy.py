@@ -1,4 +1,4 @@
-"""End-to-end DMD on an exactly known teacher (dmd_notes.md §5.3), through the real loss, rollout
+"""End-to-end DMD on an exactly known teacher (docs/official.md), through the real loss, rollout
 and schedule functions of `axturbo.dmd`.
 
 Teacher: the analytic rectified-flow velocity of N(mean, std^2) per dimension (16-D).
@@ -7,7 +7,7 @@ stop-gradient student samples. Student: a 1-step generator x = b + a * eps, expr
 velocity at t = 1 (v = z - (b + a z)) so that it goes through `student_rollout`.
 Both updates use their own Adam state. The whole run is one jitted lax.scan.
 
-  python -m axturbo.dmd_toy            # prints the table of docs/distillation.md
+  python -m benchmarks.dmd_toy            # prints the table of docs/distillation.md
 """
 import dataclasses
 import functools
@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from axturbo import dmd, flow
+from axturbo import flow
+from axturbo.distill import dmd
 
 TARGET_MEAN, TARGET_STD, DIM = 1.5, 0.5, 16
 
@@ -104,7 +105,7 @@ def _run(static, d):
 
     def student_update(args):
       student, os_ = args
-      t = dmd.sample_times(k[1], batch)
+      t = flow.sample_times(k[1], batch)
       z = flow.renoise(x0_step, jax.random.normal(k[2], x0_step.shape), t)
       g, _ = dmd.dmd_gradient(_teacher_fn(z, t, None), _fake_fn(fake)(z, t, None), x0_step, z,
                               t, normalizer)
@@ -115,7 +116,7 @@ def _run(static, d):
 
     def fake_update(args):
       fake, of_ = args
-      t = dmd.sample_times(k[3], batch)
+      t = flow.sample_times(k[3], batch)
       grads = jax.grad(lambda p: dmd.fake_flow_matching_loss(
           _fake_fn(p), x0_step, jax.random.normal(k[4], x0_step.shape), t, None))(fake)
       upd, of_ = opt_f.update(grads, of_, fake)

@@ -1,0 +1,183 @@
+r"""Evaluate checkpoints: event benchmark, reference-set metrics, efficiency table.
+
+Suites (each writes --out/results.json and --out/results.md):
+  events    the embedded held-out split (axturbo/eval/benchmark.py): T2A-bench-style Cat / Cnt /
+            Ord / TS accuracy of text-to-audio, video sync of video-to-audio and text+video,
+            inpainting and continuation accuracy.
+              python -m axturbo.eval --checkpoint ckpt/ --suite events --out eval/ \
+                  [--steps 4] [--teacher --cfg 6] [--clips 64] [--batch_size 8]
+  manifest  FD / KL / IS (PANNs CNN14) of generations for the captions of an official manifest
+            vs its audio (axturbo/eval/manifest_suite.py); needs a local CNN14 checkpoint.
+              python -m axturbo.eval --checkpoint ckpt/ --suite manifest \
+                  --manifest test.jsonl --cnn14 Cnn14_16k_mAP=0.438.pth --cnn14_variant 16k \
+                  --out eval/
+  table     the paper's Table II protocol (axturbo/eval/efficiency.py): per sampler and step
+            count, NFE, latency (batch 1, mean ± std over --runs after --warmup), RTF and the
+            event benchmark; teacher rows use Euler + CFG --cfg, student rows denoise-renoise.
+              python -m axturbo.eval --suite table --teacher_checkpoint T/ \
+                  --student_checkpoint S/ --out eval/ [--teacher_steps 4,25,50] \
+                  [--student_steps 1,2,4] [--undistilled_steps 4] [--runs 20] [--warmup 5]
+"""
+import json
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from axturbo.eval import benchmark
+from axturbo.generation import jobs
+
+_SUITE = flags.DEFINE_enum('suite', 'events', ['events', 'manifest', 'table'], 'What to run.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint (events, manifest suites).')
+_OUT = flags.DEFINE_string('out', None, 'Output directory (results.json, results.md).')
+_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: 4 student, 250 teacher).')
+_TEACHER = flags.DEFINE_bool('teacher', False, 'Use the teacher sampler (Euler + CFG).')
+_CFG = flags.DEFINE_float('cfg', None, 'CFG scale of the teacher sampler (default 6).')
+_CLIPS = flags.DEFINE_integer('clips', 64, 'Held-out clips (events, table) / manifest lines.')
+_TASKS = flags.DEFINE_list('tasks', list(benchmark.TASKS), 'Event benchmark tasks.')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Prompts generated per call.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (clip i uses seed + i).')
+_KEEP = flags.DEFINE_bool('keep_unmasked', False,
+                          'Inpainting/continuation: pin the latents of the given audio.')
+_DURATION = flags.DEFINE_float('duration_s', None, 'Held-out clip length (default: as training).')
+_MANIFEST = flags.DEFINE_string('manifest', None, 'Manifest JSONL (suite manifest).')
+_ROOT = flags.DEFINE_string('root', '', 'Root of relative manifest paths.')
+_CNN14 = flags.DEFINE_string('cnn14', None, 'Local PANNs CNN14 checkpoint (.pth).')
+_CNN14_VARIANT = flags.DEFINE_enum('cnn14_variant', '32k', ['32k', '16k'], 'CNN14 front end.')
+_TEACHER_CKPT = flags.DEFINE_string('teacher_checkpoint', None, 'Teacher checkpoint (table).')
+_STUDENT_CKPT = flags.DEFINE_string('student_checkpoint', None, 'Student checkpoint (table).')
+_TEACHER_STEPS = flags.DEFINE_list('teacher_steps', ['4', '25', '50'], 'Teacher rows (table).')
+_STUDENT_STEPS = flags.DEFINE_list('student_steps', ['1', '2', '4'], 'Student rows (table).')
+_UNDISTILLED_STEPS = flags.DEFINE_list(
+    'undistilled_steps', [], 'Rows of the student sampler on the teacher checkpoint (table).')
+_RUNS = flags.DEFINE_integer('runs', 20, 'Timed runs per row (table).')
+_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed warm-up runs per row (table).')
+
+
+def _load(path: str, kind: str | None = None):
+  if not path:
+    raise ValueError('a checkpoint directory is required (--checkpoint / --teacher_checkpoint / '
+                     '--student_checkpoint)')
+  if not pathlib.Path(path).is_dir():
+    raise FileNotFoundError(f'checkpoint {path!r} is not a directory')
+  return jobs.load_generator(path, kind)
+
+
+def _events() -> tuple[dict, str]:
+  from axturbo.eval import efficiency
+  gen = _load(_CHECKPOINT.value)
+  sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
+                                            _STEPS.value, _CFG.value)
+  clips = benchmark.heldout_clips(gen.config, _CLIPS.value, _DURATION.value)
+  requests = benchmark.make_requests(clips, _TASKS.value)
+  bar = jobs.Progress(len(requests), f'{sampler} {steps} steps')
+  generate_fn = benchmark.model_generator(gen, sampler=sampler, steps=steps, cfg_scale=cfg,
+                                          batch_size=_BATCH.value, seed=_SEED.value,
+                                          keep_unmasked=_KEEP.value, progress=bar)
+  result = benchmark.run_events(clips, generate_fn, gen.config.sample_rate, _TASKS.value)
+  bar.close()
+  header = {'suite': 'events', 'checkpoint': str(_CHECKPOINT.value), 'kind': gen.kind,
+            'sampler': sampler, 'steps': steps, 'cfg_scale': cfg,
+            'nfe': efficiency.nfe(sampler, steps, cfg), 'seed': _SEED.value,
+            'clips': len(clips), 'duration_s': clips[0]['duration_s'],
+            'sample_rate': gen.config.sample_rate, 'tasks': list(_TASKS.value),
+            'keep_unmasked': _KEEP.value}
+  title = (f'Event benchmark: {_CHECKPOINT.value}, {sampler} sampler, {steps} steps, '
+           f'CFG {cfg:g}, NFE {header["nfe"]}, {len(clips)} held-out clips')
+  return {**header, **result}, benchmark.events_markdown(result, title)
+
+
+def _manifest() -> tuple[dict, str]:
+  from axturbo.eval import manifest_suite
+  if not _MANIFEST.value:
+    raise ValueError('--suite manifest needs --manifest FILE.jsonl (official manifest format)')
+  if not _CNN14.value:
+    raise ValueError('--suite manifest needs --cnn14 PATH: a local PANNs CNN14 checkpoint '
+                     '(Cnn14_mAP=0.431.pth with --cnn14_variant 32k, or Cnn14_16k_mAP=0.438.pth '
+                     'with --cnn14_variant 16k, from zenodo.org/record/3987831) to compute '
+                     'FD / KL / IS')
+  gen = _load(_CHECKPOINT.value)
+  sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
+                                            _STEPS.value, _CFG.value)
+  embed = manifest_suite.cnn14_embedder(_CNN14.value, _CNN14_VARIANT.value,
+                                        gen.config.sample_rate)
+  clips, requests = manifest_suite.load_references(_MANIFEST.value, _ROOT.value, gen.config,
+                                                   gen.output_samples, _CLIPS.value)
+  bar = jobs.Progress(len(requests), f'{sampler} {steps} steps')
+  waves = benchmark.model_generator(gen, sampler=sampler, steps=steps, cfg_scale=cfg,
+                                    batch_size=_BATCH.value, seed=_SEED.value,
+                                    progress=bar)(requests)
+  bar.close()
+  result = {'suite': 'manifest', 'checkpoint': str(_CHECKPOINT.value), 'manifest': _MANIFEST.value,
+            'cnn14': _CNN14.value, 'sampler': sampler, 'steps': steps, 'cfg_scale': cfg,
+            'seed': _SEED.value,
+            'metrics': manifest_suite.reference_metrics([c['waveform'] for c in clips], waves,
+                                                        embed)}
+  title = f'Reference metrics: {_CHECKPOINT.value} on {_MANIFEST.value}, {sampler} {steps} steps'
+  return result, manifest_suite.manifest_markdown(result, title)
+
+
+def _table() -> tuple[dict, str]:
+  from axturbo.eval import efficiency
+  if not _TEACHER_CKPT.value and not _STUDENT_CKPT.value:
+    raise ValueError('--suite table needs --teacher_checkpoint and/or --student_checkpoint')
+  cfg = 6.0 if _CFG.value is None else _CFG.value
+  rows = efficiency.table_rows(jobs.parse_step_counts(_TEACHER_STEPS.value, 'teacher_steps'),
+                               jobs.parse_step_counts(_STUDENT_STEPS.value, 'student_steps'), cfg,
+                               bool(_TEACHER_CKPT.value), bool(_STUDENT_CKPT.value),
+                               jobs.parse_step_counts(_UNDISTILLED_STEPS.value,
+                                                      'undistilled_steps')
+                               if _UNDISTILLED_STEPS.value else ())
+  gens = {}
+  if _TEACHER_CKPT.value:
+    gens['teacher'] = _load(_TEACHER_CKPT.value, kind='teacher')
+  if _STUDENT_CKPT.value:
+    gens['student'] = _load(_STUDENT_CKPT.value, kind='student')
+  m = next(iter(gens.values())).config
+  clips = benchmark.heldout_clips(m, _CLIPS.value, _DURATION.value)
+  results = efficiency.run_table(gens, rows, clips, runs=_RUNS.value, warmup=_WARMUP.value,
+                                 batch_size=_BATCH.value, seed=_SEED.value, tasks=_TASKS.value,
+                                 progress_factory=jobs.Progress)
+  result = {'suite': 'table', 'teacher_checkpoint': _TEACHER_CKPT.value,
+            'student_checkpoint': _STUDENT_CKPT.value, 'clips': len(clips),
+            'runs': _RUNS.value, 'warmup': _WARMUP.value, 'seed': _SEED.value,
+            'tasks': list(_TASKS.value), 'rows': results}
+  title = (f'Efficiency and event benchmark ({len(clips)} held-out clips, latency at batch '
+           f'size 1 over {_RUNS.value} runs after {_WARMUP.value} warm-ups)')
+  return result, efficiency.table_markdown(results, title)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _OUT.value:
+    raise app.UsageError('--out is required (see --help)')
+  for name, flag, low in (('clips', _CLIPS, 1), ('batch_size', _BATCH, 1), ('runs', _RUNS, 1),
+                          ('warmup', _WARMUP, 0)):
+    if flag.value < low:
+      raise app.UsageError(f'--{name} must be >= {low}, got {flag.value}')
+  out = pathlib.Path(_OUT.value)
+  if not flags.FLAGS['verbosity'].present:  # per-prompt INFO lines would bury the progress bar
+    logging.set_verbosity(logging.WARNING)
+  suite = {'events': _events, 'manifest': _manifest, 'table': _table}[_SUITE.value]
+  try:
+    result, markdown = suite()
+  except (ValueError, FileNotFoundError) as e:  # media and conversion errors subclass these
+    sys.exit(f'error: {e}')
+  out.mkdir(parents=True, exist_ok=True)
+  (out / 'results.json').write_text(json.dumps(result, indent=2, default=_jsonable))
+  (out / 'results.md').write_text(markdown)
+  print(markdown)
+  print(f'wrote {out / "results.json"} and {out / "results.md"}')
+
+
+def _jsonable(x):
+  if hasattr(x, 'tolist'):
+    return x.tolist()
+  raise TypeError(f'not JSON serializable: {type(x).__name__}')
+
+
+def run():
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Data preparation; run each from the repository root as `python -m scripts.<name>`."""
