@@ -66,11 +66,11 @@ def train_config() -> mlc.ConfigDict:
   t = official.train_config()
   t.total_steps = 1600
   t.trainable = ('video', 'audio_prompt', 'maf', 'trunk')
-  t.lr = 3e-3
-  t.schedule = 'cosine'
-  t.warmup_steps = 50
-  t.final_lr_fraction = 0.1
-  t.grad_clip_norm = 1.0
+  t.optim.lr = 3e-3
+  t.optim.schedule = 'cosine'
+  t.optim.warmup_steps = 50
+  t.optim.final_lr_fraction = 0.1
+  t.optim.grad_clip_norm = 1.0
   # Every trained tower is averaged: an EMA trunk paired with raw, still-moving towers would
   # read conditioning it was never trained on.
   t.ema.update(subtrees=t.trainable, beta=0.99)
@@ -95,7 +95,8 @@ def distill_config() -> mlc.ConfigDict:
   d.adv_weight = 0.1             # at the official 1 the 4-step student fell below the undistilled
   d.batch_size = 4
   d.total_steps = 1000           # 834 student updates, 166 fake + D updates
-  d.schedule_lr = 'constant'
+  d.student.schedule = 'constant'
+  d.fake.schedule = 'constant'
   d.student.lr = 1e-4
   d.fake.lr = 1e-3
   d.student.grad_clip_norm = 1.0
