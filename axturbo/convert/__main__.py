@@ -2,12 +2,15 @@ r"""Convert official AudioX-Turbo weights into an axturbo checkpoint.
 
   python -m axturbo.convert --config configs/official.py \
       --checkpoint checkpoints/audiox_turbo.ckpt --vae checkpoints/vae.ckpt \
-      --t5 local/t5-base [--clip local/clip-vit-base-patch32] --out ckpt/turbo
+      --t5 local/t5-base [--clip local/clip-vit-base-patch32] \
+      [--synchformer checkpoints/synchformer_state_dict.pth] --out ckpt/turbo
 
 `--checkpoint` is the student (`audiox_turbo.ckpt`), the teacher (`pretrained_ckpt.ckpt`) or a
 full distillation checkpoint (then say which network with `--network`). `.ckpt/.pt/.pth/.bin`
 files are read with torch's weights-only unpickler (torch needed; no code in them ever runs);
-`.safetensors` needs no torch. Everything is read from local paths.
+`.safetensors` needs no torch. Everything is read from local paths. `--synchformer` adds the
+video sync-feature extractor (params['synchformer'], sized by the config's `model.synchformer`
+section or else the released sizes, which are then written into model_config.json).
 """
 import pathlib
 import shutil
@@ -18,6 +21,7 @@ from ml_collections import config_flags
 
 from axturbo.runtime import checkpoints
 from axturbo.convert import official, torch_io
+from axturbo.convert import synchformer as synchformer_convert
 from axturbo.convert.common import ConversionError
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/official.py',
@@ -28,6 +32,8 @@ _NETWORK = flags.DEFINE_enum('network', None, ['student', 'teacher', 'fake'],
 _VAE = flags.DEFINE_string('vae', None, 'vae.ckpt (replaces the checkpoint\'s own VAE copy).')
 _T5 = flags.DEFINE_string('t5', None, 'Local Hugging Face t5-base folder (weights + tokenizer).')
 _CLIP = flags.DEFINE_string('clip', None, 'Local CLIP folder; only if the checkpoint has none.')
+_SYNCHFORMER = flags.DEFINE_string('synchformer', None,
+                                   'synchformer_state_dict.pth (only vfeat_extractor.* is read).')
 _OUT = flags.DEFINE_string('out', None, 'New directory for the axturbo checkpoint.')
 
 TOKENIZER_FILES = ('spiece.model', 'tokenizer.json', 'tokenizer_config.json',
@@ -65,15 +71,23 @@ def main(argv):
     params = official.convert(arrays, m, source=_CHECKPOINT.value, vae_arrays=vae_arrays,
                               vae_source=_VAE.value or '', t5_dir=_T5.value,
                               clip_dir=_CLIP.value)
+    if _SYNCHFORMER.value:
+      print(f'reading {_SYNCHFORMER.value}', flush=True)
+      extractor = synchformer_convert.module_from_config(m.get('synchformer'))
+      params['synchformer'] = synchformer_convert.convert(
+          torch_io.load_state_dict(_SYNCHFORMER.value), extractor, source=_SYNCHFORMER.value)
   except (ConversionError, FileNotFoundError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   m = m.copy_and_resolve_references()
+  if _SYNCHFORMER.value:
+    m.synchformer = synchformer_convert.module_config(extractor)
   if m.text.tokenizer == 'hf':
     m.text.tokenizer_dir = _copy_tokenizer(pathlib.Path(_T5.value), out)
   checkpoints.save_params(out, params, m, meta={
       'converted_from': _CHECKPOINT.value, 'network': _NETWORK.value, 'vae': _VAE.value,
-      't5': _T5.value, 'clip': _CLIP.value})
+      't5': _T5.value, 'clip': _CLIP.value,
+      'synchformer': _SYNCHFORMER.value})
   print(f'wrote {out}')
 
 

@@ -1,0 +1,220 @@
+"""Synchformer video features (axturbo.models.synchformer) and their converter.
+
+Fixture tests/fixtures/synchformer_small.npz: made by an out-of-tree script with the official
+code at af50898 (torch 2.13.0+cpu, torchvision 0.28.0, timm 1.0.29, omegaconf 2.3.1).
+  * The official `Synchformer()` was built with its MotionFormer config
+    (divided_224_16x4.yaml) shrunk to VIT.EMBED_DIM 32, DEPTH 2, NUM_HEADS 4 (patch 16,
+    tubelet 2, 16-frame windows, 224 x 224, MLP ratio 4 as released), by wrapping the
+    `OmegaConf.load` it calls. Every tensor was redrawn (torch seed 0): cls/pos/temp embeddings
+    N(0, 0.25), LayerNorm weights 1 + N(0, 0.01), biases N(0, 0.01), other weights
+    N(0, 1/fan_in); stored as float32, run in float64 (outputs stored as float32).
+  * Case 'clip': `data/utils.py:encode_video_with_synchformer('clip.mp4', 0, 10, 'cpu')` with
+    `read_video` replaced by one that returns `synthetic_frames(237, seed=1)` (below) as
+    (N, C, H, W) uint8 passed through the official `adjust_video_duration(frames, 10, 25)`
+    (so padded to 250 frames by repeating the last one), and the cached extractor replaced by
+    the shrunk `FeaturesUtils` behind a wrapper that records the transform's output and casts
+    it to float64. Stored: the features (1, 240, 32), the transform output's per-frame,
+    per-channel sums (250, 3) and its frames [0, 1, 120, 236, 237, 249] at every 16th pixel.
+  * Case 'batch': `FeaturesUtils.encode_video_with_sync(x, batch_size=3)` on two 40-frame
+    videos (seeds 2, 3), x = (frames / 255 - 0.5) / 0.5 in float64: (2, 32, 32), 4 windows each,
+    run in chunks of 3 windows that straddle the two videos.
+  * meta: the full-size (released) `Synchformer().state_dict()` key -> shape, and the official
+    float32 run's relative difference from float64 (3.0e-7).
+"""
+import fnmatch
+import hashlib
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from axturbo.convert import synchformer as convert
+from axturbo.convert.common import ConversionError, StateDict
+from axturbo.data.video_io import fit_length
+from axturbo.models import synchformer as sf
+from tests.fixture_io import load_fixture, rel_err, write_hf_folder
+from tests.key_recorder import KeyRecorder
+
+TOL = 1e-5
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def synthetic_frames(num: int, seed: int) -> np.ndarray:
+  """(num, 224, 224, 3) uint8 from integer arithmetic only, as the fixture script made them."""
+  t = np.arange(num, dtype=np.int64)[:, None, None, None]
+  y = np.arange(224, dtype=np.int64)[None, :, None, None]
+  x = np.arange(224, dtype=np.int64)[None, None, :, None]
+  c = np.arange(3, dtype=np.int64)[None, None, None, :]
+  v = (97 * seed + 3 * t + 5 * y + 7 * x + 11 * c + 6 * ((x * y + 13 * t) % 29)
+       + 17 * ((x // 9) ^ (y // 7)) + 31 * ((t * (x + 2 * y)) % 7))
+  return (v % 256).astype(np.uint8)
+
+
+def _sha(a: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def setup():
+  sd, ins, outs, meta = load_fixture('synchformer_small')
+  model = convert.module_from_config(meta['config'])
+  params = convert.convert(sd, model, source='synchformer_small.npz', log=lambda _: None)
+  clip = synthetic_frames(237, seed=1)
+  batch = np.stack([synthetic_frames(40, seed=2), synthetic_frames(40, seed=3)])
+  assert _sha(clip) == meta['frames_sha256']['clip']
+  assert _sha(batch) == meta['frames_sha256']['batch']
+  encode = jax.jit(lambda p, f: model.apply({'params': p}, f, method='encode_frames'))
+  return model, params, encode, sd, ins, outs, meta, clip, batch
+
+
+def test_segments_are_16_frame_windows_every_8():
+  assert sf.num_sync_frames(10) == 250 and sf.num_segments(250) == 30
+  assert sf.num_segments(16) == 1 and sf.num_segments(23) == 1 and sf.num_segments(24) == 2
+  with pytest.raises(ValueError, match='at least 16 frames'):
+    sf.num_segments(15)
+  frames = jnp.arange(40)[None, :, None, None, None]
+  seg = sf.segment_frames(frames)
+  assert seg.shape == (1, 4, 16, 1, 1, 1)
+  np.testing.assert_array_equal(seg[0, :, :, 0, 0, 0],
+                                np.arange(4)[:, None] * 8 + np.arange(16)[None, :])
+
+
+def test_preprocessing_matches_official_transform(setup):
+  """Padding (repeat the last frame) and scaling as the official reader and transform."""
+  _, _, _, _, ins, outs, _, clip, _ = setup
+  x = np.asarray(sf.normalize_frames(fit_length(clip, sf.num_sync_frames(10))))  # (250, H, W, 3)
+  assert x.dtype == np.float32 and x.shape == (250, 224, 224, 3)
+  picks = ins['clip/sample_frame_ids']
+  want = np.moveaxis(outs['clip/frame_samples'], 1, -1)  # official (k, C, h, w)
+  err = np.abs(x[picks][:, ::16, ::16] - want).max()
+  # Every frame (the padded ones too) through its per-channel sums, stored as float32.
+  sums = np.float32(x.astype(np.float64).sum(axis=(1, 2)))
+  sum_err = rel_err(sums, outs['clip/frame_sums'])
+  print(f'\npreprocessing: samples max abs {err:.2e}, per-frame sums rel {sum_err:.2e}')
+  assert err <= 1e-6 and sum_err <= 1e-6
+
+
+@pytest.mark.parametrize('case', ['clip', 'batch'])
+def test_features_match_official(setup, case):
+  _, params, encode, _, _, outs, _, clip, batch = setup
+  frames = fit_length(clip, 250)[None] if case == 'clip' else batch
+  got = np.asarray(encode(params, frames))
+  want = outs[f'{case}/features']
+  assert got.shape == want.shape
+  print(f'\n{case}: rel {rel_err(got, want):.2e}, max abs {np.abs(got - want).max():.2e}')
+  assert rel_err(got, want) <= TOL
+
+
+def test_scanned_layers_and_sharded_segments_give_the_same_features(setup):
+  """Stacked blocks (nn.scan) and windows sharded over a 2x2x2 CPU mesh by logical names."""
+  from jax.sharding import Mesh
+  from axturbo.runtime import sharding
+  model, _, _, sd, _, outs, meta, _, batch = setup
+  scanned = convert.module_from_config(meta['config'], scan_layers=True)
+  params = convert.convert(sd, scanned, source='fx', log=lambda _: None)
+  boxed = jax.eval_shape(lambda: scanned.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, 16, 224, 224, 3))))['params']
+  specs = nn.get_partition_spec(boxed)
+  is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
+  names = {n for s in jax.tree.leaves(specs, is_leaf=is_spec) for n in s if n is not None}
+  assert names <= set(sharding.PARAM_AXES), names - set(sharding.PARAM_AXES)
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), sharding.MESH_AXES)
+  with mesh, nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, sharding.DEFAULT_RULES)
+    placed = jax.device_put(params, shardings)
+    got = jax.jit(lambda p, f: scanned.apply({'params': p}, f, method='encode_frames'))(
+        placed, batch)
+  assert rel_err(got, outs['batch/features']) <= TOL
+
+
+def test_full_size_matches_the_released_state_dict(setup):
+  """jax.eval_shape's parameter count and the converter's keys/shapes at the released size
+  against the official full-size state dict (minus the documented unused 2-D patch embed)."""
+  meta = setup[6]
+  official = {k: tuple(v) for k, v in meta['full_size_state_dict'].items()}
+  unused = {k for k in official if any(fnmatch.fnmatchcase(k, p) for p, _ in convert.UNUSED)}
+  assert unused == {convert.PREFIX + 'patch_embed.proj.weight',
+                    convert.PREFIX + 'patch_embed.proj.bias'}
+  model = sf.Synchformer()
+  abstract = jax.eval_shape(lambda: nn.unbox(model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 16, 224, 224, 3))))['params'])
+  ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
+  live = sum(int(np.prod(s)) for k, s in official.items() if k not in unused)
+  print(f'\nfull size: axturbo {ours:,d} parameters, official {live:,d} + unused '
+        f'{sum(int(np.prod(official[k])) for k in unused):,d}')
+  assert ours == live
+  rec = KeyRecorder(convert.PREFIX)
+  convert.synchformer_params(rec, model)
+  assert rec.taken == {k: v for k, v in official.items() if k not in unused}
+
+
+def _with(sd, **changes):
+  out = dict(sd)
+  for k, v in changes.items():
+    if v is None:
+      del out[k]
+    else:
+      out[k] = v
+  return out
+
+
+def test_converter_is_strict_and_names_the_key(setup):
+  model, _, _, sd, _, _, _, _, _ = setup
+  run = lambda arrays: convert.convert(arrays, model, source='s.pth', log=lambda _: None)
+  foreign = dict(sd, **{'afeat_extractor.conv.weight': np.ones(3, np.float32),
+                        'transformer.tok_emb': np.ones(2, np.float32)})
+  run(foreign)  # the rest of the sync model is outside the extractor, as officially
+  key = 'vfeat_extractor.blocks.1.timeattn.qkv.weight'
+  with pytest.raises(ConversionError, match=r"missing tensor 'vfeat_extractor\.blocks\.1\."
+                                            r"timeattn\.qkv\.weight'"):
+    run(_with(sd, **{key: None}))
+  with pytest.raises(ConversionError, match=r'blocks\.1\.timeattn\.qkv\.weight.*shape'):
+    run(_with(sd, **{key: sd[key][:, :-1]}))
+  with pytest.raises(ConversionError, match=r'vfeat_extractor\.head\.weight'):
+    run(dict(sd, **{'vfeat_extractor.head.weight': np.ones((3, 32), np.float32)}))
+  with pytest.raises(ConversionError, match='no Synchformer visual extractor'):
+    run({'afeat_extractor.conv.weight': np.ones(3, np.float32)})
+  with pytest.raises(ConversionError, match=r'blocks\.2\.'):  # the file is shallower
+    convert.convert(sd, convert.module_from_config(dict(setup[6]['config'], depth=3)),
+                    source='s.pth', log=lambda _: None)
+
+
+@pytest.mark.e2e
+def test_cli_round_trip(setup, tmp_path):
+  """`python -m axturbo.convert ... --synchformer file.pth` on a torch.save'd random
+  official-layout state dict (with foreign branches): the checkpoint holds the extractor and
+  its sizes, and gives the official features."""
+  torch = pytest.importorskip('torch')
+  from axturbo.runtime import checkpoints
+  from tests import test_convert
+  _, _, _, sd, _, outs, meta, _, batch = setup
+  stored = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
+  stored['afeat_extractor.conv.weight'] = torch.ones(3)
+  torch.save(stored, tmp_path / 'synchformer_state_dict.pth')
+  ckpt = {(k if k.startswith('discriminator_heads.') else 'student.' + k):
+          torch.from_numpy(np.array(v)) for k, v in test_convert._official_state_dict().items()}
+  torch.save({'state_dict': ckpt}, tmp_path / 'audiox_turbo.ckpt')
+  t5_sd, _, _, t5_meta = load_fixture('hf_t5_tiny')
+  t5_dir = write_hf_folder(tmp_path / 't5', t5_sd, t5_meta['hf_config'])
+  m = test_convert._model_config()
+  m.synchformer = meta['config']
+  (tmp_path / 'cfg.py').write_text(
+      'import json\nimport ml_collections as mlc\n\ndef get_config():\n'
+      f'  return mlc.ConfigDict({{"model": json.loads({m.to_json()!r})}})\n')
+  run = subprocess.run(
+      [sys.executable, '-m', 'axturbo.convert', f'--config={tmp_path / "cfg.py"}',
+       f'--checkpoint={tmp_path / "audiox_turbo.ckpt"}', f'--t5={t5_dir}',
+       f'--synchformer={tmp_path / "synchformer_state_dict.pth"}', f'--out={tmp_path / "out"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert '  synchformer ' in run.stdout
+  params = checkpoints.load_params(tmp_path / 'out')
+  section = checkpoints.load_model_config(tmp_path / 'out').synchformer
+  model = convert.module_from_config(section)
+  got = model.apply({'params': params['synchformer']}, batch, method='encode_frames')
+  assert rel_err(got, outs['batch/features']) <= TOL
