@@ -7,9 +7,9 @@ Times `Synchformer.encode_frames` (normalise, cut 16-frame windows every 8, run 
 one batch, aggregate) jitted, on (1, frames, 224, 224, 3) uint8 frames already in device
 memory, with random weights: compile time, then the median of `repeats` calls. Also prints XLA's
 FLOP count of the compiled executable (`--flops_only`: that count alone, compiled for abstract
-weights and frames, so the official size costs no memory or run time). Sizes: micro is the parity test's (width 32, depth 2),
-small is width 192 / depth 4 / 3 heads, official is the released ViT-B/16 (width 768, depth 12).
-Not part of the library: nothing imports this file.
+weights and frames, so the official size costs no memory or run time). Sizes: micro is the
+parity test's (width 32, depth 2), small is width 192 / depth 4 / 3 heads, official is the
+released ViT-B/16 (width 768, depth 12). Not part of the library: nothing imports this file.
 """
 import argparse
 import statistics

@@ -64,11 +64,6 @@ def segment_frames(frames: jax.Array, size: int = SEGMENT_FRAMES,
   return frames[:, idx]
 
 
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None) -> jax.Array:
-  """(N, Tq, H, Dh) x (N, Tk, H, Dh) -> (N, Tq, H, Dh), softmax over Tk, scale Dh^-1/2."""
-  return attention(q, k, v, implementation=impl)
-
-
 class DividedAttention(nn.Module):
   """One half of a divided space-time block: attention along time or along space.
 
@@ -84,12 +79,15 @@ class DividedAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.axis not in ('time', 'space'):
+      raise ValueError(f"axis must be 'time' or 'space', got {self.axis!r}")
     b, length, width = x.shape
     h, dh, t = self.num_heads, width // self.num_heads, self.num_frames
     n = (length - 1) // t
     q, k, v = (dense(width, ('embed', 'heads'), dtype=self.dtype, name=f'{name}_proj')(x)
                .reshape(b, length, h, dh) for name in ('q', 'k', 'v'))
-    cls_out = _attend(q[:, :1], k, v, self.attention_impl)  # (b, 1, h, dh)
+    # Softmax scale Dh^-1/2 inside `attention`, where the official code scales q.
+    cls_out = attention(q[:, :1], k, v, implementation=self.attention_impl)  # (b, 1, h, dh)
 
     def grouped(a):  # (b, t*n, h, dh) -> (b*g, L, h, dh): one sequence per group
       a = a.reshape(b, t, n, h, dh)
@@ -101,8 +99,8 @@ class DividedAttention(nn.Module):
     groups = qp.shape[0] // b
     cls_k = jnp.repeat(k[:, :1], groups, axis=0)  # (b*g, 1, h, dh), batch-major as `grouped`
     cls_v = jnp.repeat(v[:, :1], groups, axis=0)
-    out = _attend(qp, jnp.concatenate([cls_k, kp], 1), jnp.concatenate([cls_v, vp], 1),
-                  self.attention_impl)
+    out = attention(qp, jnp.concatenate([cls_k, kp], 1), jnp.concatenate([cls_v, vp], 1),
+                    implementation=self.attention_impl)
     if self.axis == 'time':
       out = out.reshape(b, n, t, h, dh).transpose(0, 2, 1, 3, 4)
     out = jnp.concatenate([cls_out, out.reshape(b, t * n, h, dh)], axis=1)
@@ -157,7 +155,7 @@ class SpatialAggregator(nn.Module):
     q, k, v = (dense(width, ('embed', 'heads'), dtype=self.dtype, name=f'{name}_proj')(y)
                .reshape(b, length, h, dh) for name in ('q', 'k', 'v'))
     # Only the CLS row of the layer's output is kept, so only its query is needed.
-    a = _attend(q[:, :1], k, v, self.attention_impl).reshape(b, 1, width)
+    a = attention(q[:, :1], k, v, implementation=self.attention_impl).reshape(b, 1, width)
     x = x[:, :1] + dense(width, ('heads', 'embed'), dtype=self.dtype, name='out_proj')(a)
     y = layer_norm(eps=self.eps, dtype=self.dtype, name='norm2')(x)
     y = nn.gelu(dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name='fc1')(y),
