@@ -84,6 +84,17 @@ def test_segments_are_16_frame_windows_every_8():
                                 np.arange(4)[:, None] * 8 + np.arange(16)[None, :])
 
 
+
+def test_bad_inputs_fail_with_a_clear_message(setup):
+  model, params = setup[0], setup[1]
+  with pytest.raises(ValueError, match='at least 16 frames'):
+    model.apply({'params': params}, np.zeros((1, 15, 224, 224, 3), np.uint8),
+                method='encode_frames')
+  with pytest.raises(ValueError, match=r'segments must be \(N, 16, 224, 224, 3\)'):
+    model.apply({'params': params}, np.zeros((2, 16, 112, 112, 3), np.float32))
+  with pytest.raises(ValueError, match='channels-last'):
+    sf.normalize_frames(np.zeros((16, 3, 224, 224), np.uint8))
+
 def test_preprocessing_matches_official_transform(setup):
   """Padding (repeat the last frame) and scaling as the official reader and transform."""
   _, _, _, _, ins, outs, _, clip, _ = setup
