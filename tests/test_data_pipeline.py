@@ -167,7 +167,7 @@ def test_config_errors_name_the_key():
 
 
 def _prepare_module():
-  path = os.path.join(os.path.dirname(__file__), '..', 'data', 'prepare.py')
+  path = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'prepare.py')
   spec = importlib.util.spec_from_file_location('prepare', path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
