@@ -1,5 +1,5 @@
 """End-to-end DMD on an exactly known teacher (docs/official.md), through the real loss, rollout
-and schedule functions of `axturbo.dmd`.
+and schedule functions of `axturbo.distill.dmd`.
 
 Teacher: the analytic rectified-flow velocity of N(mean, std^2) per dimension (16-D).
 Fake: the same family with learnable (mu, log_s), fitted by flow matching (Eqs. 11-12) on

@@ -17,7 +17,8 @@ then `--runs` timed calls, each ending with the waveform on the host (or, for tr
 End to end (T2A, V2A) means: tokenize on the host -> T5 -> [CLIP + video conditioner] -> MAF ->
 sampler -> VAE decode -> crop -> waveform copied to the host, with a prompt not seen before
 (the T5 cache misses) unless the variant says 'cached prompt'. Every variant but 'generator-*'
-is `axturbo.serving.Pipeline`; 'generator-*' is `axturbo.generate.Generator` (stage by stage).
+is `axturbo.generation.serving.Pipeline`; 'generator-*' is
+`axturbo.generation.generate.Generator` (stage by stage).
 
 Floors (`floor_ms`, bf16 rows): per stage max(FLOPs / 790 TFLOP/s, weight bytes / 4.3 TB/s)
 (the bf16 matrix rate and copy bandwidth measured on this H200 kind, see docs/benchmarks.md),

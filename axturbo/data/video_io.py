@@ -1,7 +1,8 @@
 """Video frames and sync features as the official `read_video` produces them (§2.1).
 
 The one video / sync-feature reader of the package: the training pipeline and generation
-(`axturbo.media`, which adds image inputs and its user-facing `MediaError`) both read through here.
+(`axturbo.generation.media`, which adds image inputs and its user-facing `MediaError`) both read
+through here.
 
 Frames: every ceil(src_fps / target_fps)-th decoded frame from the seek point, squashed (no
 crop, aspect ratio not kept) to size x size, then padded by repeating the last frame or truncated

@@ -1,8 +1,9 @@
 """Generation API: `Generator.load(checkpoint_dir).generate(text=..., video=..., audio=...)`.
 
 One call runs a batch of prompts through conditioning (text, video, audio prompt, fusion), a
-sampler (`axturbo.sampling`) and the VAE decoder, each stage a jitted function compiled once per
-input shape. Results carry the waveform at `model.sample_rate`, the latents and a metadata dict.
+sampler (`axturbo.generation.sampling`) and the VAE decoder, each stage a jitted function
+compiled once per input shape. Results carry the waveform at `model.sample_rate`, the latents and
+a metadata dict.
 
 Tasks (docs/official.md, "Inputs and tasks"): whatever is missing takes the official default —
 text "", an all-zero video (-> the learned `empty_visual_feat`), zero sync features, a silent
@@ -105,7 +106,7 @@ class Generator:
 
   @classmethod
   def load(cls, checkpoint_dir, *, kind: str | None = None) -> 'Generator':
-    """A checkpoint written by `axturbo.checkpoints.save_params`; `kind` ('student' or
+    """A checkpoint written by `axturbo.runtime.checkpoints.save_params`; `kind` ('student' or
     'teacher') defaults to meta.json's 'kind', else 'student' (the released model)."""
     checkpoint_dir = pathlib.Path(checkpoint_dir)
     m = checkpoints.load_model_config(checkpoint_dir)

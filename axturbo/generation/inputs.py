@@ -1,7 +1,7 @@
 """User inputs of one generation prompt -> host arrays in model layout (`Item`).
 
 The rules (official defaults for missing modalities, inpainting/continuation timelines, the
-keep_unmasked region) are documented in `axturbo.generate`.
+keep_unmasked region) are documented in `axturbo.generation.generate`.
 """
 import dataclasses
 import pathlib

@@ -1,7 +1,7 @@
 """Serving path: text (and video) to waveform with one compiled call per request.
 
-`axturbo.generate.Generator` handles every task and times each stage, blocking on the device
-between stages. This module is its fast twin for the conditioning that serving sees most
+`axturbo.generation.generate.Generator` handles every task and times each stage, blocking on the
+device between stages. This module is its fast twin for the conditioning that serving sees most
 (text, optionally a video; a silent audio prompt), built for latency:
 
   * fusion -> sampler (student or teacher) -> latent decode -> crop, one jitted executable;

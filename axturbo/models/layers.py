@@ -1,6 +1,6 @@
 """Layers shared by every network; each parameter carries logical axis names.
 
-Logical names are the vocabulary in `axturbo.sharding`; configs map them to mesh axes.
+Logical names are the vocabulary in `axturbo.runtime.sharding`; configs map them to mesh axes.
 Parameters are float32 (master weights); `dtype` is the compute dtype.
 """
 from typing import Sequence
