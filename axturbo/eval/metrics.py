@@ -123,7 +123,7 @@ def frechet_audio_distance(embed_fn: Callable[[np.ndarray], np.ndarray], ref_aud
   """FAD: FD between embeddings of reference and generated clips under any embedder.
 
   `embed_fn` maps a (B, ...) batch of equally shaped clips to (B, D) (e.g. VGGish for FAD,
-  `cnn14.embed_and_classify` embeddings for the paper's FD).
+  the embeddings of `cnn14.Cnn14` for the paper's FD).
   """
   return embedding_frechet_distance(embed_all(embed_fn, ref_audio, batch_size),
                                     embed_all(embed_fn, gen_audio, batch_size))
