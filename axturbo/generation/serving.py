@@ -75,7 +75,7 @@ class Pipeline:
     unroll_layers: unroll the trunk's scanned block loop (`MMDiT.scan_unroll = depth`).
     matmul_precision: e.g. 'highest' for strict float32 matmuls (no TF32), as the official
       float32 inference; None keeps JAX's default.
-    tokenizer: defaults to `tokenizers.offline_tokenizer` (the config's own, or bytes); pass one for
+    tokenizer: defaults to the config's own (`tokenizers.build_tokenizer`); pass one for
       'hf' configs (their vocabulary lives in a checkpoint folder).
     cache_size: prompts whose T5 tokens are kept on device (0 disables the cache).
 
