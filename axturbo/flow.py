@@ -118,3 +118,14 @@ def logit_normal_times(key: jax.Array, batch: int) -> jax.Array:
 
 # The teacher's `train.timestep_sampler` options.
 TIMESTEP_SAMPLERS = {'uniform': sample_times, 'logit_normal': logit_normal_times}
+
+
+def shift_times(t: jax.Array, shift: float) -> jax.Array:
+  """t' = s t / (1 + (s - 1) t), the timestep shift of SD3 (Esser et al. 2024, §5.3.2).
+
+  s > 1 moves training time towards noise (t = 1), where a sample's content is decided; s = 1
+  is the identity (the official teacher). Keeps 0 and 1 fixed and the order of times.
+  """
+  if shift <= 0:
+    raise ValueError(f'train.timestep_shift must be > 0, got {shift}')
+  return shift * t / (1.0 + (shift - 1.0) * t)

@@ -120,6 +120,7 @@ def train_config() -> mlc.ConfigDict:
                               update_after_step=1))
   t.cfg_dropout_prob = 0.1         # whole post-MAF condition zeroed per sample
   t.timestep_sampler = 'uniform'   # stratified uniform (official: scrambled Sobol); 'logit_normal'
+  t.timestep_shift = 1.0           # flow.shift_times: > 1 trains more near noise (1 = official)
   # Loop, checkpoints, observability.
   t.log_every = 50
   t.checkpoint_every = 10_000      # official defaults.ini

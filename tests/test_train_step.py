@@ -75,6 +75,10 @@ def test_rectified_flow_loss_matches_numpy_reference():
 def test_timestep_samplers_and_cfg_dropout():
   t = np.asarray(flow.sample_times(jax.random.key(0), 16))
   assert sorted(np.floor(t * 16).astype(int)) == list(range(16))  # one draw per stratum
+  for s in (1.0, 3.0):  # SD3's shift: ends fixed, order kept, median u = 1/2 -> s / (s + 1)
+    shifted = np.asarray(flow.shift_times(jnp.asarray([0.0, 0.5, 1.0]), s))
+    np.testing.assert_allclose(shifted, [0.0, s / (s + 1.0), 1.0], rtol=1e-6)
+  assert np.all(np.diff(np.asarray(flow.shift_times(jnp.asarray(np.sort(t)), 3.0))) > 0)
   ln = np.asarray(flow.logit_normal_times(jax.random.key(0), 1000))
   assert 0 < ln.min() and ln.max() < 1 and abs(np.median(ln) - 0.5) < 0.05
   cond = jnp.ones((2000, 3, 4))
@@ -103,6 +107,7 @@ def test_split_params_names_a_prefix_that_matches_nothing():
     optim.split_params(tree, ['trnk'])
 
 
+@pytest.mark.slow
 def test_frozen_subtrees_have_no_optimizer_state_and_stay_fixed():
   config, _, _, init_fn, _ = _setup()
   # The micro config trains everything but the audio prompt's own VAE encoder.
@@ -119,6 +124,7 @@ def test_frozen_subtrees_have_no_optimizer_state_and_stay_fixed():
     assert any(jax.tree.leaves(changed)), name
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_single_device():
   single, loss1 = _two_steps((1, 1, 1), single_device=True)
   sharded, loss8 = _two_steps((2, 4, 1))
@@ -131,6 +137,7 @@ def test_sharded_step_matches_single_device():
   jax.tree.map(close, sharded.ema, single.ema)
 
 
+@pytest.mark.slow
 def test_activation_constraints_compile_and_keep_the_step_exact():
   """With the models' activation sharding hints active (mesh + logical rules in context), the
   sharded step still equals the single-device one."""
@@ -149,6 +156,7 @@ def test_activation_constraints_compile_and_keep_the_step_exact():
                jax.tree.map(np.asarray, state.params), single.params)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_skips_the_update():
   _, _, _, _, batches = _setup()
   bad = dict(batches[0], audio=np.full_like(batches[0]['audio'], np.nan))
@@ -164,6 +172,7 @@ def test_nonfinite_loss_skips_the_update():
   assert bool(metrics['finite']) and int(state.updates) == 2
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_another_mesh_with_data_state(tmp_path):
   config, model, tx, init_fn, _ = _setup()
   mesh, init, step = _stepper((2, 4, 1))

@@ -73,7 +73,8 @@ def loss_fn(trainable: Any, frozen: Any, batch: dict, key: jax.Array, *,
   # Targets: a posterior sample of the VAE latents (official), never a gradient path.
   x0 = jax.lax.stop_gradient(model.apply({'params': params}, batch['audio'], rng=k_lat,
                                          method='encode_latents'))
-  times = flow.TIMESTEP_SAMPLERS[t.timestep_sampler](k_t, x0.shape[0])
+  times = flow.shift_times(flow.TIMESTEP_SAMPLERS[t.timestep_sampler](k_t, x0.shape[0]),
+                           t.timestep_shift)
   noise = jax.random.normal(k_eps, x0.shape, jnp.float32)
 
   def velocity(z_t, tt):
