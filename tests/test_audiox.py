@@ -72,6 +72,7 @@ def outputs(setup):
   return out32, out16
 
 
+@pytest.mark.slow
 def test_conditioning_paths(setup, outputs):
   _, m, params, _ = setup
   out = outputs[0]

@@ -66,6 +66,7 @@ def _same(a, b, what):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y, err_msg=what), a, b)
 
 
+@pytest.mark.slow
 def test_steps_move_only_their_networks(setup):
   c, teacher, state, jitted, inputs = setup
   teacher0 = _np(teacher)
@@ -95,6 +96,7 @@ def test_steps_move_only_their_networks(setup):
   _same(teacher0, _np(teacher), 'the teacher moved')
 
 
+@pytest.mark.slow
 def test_teacher_guard(tmp_path, teacher_dir):
   c = _config()
   mesh = sharding.make_mesh(c.mesh.shape)

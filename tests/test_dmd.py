@@ -125,6 +125,7 @@ def test_flow_identities():
 
 
 # 2, 3, 7, 11 ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_dmd_gradient_exactly_zero_at_init_with_cfg1():
   _, _, _, teacher, heads_p, _ = _setup()
   (g_dm, _, _, _), _ = _student_grads(_cfg(guidance_scale=1.0, adv_weight=0.0), teacher, teacher,
@@ -188,6 +189,7 @@ def test_dmd_gradient_counts_nonfinite():
 
 
 # 8, 15 ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_rollout_gradient_only_through_target_step():
   """The traced-index rollout (a loop of k detached trips + one differentiated call) gives the
   gradient of one step at the hand-made z_k; the static path is compiled by the objective tests
@@ -286,6 +288,7 @@ def test_one_pass_readouts_equal_truncated_forwards_and_head_mean():
 
 
 # 12, 13 --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fake_step_moves_only_fake_and_heads():
   _, _, nets, teacher, heads_p, data = _setup()
   cfg, d = _cfg(), _draws()

@@ -46,6 +46,7 @@ def test_load_reads_kind_and_tokenizer(gen):
   assert gen.output_samples == 32768
 
 
+@pytest.mark.slow
 def test_text_to_audio_shapes_determinism_and_per_prompt_seeds(gen):
   m = gen.config
   a = gen.generate(['a dog barks', 'rain on a roof'], seed=3)

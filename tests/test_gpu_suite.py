@@ -23,6 +23,7 @@ gpu_suite = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_suite)
 
 
+@pytest.mark.slow
 def test_inference_sections_write_rows_and_table(tmp_path, capsys):
   rc = gpu_suite.main(['--out', str(tmp_path), '--size', 'micro', '--runs', '1', '--warmup', '0',
                        '--sections', 't2a,teacher,v2a,aot',

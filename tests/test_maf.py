@@ -60,6 +60,7 @@ def test_slot_swap_is_load_bearing(case):
   assert rel_err(out, expected) > 1e-2
 
 
+@pytest.mark.slow
 def test_dropout(case):
   cfg, _, params, args, expected = case
   model = MAFBlock(**cfg, dropout=0.1)

@@ -121,6 +121,7 @@ def test_scan_and_loop_layouts_identical(fixture):
   assert rel_err(v[True], v[False]) <= 1e-6  # fp32 rounding only (different fusion)
 
 
+@pytest.mark.slow
 def test_remat_keeps_outputs_and_gradients(fixture):
   sd, args, _, _ = fixture
   base = MMDiT(**SMALL)

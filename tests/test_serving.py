@@ -33,6 +33,7 @@ def setup():
   return m, params, gen, pipe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sampler,steps', [('student', 4), ('teacher', 3)])
 def test_float32_pipeline_equals_generator(setup, sampler, steps):
   _, _, gen, pipe = setup
@@ -44,6 +45,7 @@ def test_float32_pipeline_equals_generator(setup, sampler, steps):
     np.testing.assert_allclose(got[i], want[i].waveform, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_video_tokens_match_generator(setup):
   m, _, gen, pipe = setup
   v, c = m.video, m.clip
