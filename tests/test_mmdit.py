@@ -34,6 +34,7 @@ from axturbo.convert.mmdit import DEAD_TENSORS, mmdit_params
 from axturbo.flow import cfg_velocity
 from axturbo.models.mmdit import MMDiT
 from tests.fixture_io import load_fixture, rel_err
+from tests.logical_mesh import logical_mesh
 
 KEYS_TSV = pathlib.Path(__file__).parent / 'fixtures' / 'official_state_dict_keys.tsv'
 SMALL = dict(io_channels=8, embed_dim=48, depth=3, num_heads=4, head_dim=12, cond_dim=32,
@@ -250,19 +251,11 @@ def test_bad_inputs_raise(fixture):
 
 def test_sharded_forward_matches(fixture):
   """Params sharded by their logical names with the default rules on a 2x2x2 CPU mesh."""
-  from jax.sharding import Mesh
-  from axturbo.runtime import sharding
   sd, args, outs, _ = fixture
   model = MMDiT(**SMALL)
   x, t, cond = (np.concatenate([a, a]) for a in args)  # batch 4 divides data x fsdp
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, cond))['params']
-  specs = nn.get_partition_spec(boxed)
-  is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
-  names = {n for s in jax.tree.leaves(specs, is_leaf=is_spec) for n in s if n is not None}
-  assert names <= set(sharding.PARAM_AXES), names - set(sharding.PARAM_AXES)
-  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), sharding.MESH_AXES)
-  with mesh, nn.logical_axis_rules(sharding.DEFAULT_RULES):
-    shardings = nn.logical_to_mesh_sharding(specs, mesh, sharding.DEFAULT_RULES)
+  with logical_mesh(boxed) as shardings:
     params = jax.device_put(convert(sd, model), shardings)
     assert params['layers']['block']['q']['kernel'].sharding.spec == \
         jax.sharding.PartitionSpec(None, 'fsdp', 'tensor', None)

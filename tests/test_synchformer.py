@@ -39,6 +39,7 @@ from axturbo.data.video_io import fit_length
 from axturbo.models import synchformer as sf
 from tests.fixture_io import load_fixture, rel_err, write_hf_folder
 from tests.key_recorder import KeyRecorder
+from tests.logical_mesh import logical_mesh
 
 TOL = 1e-5
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -123,20 +124,12 @@ def test_features_match_official(setup, case):
 
 def test_scanned_layers_and_sharded_segments_give_the_same_features(setup):
   """Stacked blocks (nn.scan) and windows sharded over a 2x2x2 CPU mesh by logical names."""
-  from jax.sharding import Mesh
-  from axturbo.runtime import sharding
   model, _, _, sd, _, outs, meta, _, batch = setup
   scanned = convert.module_from_config(meta['config'], scan_layers=True)
   params = convert.convert(sd, scanned, source='fx', log=lambda _: None)
   boxed = jax.eval_shape(lambda: scanned.init(jax.random.PRNGKey(0),
                                                jnp.zeros((1, 16, 224, 224, 3))))['params']
-  specs = nn.get_partition_spec(boxed)
-  is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
-  names = {n for s in jax.tree.leaves(specs, is_leaf=is_spec) for n in s if n is not None}
-  assert names <= set(sharding.PARAM_AXES), names - set(sharding.PARAM_AXES)
-  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), sharding.MESH_AXES)
-  with mesh, nn.logical_axis_rules(sharding.DEFAULT_RULES):
-    shardings = nn.logical_to_mesh_sharding(specs, mesh, sharding.DEFAULT_RULES)
+  with logical_mesh(boxed) as shardings:
     placed = jax.device_put(params, shardings)
     got = jax.jit(lambda p, f: scanned.apply({'params': p}, f, method='encode_frames'))(
         placed, batch)
