@@ -167,7 +167,8 @@ def distill_config() -> mlc.ConfigDict:
 
 
 def mesh_config() -> mlc.ConfigDict:
-  """Device mesh (axturbo.runtime.sharding): (data, fsdp, tensor), one entry -1 = all remaining devices."""
+  """Device mesh (axturbo.runtime.sharding): (data, fsdp, tensor); one entry -1 = all remaining
+  devices."""
   return mlc.ConfigDict(dict(shape=(1, -1, 1),
                              rules=(),  # (logical, mesh axes) pairs overriding DEFAULT_RULES
                              # Trace with the models' activation sharding hints: on the
