@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from axturbo.models.layers import attention, constrain, dense, layer_norm, named_init
+from axturbo.models.layers import (attention, constrain, dense, layer_norm, named_init,
+                                   stack_layers)
 from axturbo.models.activations import hf_activation
 
 Dtype = jnp.dtype
@@ -116,13 +117,6 @@ class CLIPVisionTower(nn.Module):
     x = constrain(x, ('act_batch', 'act_length', 'act_embed'))
     layer_args = (self.hidden_size, self.intermediate_size, self.num_heads, self.hidden_act,
                   self.eps, self.attention_impl, self.dtype)
-    if self.scan_layers:
-      scanned = nn.scan(CLIPEncoderLayer, variable_axes={'params': 0},
-                        split_rngs={'params': True}, length=self.num_layers,
-                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(*layer_args, name='layers')(x, None)
-    else:
-      for i in range(self.num_layers):
-        x, _ = CLIPEncoderLayer(*layer_args, name=f'layers_{i}')(x)
-    return x
+    return stack_layers(CLIPEncoderLayer, layer_args, self.num_layers, scan=self.scan_layers,
+                        name='layers', x=x)
 

@@ -74,3 +74,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str |
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Sharding hint for an activation by logical names; a no-op outside a mesh/rules context."""
   return nn.with_logical_constraint(x, tuple(axes))
+
+
+def stack_layers(layer_cls: type[nn.Module], args: tuple, depth: int, *, scan: bool, name: str,
+                 x: jax.Array, broadcast: tuple = ()) -> jax.Array:
+  """`depth` layers `layer_cls(*args)` applied in turn: (x, *broadcast) -> (x, None) each.
+
+  Call inside a compact method. scan=True stacks their parameters under `name` with a leading
+  'layers' axis (nn.scan; `broadcast` reaches every layer unchanged); otherwise they are
+  `{name}_{i}`, the released checkpoints' layout.
+  """
+  if scan:
+    stack = nn.scan(layer_cls, variable_axes={'params': 0}, split_rngs={'params': True},
+                    in_axes=nn.broadcast if broadcast else 0, length=depth,
+                    metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = stack(*args, name=name)(x, *(broadcast or (None,)))
+    return x
+  for i in range(depth):
+    x, _ = layer_cls(*args, name=f'{name}_{i}')(x, *broadcast)
+  return x

@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from axturbo.models.layers import attention, constrain, dense, layer_norm, named_init
+from axturbo.models.layers import (attention, constrain, dense, layer_norm, named_init,
+                                   stack_layers)
 
 Dtype = jnp.dtype
 
@@ -233,14 +234,8 @@ class Synchformer(nn.Module):
     x = constrain(self._embed(segments), _ACT)
     block_args = (self.num_heads, self.tubelets, self.mlp_ratio * self.embed_dim, self.eps,
                   self.attention_impl, self.dtype)
-    if self.scan_layers:
-      scanned = nn.scan(DividedSpaceTimeBlock, variable_axes={'params': 0},
-                        split_rngs={'params': True}, length=self.depth,
-                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(*block_args, name='blocks')(x, None)
-    else:
-      for i in range(self.depth):
-        x, _ = DividedSpaceTimeBlock(*block_args, name=f'blocks_{i}')(x)
+    x = stack_layers(DividedSpaceTimeBlock, block_args, self.depth, scan=self.scan_layers,
+                     name='blocks', x=x)
     # The backbone's CLS token is dropped: only the per-tubelet aggregation is used.
     x = layer_norm(eps=self.eps, dtype=self.dtype, name='norm')(x[:, 1:])
     n_seg, d = x.shape[0], self.embed_dim

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axturbo.models.layers import constrain, dense, named_init
+from axturbo.models.layers import constrain, dense, named_init, stack_layers
 from axturbo.models.activations import hf_activation
 
 Dtype = jnp.dtype
@@ -189,14 +189,8 @@ class T5Encoder(nn.Module):
     bias = self._bias(attention_mask, input_ids.shape[1])
     block_args = (self.d_model, self.d_kv, self.d_ff, self.num_heads, activation, gated,
                   self.eps, self.dtype)
-    if self.scan_layers:
-      scanned = nn.scan(T5Block, variable_axes={'params': 0}, split_rngs={'params': True},
-                        in_axes=nn.broadcast, length=self.num_layers,
-                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(*block_args, name='layers')(x, bias)
-    else:
-      for i in range(self.num_layers):
-        x, _ = T5Block(*block_args, name=f'layers_{i}')(x, bias)
+    x = stack_layers(T5Block, block_args, self.num_layers, scan=self.scan_layers, name='layers',
+                     x=x, broadcast=(bias,))
     return T5RMSNorm(self.eps, self.dtype, name='final_norm')(x)
 
 
