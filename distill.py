@@ -15,6 +15,7 @@ picks the step kind from `dmd.updates_at`, logs, checkpoints) -> export the stud
 """
 import json
 import pathlib
+import sys
 import time
 
 from absl import app, flags, logging
@@ -66,7 +67,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
     config.data.batch_size = config.distill.batch_size
   d = config.distill
   state_lib.check_distill_config(config)
-  workdir, mesh, rules = launch.start_run(config, workdir)
+  workdir, mesh, rules = launch.start_run(config, workdir, 'distill')
   model = audiox.build_model(config.model)
   teacher, teacher_shardings = state_lib.load_teacher(teacher_dir, model, config.model, mesh, rules)
   if jax.process_index() == 0:
@@ -93,6 +94,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
                            + d.fake_updates_per_student_update) for c in _plan(d, s)}
   local = next(data_iter)
   t0 = time.perf_counter()
+  logging.info('compiling the student and fake steps')
   compiled = step_lib.compile_steps(jitted, plan, abstract, teacher,
                                     sharding.abstract_batch(local, mesh), mesh, rules,
                                     config.mesh.activation_constraints)
@@ -101,7 +103,8 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   flops = runtime_observe.compiled_flops(next(c for k, c in compiled.items()
                                             if k[0] == 'student'))
   reporter = observe.Reporter(workdir, d.log_every, config.data.batch_size, flops,
-                              d.peak_flops_per_device, first_step=int(state.step))
+                              d.peak_flops_per_device, first_step=int(state.step),
+                              total_steps=d.total_steps, data_iter=data_iter)
 
   step = int(state.step)
   while step < d.total_steps:
@@ -121,31 +124,36 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   reporter.close()
 
   out = workdir / 'export'
-  if (out / checkpoints.PARAMS_DIR).exists():
-    logging.info('%s exists; not exporting again', out)
+  if checkpoints.export_is_current(out, config.model, step):
+    logging.info('%s is already the export of step %d', out, step)
   else:
     params = state_lib.student_export_params(state, teacher, d)
-    meta = {'kind': 'student', 'step': int(state.step), 'ema': bool(d.ema.enabled),
+    meta = {'kind': 'student', 'step': step, 'ema': bool(d.ema.enabled),
             'student_updates': int(state.student_updates),
-            'fake_updates': int(state.fake_updates), 'skipped': int(state.skipped),
+            'fake_updates': int(state.fake_updates), 'skipped_steps': int(state.skipped),
+            'data': runtime_observe.data_stats(data_iter),
             'teacher': str(pathlib.Path(teacher_dir).absolute()), 'schedule': d.update_schedule,
             'num_steps': d.num_steps}
     checkpoints.export(out, params, config.model, meta)
-    logging.info('student inference checkpoint (EMA: %s) in %s', d.ema.enabled, out)
-  logging.info('done: step %d (%d student / %d fake updates, %d skipped)', step,
-               int(state.student_updates), int(state.fake_updates), int(state.skipped))
+    logging.info('student inference checkpoint of step %d (EMA: %s) in %s', step,
+                 d.ema.enabled, out)
+  logging.info('done: step %d (%d student / %d fake updates); %s', step,
+               int(state.student_updates), int(state.fake_updates),
+               runtime_observe.skip_summary(int(state.skipped),
+                                            runtime_observe.data_stats(data_iter)))
   manager.close()
   return out
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    sys.exit(f'error: unexpected arguments: {argv[1:]}')
   launch.init_distributed(_MULTIHOST)
   teacher = _TEACHER.value or _CONFIG.value.distill.teacher
   if not teacher:
-    raise app.UsageError('give --teacher DIR (or config.distill.teacher)')
-  distill(_CONFIG.value, teacher, _WORKDIR.value)
+    sys.exit('error: give --teacher DIR (or config.distill.teacher)')
+  with launch.one_line_errors():
+    distill(_CONFIG.value, teacher, _WORKDIR.value)
 
 
 if __name__ == '__main__':

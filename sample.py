@@ -19,7 +19,8 @@ Video is read at model.video_fps and squashed to the CLIP size; Synchformer feat
 from <video stem>.sync.npy beside the video (or --sync), else zeros. Missing conditions take the
 official defaults (empty text, empty video, silent audio prompt).
 
-Writes to --out, per prompt: NNNN_<prompt>.wav (model sample rate, peak-normalized), .mp4 (the
+Writes to --out (never overwriting: a second run into the same folder numbers its files after
+the first run's), per prompt: NNNN_<prompt>.wav (model sample rate, peak-normalized), .mp4 (the
 input video with the new audio, when a video was given), .png (spectrogram) and .json
 (inputs, seed, steps, NFE, per-stage latency, real-time factor).
 
@@ -79,16 +80,20 @@ def main(argv):
   from axturbo.generation import jobs
   from axturbo.generation import media
   if not _CHECKPOINT.value or not _OUT.value:
-    raise app.UsageError('--checkpoint and --out are required (see --help)')
+    sys.exit('error: --checkpoint and --out are required (see --help)')
   if _BATCH_SIZE.value < 1:
-    raise app.UsageError('--batch_size must be >= 1')
+    sys.exit('error: --batch_size must be >= 1')
   try:
     todo = _jobs()
+    out = jobs.writable_dir(_OUT.value)
+    first = jobs.first_free_index(out)
     gen = jobs.load_generator(_CHECKPOINT.value)
     sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
                                               _STEPS.value, _CFG.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
+  if first:
+    logging.info('%s already holds outputs; numbering the new ones from %04d', out, first)
   logging.info('%s checkpoint, %s sampler, %d steps, cfg %.2f, %d prompt(s)', gen.kind, sampler,
                steps, cfg, len(todo))
   bar = jobs.Progress(len(todo), unit='prompt')
@@ -105,15 +110,15 @@ def main(argv):
           allow_unconditional=_UNCONDITIONAL.value,
           official_image_scaling=_IMAGE_QUIRK.value,
           sample_prompt_posterior=_POSTERIOR.value, prompt_pad=_PROMPT_PAD.value)
-    except (ValueError, FileNotFoundError) as e:  # includes media.MediaError
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # incl. media.MediaError
       where = f'prompts {start}..{start + len(chunk) - 1}: ' if len(todo) > 1 else ''
       sys.exit(f'error: {where}{e}')
     for i, r in enumerate(results):
       r.meta['index'] = start + i  # position in the whole job list, not in the chunk
-    stems = [jobs.output_stem(start + i, job['text']) for i, job in enumerate(chunk)]
+    stems = [jobs.output_stem(first + start + i, job['text']) for i, job in enumerate(chunk)]
     videos = [job['video'] if job['video'] and not media.is_image_path(job['video']) else None
               for job in chunk]
-    records = jobs.save_results(results, _OUT.value, stems, normalize=_NORMALIZE.value,
+    records = jobs.save_results(results, out, stems, normalize=_NORMALIZE.value,
                                 videos=videos, spectrogram=_SPECTROGRAM.value)
     for rec in records:
       logging.info('%s  (%.2f s audio, total %.2f s, RTF %.3f)', rec['files']['wav'],

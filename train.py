@@ -11,6 +11,7 @@ Order (top to bottom): mesh -> abstract state and its shardings -> restore the l
 checkpoint or initialize in shards -> jit the pure step with donation -> loop (log, checkpoint)
 -> final checkpoint, inference export (EMA merged), loss curve.
 """
+import sys
 import time
 
 from absl import app, flags, logging
@@ -34,7 +35,7 @@ def train(config, workdir: str) -> None:
 
   t = config.train
   # Mesh and the abstract state: shapes and shardings, nothing materialised yet.
-  workdir, mesh, rules = launch.start_run(config, workdir)
+  workdir, mesh, rules = launch.start_run(config, workdir, 'train')
   model = audiox.build_model(config.model)
   tx = optim.make_optimizer(t.optim, t.total_steps)
   init_fn = state_lib.make_init_fn(model, config, tx)
@@ -57,16 +58,21 @@ def train(config, workdir: str) -> None:
       state = state.replace(params=params, ema=ema)
       logging.info('initialized from %s', t.init_from)
 
-  # The jitted step, compiled once ahead of time (and its FLOPs read for MFU).
-  step_fn = step_lib.jit_train_step(model, tx, config, mesh, shardings)
-  local = next(data_iter)
-  t0 = time.perf_counter()
-  compiled = sharding.compile_step(step_fn, abstract, sharding.abstract_batch(local, mesh),
-                                   mesh, rules, config.mesh.activation_constraints)
-  logging.info('compiled the train step in %.1f s', time.perf_counter() - t0)
-  reporter = train_observe.Reporter(workdir, t.log_every, config.data.batch_size,
-                              observe.compiled_flops(compiled), t.peak_flops_per_device,
-                              first_step=int(state.step))
+  # The jitted step, compiled once ahead of time (and its FLOPs read for MFU); a finished run
+  # that is only re-exported compiles nothing.
+  local, flops = None, None
+  if int(state.step) < t.total_steps:
+    step_fn = step_lib.jit_train_step(model, tx, config, mesh, shardings)
+    local = next(data_iter)
+    t0 = time.perf_counter()
+    logging.info('compiling the train step')
+    compiled = sharding.compile_step(step_fn, abstract, sharding.abstract_batch(local, mesh),
+                                     mesh, rules, config.mesh.activation_constraints)
+    logging.info('compiled the train step in %.1f s', time.perf_counter() - t0)
+    flops = observe.compiled_flops(compiled)
+  reporter = train_observe.Reporter(workdir, t.log_every, config.data.batch_size, flops,
+                                    t.peak_flops_per_device, first_step=int(state.step),
+                                    total_steps=t.total_steps, data_iter=data_iter)
 
   step = int(state.step)
   while step < t.total_steps:
@@ -84,25 +90,30 @@ def train(config, workdir: str) -> None:
 
   if t.export_ema or not t.ema.enabled:
     out = workdir / 'export'
-    if (out / checkpoints.PARAMS_DIR).exists():
-      logging.info('%s exists; not exporting again', out)
+    if checkpoints.export_is_current(out, config.model, step):
+      logging.info('%s is already the export of step %d', out, step)
     else:
-      meta = {'step': int(state.step), 'updates': int(state.updates), 'ema': t.ema.enabled,
-              'skipped': int(state.skipped)}
+      meta = {'kind': 'teacher', 'step': step, 'updates': int(state.updates),
+              'ema': t.ema.enabled, 'skipped_steps': int(state.skipped),
+              'data': observe.data_stats(data_iter)}
       checkpoints.export(out, state_lib.inference_params(state, t, use_ema=t.ema.enabled),
                          config.model, meta)
-      logging.info('inference checkpoint (EMA merged: %s) in %s', t.ema.enabled, out)
-  final_loss = reporter.history[-1][1] if reporter.history else float('nan')
-  logging.info('done: step %d, last loss %.5f, skipped %d; loss curve %s', step,
-               final_loss, int(np.asarray(jax.device_get(state.skipped))), curve)
+      logging.info('inference checkpoint of step %d (EMA merged: %s) in %s', step,
+                   t.ema.enabled, out)
+  logging.info('done: step %d, %s; %s; loss curve %s', step,
+               f'last loss {reporter.history[-1][1]:.5f}' if reporter.history
+               else 'no steps run (already at total_steps)',
+               observe.skip_summary(int(np.asarray(jax.device_get(state.skipped))),
+                                    observe.data_stats(data_iter)), curve)
   manager.close()
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    sys.exit(f'error: unexpected arguments: {argv[1:]}')
   launch.init_distributed(_MULTIHOST)
-  train(_CONFIG.value, _WORKDIR.value)
+  with launch.one_line_errors():
+    train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

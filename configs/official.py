@@ -64,6 +64,7 @@ def data_config() -> mlc.ConfigDict:
   d.read_threads = 4              # reader threads per process
   d.read_buffer = 32              # examples prefetched per process
   d.fail_fast = False             # True: a bad sample raises instead of being skipped+counted
+  d.max_skip_fraction = 0.1       # more skipped (after 100 samples) stops the run
   d.manifest = ''                 # train manifest .jsonl (official format) or audio folder
   d.heldout_manifest = ''         # split='heldout'
   d.root = ''                     # base of relative manifest paths ('' = working directory)

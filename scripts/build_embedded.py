@@ -89,7 +89,7 @@ def write_dataset(out, split, num_clips, sample_rate, duration_s, fps=5, video_s
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    sys.exit(f'error: unexpected arguments: {argv[1:]}')
   path = write_dataset(_OUT.value, _SPLIT.value, _NUM_CLIPS.value, _SAMPLE_RATE.value,
                        _DURATION.value, _FPS.value, _VIDEO_SIZE.value, _SEED_OFFSET.value,
                        _CAPTION_STYLE.value, _TYPE.value, _SUBTYPE.value)

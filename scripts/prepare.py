@@ -93,9 +93,9 @@ def prepare(config, out, split='train', num_shards=8, workers=0, show_progress=T
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    sys.exit(f'error: unexpected arguments: {argv[1:]}')
   if not _OUT.value:
-    raise app.UsageError('--out is required')
+    sys.exit('error: --out is required')
   summary = prepare(_CONFIG.value, _OUT.value, _SPLIT.value, _SHARDS.value, _WORKERS.value)
   print(f'{summary["num_examples"]} {summary["split"]} examples in {summary["num_shards"]} '
         f'shards under {_OUT.value} ({summary["skipped"]} skipped)')

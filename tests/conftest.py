@@ -39,6 +39,17 @@ def tiny_checkpoint(tiny_params, tmp_path_factory):
   return directory
 
 
+@pytest.fixture(scope='session')
+def tiny_teacher_checkpoint(tiny_checkpoint):
+  """`tiny_checkpoint` recorded as a teacher (meta.json kind 'teacher'), sharing its files."""
+  import shutil
+  from axturbo.runtime import checkpoints
+  directory = tiny_checkpoint.parent / 'teacher'
+  shutil.copytree(tiny_checkpoint, directory)
+  (directory / checkpoints.META_FILE).write_text('{"kind": "teacher"}')
+  return directory
+
+
 def pytest_collection_modifyitems(config, items):
   """`gpu` tests skip where no accelerator is visible (this file pins JAX to the CPU unless
   JAX_PLATFORMS says otherwise)."""

@@ -186,9 +186,9 @@ def test_cli_events_suite(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.e2e
-def test_cli_table_suite(tiny_checkpoint, tmp_path):
+def test_cli_table_suite(tiny_checkpoint, tiny_teacher_checkpoint, tmp_path):
   out = tmp_path / 'table'
-  run = _cli(tmp_path, '--suite=table', f'--teacher_checkpoint={tiny_checkpoint}',
+  run = _cli(tmp_path, '--suite=table', f'--teacher_checkpoint={tiny_teacher_checkpoint}',
              f'--student_checkpoint={tiny_checkpoint}', '--teacher_steps=1',
              '--undistilled_steps=1', '--student_steps=1', '--runs=2', '--warmup=1', '--clips=2', '--batch_size=2',
              '--tasks=t2a', f'--out={out}')

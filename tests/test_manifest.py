@@ -195,6 +195,30 @@ def test_pipeline_skips_and_counts_bad_samples(media):
   assert set(rows.tolist()) == {2} and 12 <= it.stats['skipped'] <= 16
 
 
+def test_skip_limit_stops_a_mostly_bad_train_stream(media):
+  good = [_line(media / 'sine22k.wav'), _line(media / 'long.wav')]
+  bad = [_line(media / 'corrupt.wav'), _line(media / 'truncated.wav')]
+  # 2 of 5 lines (40 %) bad: stopped once 100 samples were seen, naming the files.
+  c = _config(batch_size=4)
+  c.data.manifest = _write_manifest(media / 'bad40.jsonl', good + bad + [good[0]])
+  it = pipeline.make_iterator(c, process_index=0, process_count=1)
+  with pytest.raises(pipeline.SkipLimitError, match=r'over config.data.max_skip_fraction=0.1; '
+                     r'worst: .*(corrupt|truncated).wav \(\d+x\), .*(corrupt|truncated).wav'):
+    for _ in range(40):
+      next(it)
+  assert it.stats['seen'] >= pipeline.MIN_SAMPLES_FOR_SKIP_FRACTION
+  # 1 of 20 (5 %) is under the default limit; the counters survive a checkpoint round trip.
+  c.data.manifest = _write_manifest(media / 'bad5.jsonl', [bad[0]] + [good[0]] * 19)
+  it = pipeline.make_iterator(c, process_index=0, process_count=1)
+  for _ in range(40):
+    next(it)
+  stats = it.stats
+  assert 7 <= stats['skipped'] <= 9 and stats['seen'] == 160 + stats['skipped']
+  again = pipeline.make_iterator(c, process_index=0, process_count=1)
+  again.set_state(it.get_state())
+  assert again.stats == stats
+
+
 def test_fail_fast_raises_naming_the_file(media):
   c = _config(batch_size=2, fail_fast=True, heldout_manifest=_mixed_manifest(media))
   with pytest.raises(Exception, match='corrupt.wav'):

@@ -21,6 +21,48 @@ DEAD_TENSORS = (
 )
 
 
+def official_trunk_sizes(embed_dim: int, num_heads: int, mlp_ratio: float = 4.0,
+                         multiple_of: int = 256) -> dict:
+  """Attention and FFN sizes the official code builds from its config, as MMDiT fields.
+
+  Heads: the config's `num_heads` C is used as a head *width*: the official wrapper passes
+  `dim_heads = D // C` on, which the transformer then uses as the head *count*, and each head
+  is `D // (D // C)` wide. So 1536 / "24 heads" is 64 heads of 24, and 120 / "12 heads" is 10
+  heads of 12. The transposed split (C heads of D // C) has the same tensor shapes and converts
+  without error, but attends over the wrong feature groups.
+  FFN: hidden = int(2 * int(D * mlp_ratio) / 3), rounded up to a multiple of `multiple_of` (256
+  in the official blocks; a test fixture uses 16): 1536 -> 4096, 120 -> 512.
+
+  Args:
+    embed_dim, num_heads, mlp_ratio: the official `model.diffusion.config` values.
+    multiple_of: the FFN rounding (not configurable in the official code).
+  Returns:
+    {'num_heads', 'head_dim', 'mlp_hidden'}.
+  Raises:
+    ConversionError: sizes the official code cannot build (its head reshape would fail).
+  """
+  heads = embed_dim // num_heads if num_heads > 0 else 0
+  if heads < 1 or embed_dim % heads:
+    raise ConversionError(f'embed_dim {embed_dim} with num_heads {num_heads}: the official '
+                          f'code splits it into {heads} heads, which does not divide the width')
+  hidden = int(2 * int(embed_dim * mlp_ratio) / 3)
+  hidden = multiple_of * -(-hidden // multiple_of)  # ceiling division, as the official rounding
+  return {'num_heads': heads, 'head_dim': embed_dim // heads, 'mlp_hidden': hidden}
+
+
+def check_sizes(cfg, where: str = 'model.trunk') -> None:
+  """Raises ConversionError (one line, naming the config fields) when `cfg`'s heads do not
+  tile its width: caught here rather than as a reshape error deep inside the mapping."""
+  d, n, hd = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+  if n * hd != d:
+    raise ConversionError(
+        f'{where}.num_heads * {where}.head_dim = {n} * {hd} = {n * hd} != {where}.embed_dim '
+        f'= {d}; an official num_heads C means {d} // C heads (derive them with '
+        '--official_config model_config.json)')
+  if hd % 2:
+    raise ConversionError(f'{where}.head_dim = {hd} is odd; RoPE rotates feature pairs')
+
+
 def _heads_kernel(w: np.ndarray, num_heads: int, head_dim: int) -> np.ndarray:
   """torch (N*H, D) rows (h d) -> HeadsDense kernel (D, N, H)."""
   return np.transpose(w.reshape(num_heads, head_dim, -1), (2, 0, 1))
@@ -71,9 +113,11 @@ def mmdit_params(sd: StateDict, cfg) -> dict:
   Returns:
     Nested dict of float32 NumPy arrays equal in structure and shapes to the module's params.
   Raises:
-    ConversionError: a tensor is missing or mis-shaped, or a tensor under the prefix is
+    ConversionError: `cfg`'s heads do not tile its width (check_sizes), a tensor is missing
+      or mis-shaped, or a tensor under the prefix is
       neither consumed nor documented dead (e.g. a deeper checkpoint than `cfg.depth`).
   """
+  check_sizes(cfg)
   d, io = cfg.embed_dim, cfg.io_channels
   tr = sd.scope('transformer.')
   params = {

@@ -20,6 +20,9 @@ from axturbo.models.disc_head import DiscriminatorHeads
 VIDEO = 'conditioner.conditioners.video_prompt.'
 AUDIO = 'conditioner.conditioners.audio_prompt.'
 CLIP = VIDEO + 'visual_encoder_model.vision_model.'
+# The official T5 conditioner keeps T5 out of the state dict (it hides it in __dict__), unless
+# it was built with `enable_grad: true`; then the tower is saved here, in HF T5 names.
+TEXT = 'conditioner.conditioners.text_prompt.model.'
 
 # Canonical names the official model stores but never uses on its forward path.
 UNUSED = (
@@ -47,17 +50,24 @@ def convert(arrays: Mapping[str, np.ndarray], m: mlc.ConfigDict, *, source: str,
     m: model config; each network is mapped with the sizes of its own section.
     vae_arrays: `vae.ckpt` tensors (keys 'encoder.*'/'decoder.*'); as officially, these
       replace the checkpoint's own `pretransform.model.*` when given.
-    t5_dir: local Hugging Face T5 folder (the official checkpoint does not hold T5).
+    t5_dir: local Hugging Face T5 folder, read only when the checkpoint holds no T5 copy
+      (TEXT*; released checkpoints hold none). Whatever `m.text.tokenizer`, the text tower
+      (`m.t5`) needs weights from one of the two.
     clip_dir: local Hugging Face CLIP folder, used only when the checkpoint has no CLIP copy.
   """
+  mmdit.check_sizes(m.trunk)  # before anything is mapped: a wrong split is a config error
   model = audiox.build_model(m, check=False)
   sd = StateDict(arrays, source)
+  text_in_checkpoint = any(k.startswith(TEXT) for k in sd.arrays)
+  if not (text_in_checkpoint or t5_dir):  # known before the long mapping: say so now
+    raise ConversionError(f'{source}: holds no T5 text tower ({TEXT}*) and no T5 folder was '
+                          'given: pass --t5 (a local folder with the weights model.t5 sizes)')
   params = {}
 
-  def mapped(name: str, tree: dict) -> None:
+  def mapped(name: str, tree: dict, origin: str = '') -> None:
     params[name] = tree
     count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
-    log(f'  {name:13s} {count:>15,d} parameters')
+    log(f'  {name:13s} {count:>15,d} parameters' + (f'  (from {origin})' if origin else ''))
 
   mapped('trunk', mmdit.mmdit_params(sd.scope('model.model.'), model.trunk))
   mapped('maf', maf.maf_params(sd.scope('maf_block.'), model.maf))
@@ -85,11 +95,12 @@ def convert(arrays: Mapping[str, np.ndarray], m: mlc.ConfigDict, *, source: str,
     heads = DiscriminatorHeads(**m.disc)
     mapped('disc', disc_head_convert.disc_heads_params(sd, heads.num_heads, heads.in_channels,
                                                        heads.hidden))
-  if not t5_dir:
-    raise ConversionError('the official checkpoint does not hold T5: pass a local t5-base folder')
-  text = StateDict(hf.load_hf_weights(t5_dir), str(t5_dir))
-  mapped('text', hf.t5_encoder_params(text, model.text))
-  reject_leftovers(text, ('decoder.', 'lm_head.'))
+  if text_in_checkpoint:
+    mapped('text', hf.t5_encoder_params(sd.scope(TEXT), model.text), f'{source}: {TEXT}*')
+  else:
+    text = StateDict(hf.load_hf_weights(t5_dir), str(t5_dir))
+    mapped('text', hf.t5_encoder_params(text, model.text), str(t5_dir))
+    reject_leftovers(text, ('decoder.', 'lm_head.'))
   _skip_unused(sd)
   reject_leftovers(sd)
   return params

@@ -56,33 +56,64 @@ _SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
                       'U8': np.uint8, 'BOOL': np.bool_}
 
 
+def _safetensors_header(path: pathlib.Path, blob: bytes) -> tuple[dict, int]:
+  """(JSON header, offset of the data), validated so that parsing fails only with a
+  ConversionError: an 8-byte little-endian length, then that many bytes of a JSON object."""
+  size = len(blob)
+  if size < 8:
+    raise ConversionError(f'{path}: not a valid safetensors file (only {size} bytes)')
+  length = struct.unpack('<Q', blob[:8])[0]
+  # Random bytes give a length of up to 2**64: check it before reading, or the read overflows.
+  if length > size - 8:
+    raise ConversionError(f'{path}: not a valid safetensors file (its header length {length} '
+                          f'exceeds the file size {size})')
+  try:
+    header = json.loads(blob[8:8 + length])
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConversionError(f'{path}: not a valid safetensors file (header is not JSON: '
+                          f'{str(e).splitlines()[0]})') from e
+  if not isinstance(header, dict):
+    raise ConversionError(f'{path}: not a valid safetensors file (header is not a JSON object)')
+  return header, 8 + length
+
+
+def _safetensors_array(path: pathlib.Path, name: str, info, data: memoryview) -> np.ndarray:
+  """One tensor from its header entry {dtype, shape, data_offsets}; bfloat16 -> float32."""
+  try:
+    dtype, (start, end) = info['dtype'], (int(o) for o in info['data_offsets'])
+    shape = tuple(int(n) for n in info['shape'])
+    count = int(np.prod(shape, dtype=np.int64))
+  except (KeyError, TypeError, ValueError) as e:
+    raise ConversionError(f'{path}: tensor {name!r} has a malformed header entry') from e
+  if not 0 <= start <= end <= len(data):
+    raise ConversionError(f'{path}: truncated: tensor {name!r} ends past the end of the file')
+  if dtype == 'BF16':
+    np_dtype = np.dtype('<u2')
+  elif dtype in _SAFETENSORS_DTYPES:
+    np_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype]).newbyteorder('<')
+  else:
+    raise ConversionError(f'{path}: tensor {name!r} has unsupported dtype {dtype}')
+  if end - start != count * np_dtype.itemsize:
+    raise ConversionError(f'{path}: tensor {name!r} holds {end - start} bytes, but {dtype} '
+                          f'{shape} needs {count * np_dtype.itemsize}')
+  arr = np.frombuffer(data[start:end], np_dtype)
+  if dtype == 'BF16':
+    arr = (arr.astype(np.uint32) << 16).view(np.float32)
+  return arr.reshape(shape)
+
+
 def _load_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
   """Parses a .safetensors file (JSON header + raw little-endian data); bfloat16 -> float32.
 
-  Parsed by hand because NumPy has no bfloat16; the format holds no code, only arrays.
+  Parsed by hand because NumPy has no bfloat16; the format holds no code, only arrays. Any
+  malformed file (random bytes included) is a one-line ConversionError naming it.
   """
-  try:
-    with open(path, 'rb') as f:
-      header = json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
-      data = f.read()
-  except (struct.error, ValueError, UnicodeDecodeError) as e:
-    raise ConversionError(f'{path}: not a valid safetensors file ({e})') from e
-  out = {}
-  for name, info in header.items():
-    if name == '__metadata__':
-      continue
-    start, end = info['data_offsets']
-    if end > len(data):
-      raise ConversionError(f'{path}: truncated: tensor {name!r} ends past the end of the file')
-    if info['dtype'] == 'BF16':
-      arr = (np.frombuffer(data[start:end], '<u2').astype(np.uint32) << 16).view(np.float32)
-    elif info['dtype'] in _SAFETENSORS_DTYPES:
-      arr = np.frombuffer(data[start:end],
-                          np.dtype(_SAFETENSORS_DTYPES[info['dtype']]).newbyteorder('<'))
-    else:
-      raise ConversionError(f'{path}: tensor {name!r} has unsupported dtype {info["dtype"]}')
-    out[name] = arr.reshape(info['shape'])
-  return out
+  with open(path, 'rb') as f:
+    blob = f.read()
+  header, offset = _safetensors_header(path, blob)
+  data = memoryview(blob)[offset:]  # a view: no second copy of a multi-GB file
+  return {name: _safetensors_array(path, name, info, data)
+          for name, info in header.items() if name != '__metadata__'}
 
 
 def _unwrap(obj, path: pathlib.Path) -> Mapping:

@@ -18,6 +18,7 @@ Batch (b = data.batch_size // process_count; shapes from config.model):
   'sync' (b, video.sync_len, video.sync_dim) float32; 'task' (b,) int32 (ids in data/tasks.py);
   'valid' (b,) bool (False only on padding rows of the heldout tail).
 """
+import json
 import math
 
 from absl import flags
@@ -37,11 +38,18 @@ SOURCES = ('embedded', 'manifest', 'records')
 SPLITS = ('train', 'heldout')
 DATA_FIELDS = (
     'source', 'batch_size', 'seed', 'shuffle', 'num_workers', 'read_threads', 'read_buffer',
-    'fail_fast', 'manifest', 'heldout_manifest', 'root', 'records_dir', 'num_clips',
+    'fail_fast', 'max_skip_fraction', 'manifest', 'heldout_manifest', 'root', 'records_dir', 'num_clips',
     'heldout_clips', 'duration_s', 'task_probs', 'random_crop', 'crop_grid_s', 'phase_flip_p',
     'inpaint_ratio', 'continuation_ratio')
 # A train stream that fails this many samples in a row is broken, not noisy: stop.
 MAX_CONSECUTIVE_SKIPS = 1000
+# `data.max_skip_fraction` is judged only after this many samples (a fraction of 3 is noise).
+MIN_SAMPLES_FOR_SKIP_FRACTION = 100
+WORST_FILES = 5
+
+
+class SkipLimitError(RuntimeError):
+  """Too many samples failed to load: the data is broken, not noisy."""
 
 
 def check_data_config(d, split: str = 'train') -> None:
@@ -151,11 +159,18 @@ class MakeExample:
     except audio_io.BadSampleError as e:
       if self.d.fail_fast:
         raise
-      return {'_skipped': str(e)}
+      return {'_skipped': str(e), '_where': _entry_name(item)}
     tok = self.tokenizer([ex.pop('caption')])
     ex.update(input_ids=tok.input_ids[0], attention_mask=tok.attention_mask[0],
               valid=np.bool_(True))
     return ex
+
+
+def _entry_name(item) -> str:
+  """'train.jsonl:4 /data/a.wav': the manifest line and its audio, for the worst-files list."""
+  where = str(_where(item))
+  path = item.get('path') if isinstance(item, dict) else None
+  return f'{where} {path}' if path and str(path) != where else where
 
 
 def _where(item):
@@ -179,41 +194,66 @@ def empty_example(m) -> dict:
 
 class _Batch(grain.IterDataset):
   """Drops and counts skipped samples, stacks `batch_size` rows; with `num_batches`, emits
-  exactly that many batches, padding the tail with `empty` rows (valid=False)."""
+  exactly that many batches, padding the tail with `empty` rows (valid=False). More than
+  `max_skip_fraction` of the samples skipped (after MIN_SAMPLES_FOR_SKIP_FRACTION) stops the
+  stream with a SkipLimitError naming the worst files."""
 
-  def __init__(self, parent, batch_size, empty, num_batches=None):
+  def __init__(self, parent, batch_size, empty, num_batches=None, max_skip_fraction=1.0):
     super().__init__(parent)
     self.batch_size, self.empty, self.num_batches = batch_size, empty, num_batches
+    self.max_skip_fraction = max_skip_fraction
 
   def __iter__(self):
     return _BatchIterator(self._parent.__iter__(), self.batch_size, self.empty,
-                          self.num_batches)
+                          self.num_batches, self.max_skip_fraction)
 
 
 class _BatchIterator(grain.DatasetIterator):
-  """Iterator of `_Batch`; `stats` = {'batches', 'skipped', 'last_skipped'}."""
+  """Iterator of `_Batch`; `stats` = {'batches', 'seen', 'skipped', 'skip_fraction',
+  'last_skipped', 'worst'} ('worst': {file: skips} of the most-skipped files)."""
 
-  def __init__(self, parent, batch_size, empty, num_batches):
+  def __init__(self, parent, batch_size, empty, num_batches, max_skip_fraction):
     super().__init__(parent)
     self.batch_size, self.empty, self.num_batches = batch_size, empty, num_batches
-    self._batches, self._skipped, self._last = 0, 0, ''
+    self.max_skip_fraction = max_skip_fraction
+    self._batches, self._seen, self._skipped, self._last = 0, 0, 0, ''
+    self._bad: dict[str, int] = {}
 
   @property
   def stats(self) -> dict:
-    return {'batches': self._batches, 'skipped': self._skipped, 'last_skipped': self._last}
+    worst = dict(sorted(self._bad.items(), key=lambda kv: -kv[1])[:WORST_FILES])
+    return {'batches': self._batches, 'seen': self._seen, 'skipped': self._skipped,
+            'skip_fraction': self._skipped / max(self._seen, 1), 'last_skipped': self._last,
+            'worst': worst}
+
+  def _count_skip(self, ex) -> None:
+    self._skipped += 1
+    self._last = ex['_skipped']
+    where = ex.get('_where', 'example')
+    self._bad[where] = self._bad.get(where, 0) + 1
+    if len(self._bad) > 4 * WORST_FILES:  # bounded: the state is checkpointed
+      self._bad = dict(sorted(self._bad.items(), key=lambda kv: -kv[1])[:2 * WORST_FILES])
+    logging.warning('data: skipped sample %d of %d: %s', self._skipped, self._seen,
+                    ex['_skipped'])
+    fraction = self._skipped / self._seen
+    if self._seen >= MIN_SAMPLES_FOR_SKIP_FRACTION and fraction > self.max_skip_fraction:
+      worst = ', '.join(f'{k} ({v}x)' for k, v in self.stats['worst'].items())
+      raise SkipLimitError(
+          f'{self._skipped} of {self._seen} samples ({100 * fraction:.0f} %) failed to load, '
+          f'over config.data.max_skip_fraction={self.max_skip_fraction:g}; worst: {worst}; '
+          f'last: {self._last}')
 
   def _next_example(self):
     run = 0
     while True:
       ex = next(self._parent)
+      self._seen += 1
       if '_skipped' not in ex:
         return ex
-      self._skipped += 1
-      self._last = ex['_skipped']
+      self._count_skip(ex)
       run += 1
-      logging.warning('data: skipped sample %d: %s', self._skipped, ex['_skipped'])
       if run >= MAX_CONSECUTIVE_SKIPS:
-        raise RuntimeError(f'{run} samples in a row failed to load; last: {self._last}')
+        raise SkipLimitError(f'{run} samples in a row failed to load; last: {self._last}')
 
   def __next__(self):
     if self.num_batches is not None and self._batches >= self.num_batches:
@@ -231,13 +271,17 @@ class _BatchIterator(grain.DatasetIterator):
     return {k: np.stack([r[k] for r in rows]) for k in self.empty}
 
   def get_state(self):
-    return {'parent': self._parent.get_state(), 'batches': self._batches,
-            'skipped': self._skipped, 'last_skipped': self._last}
+    return {'parent': self._parent.get_state(), 'batches': self._batches, 'seen': self._seen,
+            'skipped': self._skipped, 'last_skipped': self._last,
+            'bad_files': json.dumps(self._bad)}
 
   def set_state(self, state):
     self._parent.set_state(state['parent'])
     self._batches, self._skipped = int(state['batches']), int(state['skipped'])
     self._last = str(state['last_skipped'])
+    # States written before these counters existed: every earlier row was a sample seen.
+    self._seen = int(state.get('seen', self._batches * self.batch_size + self._skipped))
+    self._bad = json.loads(state.get('bad_files', '{}'))
 
 
 class _HostRows(grain.MapDataset):
@@ -303,7 +347,8 @@ def make_dataset(config, *, split='train', process_index=None, process_count=Non
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
-  return _Batch(ds, per_host, empty_example(m), num_batches)
+  return _Batch(ds, per_host, empty_example(m), num_batches,
+                max_skip_fraction=d.max_skip_fraction if train else 1.0)
 
 
 def make_iterator(config, *, split='train', process_index=None, process_count=None,

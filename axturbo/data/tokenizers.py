@@ -66,6 +66,10 @@ class HFTokenizer:
   def vocab_size(self) -> int:
     return len(self.tokenizer)
 
+  def lengths(self, texts: str | Sequence[str]) -> list[int]:
+    """Untruncated token counts (EOS included): above `max_length`, a prompt is cut."""
+    return [len(ids) for ids in self.tokenizer(_as_list(texts))['input_ids']]
+
   def __call__(self, texts: str | Sequence[str]) -> Tokens:
     enc = self.tokenizer(_as_list(texts), truncation=True, max_length=self.max_length,
                          padding='max_length', return_tensors='np')
@@ -90,6 +94,10 @@ class ByteTokenizer:
     if max_length < 1:
       raise ValueError(f'max_length must be >= 1, got {max_length}')
     self.max_length = max_length
+
+  def lengths(self, texts: str | Sequence[str]) -> list[int]:
+    """Untruncated token counts (EOS included): above `max_length`, a prompt is cut."""
+    return [len(t.encode('utf-8')) + 1 for t in _as_list(texts)]
 
   def encode(self, text: str) -> list[int]:
     """Token ids of one prompt, EOS included, at most `max_length` long (unpadded)."""
@@ -151,6 +159,10 @@ class WordTokenizer:
 
   def unknown(self, texts: str | Sequence[str]) -> list[str]:
     return sorted({w for t in _as_list(texts) for w in split_words(t) if w not in self.ids})
+
+  def lengths(self, texts: str | Sequence[str]) -> list[int]:
+    """Untruncated token counts (EOS included): above `max_length`, a prompt is cut."""
+    return [len(split_words(t)) + 1 for t in _as_list(texts)]
 
   def encode(self, text: str) -> list[int]:
     """Token ids of one prompt, EOS included, at most `max_length` long (unpadded)."""

@@ -102,11 +102,17 @@ def load_teacher(directory: str | pathlib.Path, model: audiox.AudioX, m: mlc.Con
   directory = pathlib.Path(directory or '')
   if not str(directory) or not directory.is_dir():
     raise FileNotFoundError(f'--teacher {str(directory)!r}: no such checkpoint directory')
+  checkpoints.recover_swap(directory)
+  kind = checkpoints.load_meta(directory).get('kind')
+  if kind == 'student':
+    raise ValueError(f'--teacher {directory}: is a student (meta.json kind "student"); '
+                     "distillation needs a teacher: train.py's export or a converted teacher")
   have = checkpoints.load_model_config(directory).to_dict()
   diff = _config_diff(have, m.to_dict())
   if diff:
+    more = f'; and {len(diff) - 5} more' if len(diff) > 5 else ''
     raise ValueError(f'--teacher {directory}: its model_config.json does not match '
-                     'config.model:\n  ' + '\n  '.join(diff[:10]))
+                     f'config.model: {"; ".join(diff[:5])}{more}')
   target, shardings = sharding.abstract_with_shardings(abstract_params(model, m), mesh, rules)
   try:
     params = checkpoints.load_params(directory, target=target)

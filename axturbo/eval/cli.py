@@ -151,22 +151,21 @@ def _table() -> tuple[dict, str]:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    sys.exit(f'error: unexpected arguments: {argv[1:]}')
   if not _OUT.value:
-    raise app.UsageError('--out is required (see --help)')
+    sys.exit('error: --out is required (see --help)')
   for name, flag, low in (('clips', _CLIPS, 1), ('batch_size', _BATCH, 1), ('runs', _RUNS, 1),
                           ('warmup', _WARMUP, 0)):
     if flag.value < low:
-      raise app.UsageError(f'--{name} must be >= {low}, got {flag.value}')
-  out = pathlib.Path(_OUT.value)
+      sys.exit(f'error: --{name} must be >= {low}, got {flag.value}')
   if not flags.FLAGS['verbosity'].present:  # per-prompt INFO lines would bury the progress bar
     logging.set_verbosity(logging.WARNING)
   suite = {'events': _events, 'manifest': _manifest, 'table': _table}[_SUITE.value]
   try:
+    out = jobs.writable_dir(_OUT.value)
     result, markdown = suite()
-  except (ValueError, FileNotFoundError) as e:  # media and conversion errors subclass these
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:  # incl. media errors
     sys.exit(f'error: {e}')
-  out.mkdir(parents=True, exist_ok=True)
   (out / 'results.json').write_text(json.dumps(result, indent=2, default=_jsonable))
   (out / 'results.md').write_text(markdown)
   print(markdown)

@@ -68,13 +68,13 @@ class Generator:
   """Holds a model, its parameters and the jitted stages. Thread-unsafe (caches)."""
 
   def __init__(self, model_config: mlc.ConfigDict, params: Any, *, kind: str = 'student',
-               tokenizer=None, meta: dict | None = None):
+               tokenizer=None, meta: dict | None = None, source: str = 'in-memory parameters'):
     if kind not in KINDS:
       raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
     self.config = model_config
     self.model = audiox.build_model(model_config)
     self.params = jax.tree.map(jnp.asarray, nn.unbox(params))
-    self.kind = kind
+    self.kind, self.source = kind, source
     self.meta = dict(meta or {})
     self.tokenizer = (tokenizer if tokenizer is not None
                       else tokenizers.build_tokenizer(model_config.text))
@@ -106,17 +106,36 @@ class Generator:
 
   @classmethod
   def load(cls, checkpoint_dir, *, kind: str | None = None) -> 'Generator':
-    """A checkpoint written by `axturbo.runtime.checkpoints.save_params`; `kind` ('student' or
-    'teacher') defaults to meta.json's 'kind', else 'student' (the released model)."""
+    """A checkpoint written by `axturbo.runtime.checkpoints.save_params`.
+
+    `kind` ('student' or 'teacher') must agree with meta.json's 'kind' when both are given
+    (a teacher is not silently run as a student); a checkpoint with no recorded kind is taken
+    as `kind`, else as a student (the released model), with a warning. Parameters are checked
+    once for shapes and for non-finite values.
+    """
     checkpoint_dir = pathlib.Path(checkpoint_dir)
+    checkpoints.recover_swap(checkpoint_dir)
     m = checkpoints.load_model_config(checkpoint_dir)
-    meta_path = checkpoint_dir / checkpoints.META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    kind = kind or meta.get('kind') or 'student'
+    meta = checkpoints.load_meta(checkpoint_dir)
+    recorded = meta.get('kind')
+    if recorded not in (None, *KINDS):
+      raise ValueError(f'{checkpoint_dir / checkpoints.META_FILE}: kind must be one of {KINDS}, '
+                       f'got {recorded!r}')
+    if kind and recorded and kind != recorded:
+      raise ValueError(f'{checkpoint_dir}: is a {recorded} checkpoint (meta.json), not a {kind}')
+    if not (kind or recorded):
+      logging.warning('%s: meta.json records no kind; taking it as a student', checkpoint_dir)
+    kind = kind or recorded or 'student'
     params = checkpoints.load_params(checkpoint_dir)
     params = params.get('params', params) if isinstance(params, dict) else params
     _check_params(params, m, checkpoint_dir)
-    return cls(m, params, kind=kind, meta=meta,
+    bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params)
+           if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
+    if bad:
+      raise ValueError(f'{checkpoint_dir}: non-finite parameter values in {", ".join(bad[:3])}'
+                       f'{f" and {len(bad) - 3} more" if len(bad) > 3 else ""}; the checkpoint '
+                       'is damaged')
+    return cls(m, params, kind=kind, meta=meta, source=str(checkpoint_dir),
                tokenizer=tokenizers.build_tokenizer(m.text, checkpoint_dir))
 
   # ------------------------------------------------------------------------------ stages
@@ -189,6 +208,8 @@ class Generator:
       if steps < 1:
         raise ValueError(f'steps must be >= 1, got {steps}')
       cfg = flow.OFFICIAL_CFG_SCALE if cfg_scale is None else float(cfg_scale)
+      if not np.isfinite(cfg) or cfg < 0:
+        raise ValueError(f'cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}')
       return sampler, steps, cfg
     raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
 
@@ -245,6 +266,11 @@ class Generator:
     if unknown:  # a closed-vocabulary encoder reads these as one UNK token each
       logging.warning('words outside the text encoder vocabulary (read as unknown): %s',
                       ', '.join(unknown))
+    limit = self.tokenizer.max_length
+    for i, length in enumerate(self.tokenizer.lengths(texts)):
+      if length > limit:
+        logging.warning('prompt %d is %d tokens long; the text encoder reads the first %d '
+                        '(model.text.max_length)', i, length, limit)
     tok = self.tokenizer(texts)
     text_tokens = self._text(p, jnp.asarray(tok.input_ids), jnp.asarray(tok.attention_mask))
     if any(it.frames is not None for it in items):
@@ -277,6 +303,10 @@ class Generator:
     t_sample = time.perf_counter()
     waves = np.asarray(self._decode(p, z))[:, :self.output_samples].astype(np.float32)
     t_end = time.perf_counter()
+    bad = [i for i in range(n) if not (np.isfinite(waves[i]).all() and np.isfinite(z[i]).all())]
+    if bad:
+      raise FloatingPointError(f'{self.source}: non-finite audio for prompt(s) {bad} '
+                               f'({sampler} sampler, {steps} steps, cfg {cfg_scale:g})')
 
     shape_key = (n, sampler, steps, cfg_scale, tuple(it.frames is None for it in items),
                  tuple(it.prompt is None for it in items), known is None)

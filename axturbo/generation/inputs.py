@@ -7,6 +7,7 @@ import dataclasses
 import pathlib
 from typing import Any
 
+from absl import logging
 import ml_collections as mlc
 import numpy as np
 
@@ -82,6 +83,9 @@ def prepare_item(m: mlc.ConfigDict, i: int, text, video, sync, audio, image, inp
     else:
       wave = media.prepare_audio(audio, sr, sr, what=f'{where}: audio array')
       record['audio'] = f'array{tuple(np.shape(audio))}'
+    if wave.shape[0] > n:
+      logging.warning('%s: the audio prompt lasts %.2f s; the model reads its first %.2f s '
+                      '(model.prompt_samples)', where, wave.shape[0] / sr, n / sr)
     wave = wave[:n].copy()
     record['audio_s'] = wave.shape[0] / sr
     place = 0  # where the given audio sits in the output, for keep_unmasked

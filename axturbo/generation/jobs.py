@@ -9,6 +9,7 @@ import json
 import pathlib
 import re
 import sys
+import tempfile
 from typing import Sequence
 
 from absl import logging
@@ -104,6 +105,32 @@ def parse_batch_file(path) -> list[dict]:
   if not jobs:
     raise ValueError(f'batch file {str(path)!r}: no prompts')
   return jobs
+
+
+def writable_dir(path, flag: str = '--out') -> pathlib.Path:
+  """Creates `path` if needed and proves it writable, before any model work: a bad --out fails
+  in a second, not after generation."""
+  out = pathlib.Path(path)
+  if out.exists() and not out.is_dir():
+    raise ValueError(f'{flag} {out}: exists and is not a directory')
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out, prefix='.write-test-'):
+      pass
+  except OSError as e:
+    raise ValueError(f'{flag} {out}: cannot write there ({e.strerror or e})') from None
+  return out
+
+
+_STEM = re.compile(r'^(\d{4,})_')
+
+
+def first_free_index(out_dir) -> int:
+  """1 + the largest NNNN_ number among the files in `out_dir` (0 if none): a second run into
+  the same --out numbers its outputs after the first run's instead of overwriting them."""
+  numbers = [int(m.group(1)) for f in pathlib.Path(out_dir).iterdir()
+             if (m := _STEM.match(f.name))]
+  return max(numbers, default=-1) + 1
 
 
 def output_stem(index: int, text: str) -> str:

@@ -15,6 +15,7 @@ again (near-black frames); `official_image_scaling=True` reproduces that.
 import contextlib
 import logging
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -124,8 +125,9 @@ def load_sync(sync, sync_len: int, sync_dim: int, *, video_path=None) -> np.ndar
   if sync is None:
     candidate = sync_path_for(video_path) if video_path is not None else None
     if candidate is None or not candidate.is_file():
-      logging.warning('no sync features for %s (looked for %s); using zeros',
-                      video_path, candidate)
+      if candidate is not None:  # frames given as an array or an image have no sync file
+        logging.warning('no sync features for %s (looked for %s); using zeros',
+                        video_path, candidate)
       return np.zeros((sync_len, sync_dim), np.float32)
     sync = candidate
   with _user_facing():
@@ -267,10 +269,14 @@ def save_spectrogram(path, wave: np.ndarray, sample_rate: int, title: str = '') 
             vmin=db.max() - 80.0, vmax=db.max())
   ax.set_xlabel('time (s)')
   ax.set_ylabel('frequency (kHz)')
-  if title:
-    ax.set_title(title[:100], fontsize=9)
-  fig.tight_layout()
-  fig.savefig(str(path))
+  with warnings.catch_warnings():
+    # A character the font lacks (an emoji in the prompt) draws as a box; one warning per
+    # glyph would bury the console.
+    warnings.filterwarnings('ignore', message='Glyph .* missing from')
+    if title:
+      ax.set_title(title[:100], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(str(path))
   return path
 
 

@@ -4,7 +4,11 @@ Shapes below use B = batch, T = `seq_len` latent frames (236 for a 10 s clip), L
 timestep token is prepended at position 0), D = `embed_dim`, N = `num_heads`, H = `head_dim`.
 
 Faithful to the released weights, quirks included (docs/official.md, "Networks and weights"):
-  * N x H = 64 x 24 (not 24 x 64) at full size, so both are separate fields here.
+  * N x H = 64 x 24 (not 24 x 64) at full size, so both are separate fields here. The
+    official config's `num_heads` C is used as a head width: width D splits into N = D // C
+    heads of H = D // N (so 120 / "12 heads" is 10 heads of 12). The transposed split has the
+    same tensor shapes but other outputs; `axturbo.convert.mmdit.official_trunk_sizes`
+    computes the official one, and `python -m axturbo.convert --official_config` applies it.
   * Conditioning enters only as per-position adaLN modulation, made by a dense map along the
     sequence axis (cond_len -> L); there is no attention to conditioning tokens.
   * The official time "cross-attention" has a single key, so it reduces to adding, in every
@@ -192,11 +196,14 @@ class MMDiT(nn.Module):
     io_channels: latent channels (64).
     embed_dim: trunk width D (1536).
     depth: number of blocks (24).
-    num_heads, head_dim: N and H with N * H = D (64 and 24 in the released model).
+    num_heads, head_dim: N and H with N * H = D (64 and 24 in the released model). From an
+      official config (D, num_heads C): N = D // C, H = D // N, i.e. C is the head width.
     cond_dim: width of the (post-fusion) conditioning tokens (768).
     cond_len: number of conditioning tokens (384).
     seq_len: number of latent frames T (236); the trunk sequence is T + 1.
-    mlp_hidden: SwiGLU hidden width (4096 = int(2 * 4 * 1536 / 3)).
+    mlp_hidden: SwiGLU hidden width. Officially int(2 * int(D * mlp_ratio) / 3) rounded up
+      to a multiple of 256 (mlp_ratio 4): 4096 at D = 1536, where the rounding changes
+      nothing, but 512 (not 320) at D = 120.
     kernel_size: taps of the attention-output and FFN convolutions (3).
     fourier_dim: timestep Fourier features (256: cos then sin of 128 learned frequencies).
     rope_theta: RoPE base.
@@ -230,8 +237,8 @@ class MMDiT(nn.Module):
     # name one side only; io-sized and sequence-sized axes stay replicated.
     d, io, dt = self.embed_dim, self.io_channels, self.dtype
     if self.num_heads * self.head_dim != d:
-      raise ValueError(f'num_heads * head_dim = {self.num_heads} * {self.head_dim} '
-                       f'!= embed_dim {d}')
+      raise ValueError(f'model.trunk.num_heads * model.trunk.head_dim = {self.num_heads} * '
+                       f'{self.head_dim} != model.trunk.embed_dim = {d}')
     self.time_freqs = self.param(
         'time_freqs', layers.named_init(nn.initializers.normal(1.0), ('channels',)),
         (self.fourier_dim // 2,), jnp.float32)

@@ -11,12 +11,17 @@ CheckpointManager (async, keep-last-N) of the state plus the per-host data-itera
 restored straight into the target mesh's shardings.
   <workdir>/checkpoints/<step>/{state/, data/process_<i>-of-<n>.json}
 """
+import hashlib
 import json
+import os
 import pathlib
-from typing import Any
+import shutil
+import uuid
+from typing import Any, Callable
 
 import flax.linen as nn
 import grain
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -29,27 +34,120 @@ CONFIG_FILE = 'model_config.json'
 META_FILE = 'meta.json'
 
 
+def config_hash(model_config: mlc.ConfigDict) -> str:
+  """Short stable hash of a model config (recorded in exports; equal configs, equal hash)."""
+  text = json.dumps(json.loads(model_config.to_json()), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def holds_checkpoint(directory: str | pathlib.Path) -> bool:
+  """Whether `directory` holds an inference checkpoint, whole or partly written."""
+  directory = pathlib.Path(directory)
+  return (directory / PARAMS_DIR).exists() or (directory / CONFIG_FILE).exists()
+
+
+def _write_json(path: pathlib.Path, value: Any) -> None:
+  path.write_text(json.dumps(value, indent=2, default=str))
+
+
 def save_params(directory: str | pathlib.Path, params: Any, model_config: mlc.ConfigDict,
-                meta: dict | None = None) -> pathlib.Path:
-  """Writes params + config; refuses to overwrite an existing checkpoint."""
+                meta: dict | None = None, *, replace: bool = False,
+                populate: Callable[[pathlib.Path], None] | None = None) -> pathlib.Path:
+  """Writes params + config + meta (+ whatever `populate(folder)` adds) as one unit.
+
+  Everything is written into a hidden sibling folder that is renamed into place at the end, so
+  a reader (or a run killed half-way) sees the old checkpoint or the new one, never a mix.
+  An existing checkpoint is refused unless `replace`; a non-empty folder that holds none is
+  always refused (it is not ours to delete).
+  """
   directory = pathlib.Path(directory).absolute()
-  if (directory / PARAMS_DIR).exists():
+  if directory.exists() and not directory.is_dir():
+    raise FileExistsError(f'{directory}: exists and is not a directory')
+  existing = directory.is_dir() and any(directory.iterdir())
+  if existing and not holds_checkpoint(directory):
+    raise FileExistsError(f'{directory}: not empty and holds no checkpoint; choose a new '
+                          'directory')
+  if existing and not replace:
     raise FileExistsError(f'{directory}: already holds a checkpoint; choose a new directory')
-  directory.mkdir(parents=True, exist_ok=True)
-  params = jax.tree.map(np.asarray, params)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(directory / PARAMS_DIR, params)
-    ckptr.wait_until_finished()
-  (directory / CONFIG_FILE).write_text(model_config.to_json(indent=2))
-  (directory / META_FILE).write_text(json.dumps(meta or {}, indent=2, default=str))
+  # Every host of a multi-host save must name the same folder: the tag comes from the content.
+  tag = hashlib.sha256(json.dumps(meta or {}, sort_keys=True, default=str).encode()
+                       ).hexdigest()[:12]
+  partial = directory.with_name(f'.{directory.name}.partial-{tag}')
+  primary = jax.process_index() == 0
+  if primary:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(partial, ignore_errors=True)   # left by a run killed while writing
+    partial.mkdir()
+  try:
+    params = jax.tree.map(np.asarray, params)
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(partial / PARAMS_DIR, params)
+      ckptr.wait_until_finished()
+    if primary:
+      (partial / CONFIG_FILE).write_text(model_config.to_json(indent=2))
+      _write_json(partial / META_FILE, meta or {})
+      if populate is not None:
+        populate(partial)
+  except BaseException:
+    if primary:
+      shutil.rmtree(partial, ignore_errors=True)
+    raise
+  if primary:
+    _swap_in(partial, directory, tag)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'save_params:{directory}')
   return directory
+
+
+def _swap_in(partial: pathlib.Path, directory: pathlib.Path, tag: str) -> None:
+  """Renames `partial` to `directory`, moving an old `directory` aside first and deleting it
+  after. The two renames leave a microsecond window without `directory`; a crash inside it is
+  repaired by `recover_swap` on the next write or read."""
+  old = directory.with_name(f'.{directory.name}.old-{tag}')
+  if directory.exists():
+    directory.rename(old)
+  partial.rename(directory)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swap(directory: str | pathlib.Path) -> None:
+  """After a crash inside `_swap_in`: put a moved-aside checkpoint back, drop partial writes."""
+  directory = pathlib.Path(directory).absolute()
+  if not directory.parent.is_dir():
+    return
+  olds = sorted(directory.parent.glob(f'.{directory.name}.old-*'))
+  if olds and not directory.exists():
+    olds.pop().rename(directory)
+  for stale in [*olds, *directory.parent.glob(f'.{directory.name}.partial-*')]:
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f'{path}: not valid JSON ({e})') from None
 
 
 def load_model_config(directory: str | pathlib.Path) -> mlc.ConfigDict:
   path = pathlib.Path(directory) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f'{directory}: not an axturbo checkpoint (no {CONFIG_FILE})')
-  return mlc.ConfigDict(json.loads(path.read_text()))
+  value = _read_json(path)
+  if not isinstance(value, dict):
+    raise ValueError(f'{path}: expected a JSON object, got {type(value).__name__}')
+  return mlc.ConfigDict(value)
+
+
+def load_meta(directory: str | pathlib.Path) -> dict:
+  """meta.json of a checkpoint ({} when there is none)."""
+  path = pathlib.Path(directory) / META_FILE
+  if not path.is_file():
+    return {}
+  value = _read_json(path)
+  if not isinstance(value, dict):
+    raise ValueError(f'{path}: expected a JSON object, got {type(value).__name__}')
+  return value
 
 
 def load_params(directory: str | pathlib.Path, target: Any | None = None) -> Any:
@@ -58,8 +156,16 @@ def load_params(directory: str | pathlib.Path, target: Any | None = None) -> Any
   path = pathlib.Path(directory).absolute() / PARAMS_DIR
   if not path.is_dir():
     raise FileNotFoundError(f'{directory}: not an axturbo checkpoint (no {PARAMS_DIR}/)')
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path, target) if target is not None else ckptr.restore(path)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      return ckptr.restore(path, target) if target is not None else ckptr.restore(path)
+  except (ValueError, KeyError, OSError, TypeError) as e:
+    raise ValueError(f'{path}: cannot read the parameter tree ({_first_line(e)})') from None
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {text[0] if text else ""}'[:300]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,23 +244,67 @@ def save(mgr: ocp.CheckpointManager, state: Any, data_iter, *, force: bool = Fal
 
 def restore_latest(mgr: ocp.CheckpointManager, abstract: Any, data_iter
                    ) -> Any | None:
-  """The latest checkpoint restored into `abstract`'s shapes and shardings (any mesh), with
-  `data_iter` moved to where it was; None when there is none."""
-  step = mgr.latest_step()
-  if step is None:
+  """The latest readable checkpoint restored into `abstract`'s shapes and shardings (any mesh),
+  with `data_iter` moved to where it was; None when there is none.
+
+  A checkpoint that cannot be read (a truncated or corrupted file) is skipped with a warning
+  naming it and the one used instead; if none can be read, a one-line error names them all.
+  """
+  steps = sorted(mgr.all_steps(), reverse=True)
+  if not steps:
     return None
   args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                             data=grain.checkpoint.CheckpointRestore(data_iter))
-  return mgr.restore(step, args=args)['state']
+  failed = []
+  for step in steps:
+    try:
+      state = mgr.restore(step, args=args)['state']
+    except Exception as e:  # orbax/tensorstore raise many types for a damaged file
+      failed.append(step)
+      logging.warning('checkpoint %s unreadable (%s)', mgr.directory / str(step), _first_line(e))
+      continue
+    if failed:
+      # Moved aside (kept for inspection), so that this run can save those steps again.
+      aside = [mgr.directory / f'unreadable.{f}' for f in failed]
+      if jax.process_index() == 0:
+        for f, dst in zip(failed, aside):
+          (mgr.directory / str(f)).rename(dst)
+      mgr.reload()
+      logging.warning('checkpoint(s) %s unreadable (moved to %s); resumed from the previous '
+                      'one, %s', ', '.join(str(mgr.directory / str(f)) for f in failed),
+                      ', '.join(map(str, aside)), mgr.directory / str(step))
+    return state
+  raise ValueError(f'{mgr.directory}: no readable checkpoint (tried steps '
+                   f'{", ".join(map(str, failed))}; see the log); move them aside to start over')
 
 
 def export(directory: str | pathlib.Path, params: Any, model_config: mlc.ConfigDict,
            meta: dict) -> pathlib.Path:
-  """Writes the inference checkpoint of a trained parameter tree (a teacher's or a student's).
+  """Writes (or replaces) the inference checkpoint of a trained parameter tree.
 
-  Multi-host: every host gathers the tree and calls the (collective) orbax save, which writes
-  host-local numpy arrays from the primary host only.
+  `meta` must hold 'kind' ('teacher' or 'student') and 'step'; the model config's hash is
+  added. Multi-host: every host gathers the tree and calls the (collective) orbax save, which
+  writes host-local numpy arrays from the primary host only.
   """
+  missing = {'kind', 'step'} - set(meta)
+  if missing:
+    raise ValueError(f'export meta needs {sorted(missing)}')
   if jax.process_count() > 1:
     params = multihost_utils.process_allgather(params, tiled=True)
-  return save_params(directory, jax.tree.map(np.asarray, params), model_config, meta)
+  meta = {**meta, 'config_hash': config_hash(model_config)}
+  return save_params(directory, jax.tree.map(np.asarray, params), model_config, meta,
+                     replace=True)
+
+
+def export_is_current(directory: str | pathlib.Path, model_config: mlc.ConfigDict,
+                      step: int) -> bool:
+  """Whether `directory` holds a whole, readable export of this model config at `step`."""
+  directory = pathlib.Path(directory)
+  recover_swap(directory)
+  try:
+    meta = load_meta(directory)
+    load_model_config(directory)
+  except (ValueError, FileNotFoundError):
+    return False
+  return ((directory / PARAMS_DIR).is_dir() and meta.get('step') == step
+          and meta.get('config_hash') == config_hash(model_config))

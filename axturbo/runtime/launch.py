@@ -4,11 +4,15 @@ workdir and mesh, data.
 Nothing here runs on import: a script calls `define_multihost_flags()` at its top level (absl
 flags must exist before parsing) and passes `parse_flags` to `absl.app.run`.
 """
+import contextlib
 import dataclasses
+import logging as pylogging
 import os
+import pathlib
 import sys
 
 from absl import flags
+from absl import logging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +60,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl parsing with a one-line error (no traceback) for a bad --config.* override.
 
   ml_collections raises AttributeError/KeyError for an unknown field and TypeError/ValueError
-  for a value of the wrong type, from deep inside flag parsing.
+  for a value of the wrong type, from deep inside flag parsing, and reports a missing config
+  file in five lines only when the config is first used.
   """
+  config = _config_path(argv[1:])
+  if config is not None and not os.path.isfile(config):
+    sys.exit(f'{argv[0]}: --config {config}: no such file')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -75,23 +83,89 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f'{argv[0]}: could not parse the command line: {type(e).__name__}: {e}')
 
 
-def start_run(config, workdir):
-  """Creates `workdir`, logs this process's devices, and builds the mesh from `config.mesh`
-  (checking that `config.data.batch_size` divides over it). Returns (absolute workdir, mesh,
-  logical-axis rules)."""
-  import pathlib
+def _config_path(args: list[str]) -> str | None:
+  """The file of `--config=FILE[:ARG]` / `--config FILE[:ARG]`, if given."""
+  for i, a in enumerate(args):
+    if a.startswith('--config='):
+      value = a[len('--config='):]
+    elif a == '--config' and i + 1 < len(args):
+      value = args[i + 1]
+    else:
+      continue
+    return value.split(':', 1)[0]
+  return None
 
+
+def start_run(config, workdir, log_name: str):
+  """Creates `workdir`, starts its log file (`log_to_workdir`), logs this process's devices,
+  and builds the mesh from `config.mesh` (checking that `config.data.batch_size` divides over
+  it). Returns (absolute workdir, mesh, logical-axis rules)."""
   import jax
-  from absl import logging
 
   from axturbo.runtime import sharding
   workdir = pathlib.Path(workdir).absolute()
+  if workdir.exists() and not workdir.is_dir():
+    raise ValueError(f'--workdir {workdir}: exists and is not a directory')
   workdir.mkdir(parents=True, exist_ok=True)
-  logging.info('process %d/%d, %d local / %d global devices', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  log = log_to_workdir(workdir / f'{log_name}.log')
+  logging.info('process %d/%d, %d local / %d global devices; full log in %s',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), log)
   mesh = sharding.make_mesh(config.mesh.shape)
   sharding.check_batch_size(config.data.batch_size, mesh)
   return workdir, mesh, sharding.mesh_rules(config.mesh)
+
+
+_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent.parent)
+
+
+def _console_filter(record: pylogging.LogRecord) -> bool:
+  """The console keeps warnings and this project's own lines; library INFO (orbax writes ~57
+  lines per checkpoint) goes only to the log file."""
+  if record.levelno >= pylogging.WARNING:
+    return True
+  path = os.path.abspath(record.pathname)
+  return path.startswith(_PACKAGE_DIR) or path == os.path.abspath(sys.argv[0])
+
+
+def log_to_workdir(path: pathlib.Path) -> pathlib.Path:
+  """Every INFO line (all libraries) is appended to `path`; unless --verbosity was given, the
+  console shows only `_console_filter`'s lines."""
+  handler = pylogging.FileHandler(path)
+  handler.setFormatter(logging.PythonFormatter())
+  handler.setLevel(pylogging.INFO)
+  pylogging.getLogger().addHandler(handler)
+  _traceback_logger().addHandler(handler)
+  if not (flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].present):
+    logging.get_absl_handler().addFilter(_console_filter)
+  return path
+
+
+def _traceback_logger() -> pylogging.Logger:
+  """Tracebacks of user errors: to the log file only (nowhere before it exists)."""
+  logger = pylogging.getLogger('axturbo.user_error')
+  if not logger.handlers:
+    logger.propagate = False
+    logger.addHandler(pylogging.NullHandler())
+  return logger
+
+
+# What a user can cause and fix: bad input, paths, data. Anything else is a bug and keeps its
+# traceback.
+USER_ERRORS = (ValueError, OSError, EOFError)
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """Turns a user error into one console line (`error: ...`, exit 1); its traceback still
+  goes to the log file."""
+  from axturbo.data import pipeline
+  try:
+    yield
+  except (*USER_ERRORS, pipeline.SkipLimitError) as e:
+    _traceback_logger().error('stopped by %s', type(e).__name__, exc_info=True)
+    # grain appends a note on its traceback filtering after a dashed line
+    sys.exit(f'error: {str(e).split(chr(10) + "-" * 20)[0]}')
 
 
 def make_data_iterator(config, source: str, field: str, process_index: int,

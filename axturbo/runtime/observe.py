@@ -27,14 +27,16 @@ class Reporter:
   a loss curve.
 
   flops_per_device: FLOPs of one step on one device; with `peak_flops_per_device` gives MFU.
+  total_steps: for the ETA. data_iter: its `stats` (skipped samples) join each line.
   """
 
   def __init__(self, workdir: str | pathlib.Path, every: int, global_batch: int,
                flops_per_device: float | None, peak_flops_per_device: float,
-               first_step: int = 0):
+               first_step: int = 0, total_steps: int | None = None, data_iter: Any = None):
     self.workdir = pathlib.Path(workdir)
     self.every, self.global_batch = max(int(every), 1), global_batch
     self.flops, self.peak = flops_per_device, peak_flops_per_device
+    self.total_steps, self.data_iter = total_steps, data_iter
     self.pending: list[tuple[int, dict]] = []
     self.history: list[tuple[int, float]] = []
     self.writer = None
@@ -65,9 +67,20 @@ class Reporter:
     if self.flops and self.peak:
       scalars['perf/mfu'] = self.flops * steps_per_s / self.peak
       mfu = f' | mfu {100 * scalars["perf/mfu"]:.1f}%'
-    logging.info('step %d | %s | %.2f steps/s | %.1f samples/s%s%s', step, line, steps_per_s,
-                 scalars['perf/samples_per_s'], mfu,
-                 f' | SKIPPED {skipped} non-finite' if skipped else '')
+    data = data_stats(self.data_iter)
+    skips = ''
+    if data:
+      scalars.update({'data/skipped_samples': data['skipped'],
+                      'data/skip_fraction': data['skip_fraction']})
+      if data['skipped']:
+        skips = (f' | skipped {data["skipped"]} samples '
+                 f'({100 * data["skip_fraction"]:.1f} %)')
+    eta = ''
+    if self.total_steps and step < self.total_steps:
+      eta = f' | eta {format_duration((self.total_steps - step) / max(steps_per_s, 1e-9))}'
+    logging.info('step %d | %s | %.2f steps/s | %.1f samples/s%s%s%s%s', step, line,
+                 steps_per_s, scalars['perf/samples_per_s'], mfu,
+                 f' | SKIPPED {skipped} non-finite steps' if skipped else '', skips, eta)
     if self.writer is not None:
       for k, v in scalars.items():
         self.writer.add_scalar(k, v, step)
@@ -86,6 +99,34 @@ class Reporter:
       return None
     self.writer.close()
     return plot_loss(self.history, self.workdir / 'loss_curve.png')
+
+
+def format_duration(seconds: float) -> str:
+  """12.3 -> '12 s', 754 -> '12 min 34 s', 7300 -> '2 h 1 min'."""
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f'{seconds} s'
+  if seconds < 3600:
+    return f'{seconds // 60} min {seconds % 60} s'
+  return f'{seconds // 3600} h {seconds % 3600 // 60} min'
+
+
+def data_stats(data_iter: Any) -> dict:
+  """The skip counters of a pipeline iterator (axturbo/data/pipeline.py); {} for sources
+  without them (synthetic data)."""
+  return dict(getattr(data_iter, 'stats', None) or {})
+
+
+def skip_summary(skipped_steps: int, data: dict) -> str:
+  """The final line's account of what was skipped: samples (bad data) and steps (non-finite
+  updates) are different failures, so they are counted separately."""
+  if not data:  # a source without skip counters (synthetic)
+    return f'{skipped_steps} non-finite steps skipped'
+  samples = (f'{data["skipped"]} of {data["seen"]} samples skipped '
+             f'({100 * data["skip_fraction"]:.1f} %)')
+  if data['skipped']:
+    samples += '; worst: ' + ', '.join(f'{k} ({v}x)' for k, v in data['worst'].items())
+  return f'{samples}; {skipped_steps} non-finite steps skipped'
 
 
 def plot_loss(history: list[tuple[int, float]], path: pathlib.Path) -> pathlib.Path | None:

@@ -170,6 +170,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  if global_batch_size < 1:
+    raise ValueError(f'config.data.batch_size must be >= 1, got {global_batch_size}')
   if global_batch_size % ways:
     raise ValueError(f'data.batch_size={global_batch_size} is not divisible by data x fsdp = '
                      f'{ways} (mesh {dict(mesh.shape)})')

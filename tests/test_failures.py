@@ -1,0 +1,265 @@
+"""Nothing lost, nothing silent (docs/failures.md): exports and checkpoints that a crash cannot
+half-write, outputs that are never overwritten, teacher/student mix-ups refused, non-finite
+weights and outputs caught, and one console line for each user error."""
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import warnings
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from axturbo.generation import generate
+from axturbo.generation import inputs
+from axturbo.generation import media
+from axturbo.models import audiox
+from axturbo.runtime import checkpoints
+from tests import micro_train_config
+from tests import script_runs
+
+REPO = script_runs.REPO
+MICRO = str(REPO / 'tests' / 'micro_train_config.py')
+
+
+def _micro_params(seed=0):
+  m = micro_train_config.get_config().model
+  return jax.jit(lambda k: nn.unbox(audiox.init_params(audiox.build_model(m), m, k)))(
+      jax.random.PRNGKey(seed))
+
+
+@pytest.fixture(scope='module')
+def micro(tmp_path_factory):
+  """Micro checkpoints: a student, a teacher, and a student with one NaN parameter."""
+  m = micro_train_config.get_config().model
+  params = _micro_params()
+  root = tmp_path_factory.mktemp('micro')
+  out = {}
+  for kind in ('student', 'teacher'):
+    out[kind] = checkpoints.save_params(root / kind, params, m, {'kind': kind})
+  poisoned = jax.tree.map(np.array, params)
+  poisoned['trunk']['project_in']['kernel'][0, 0] = np.nan
+  out['nan'] = checkpoints.save_params(root / 'nan', poisoned, m, {'kind': 'student'})
+  return out
+
+
+def _run(*args, timeout=600, tmp=None):
+  env = script_runs.env(tmp, devices=1) if tmp is not None else None
+  return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_error(r, *needles):
+  assert r.returncode != 0, r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  for n in needles:
+    assert str(n) in last, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------ exports (in-process)
+
+def test_export_is_atomic_current_and_repairs_a_crash(tmp_path, monkeypatch):
+  m = micro_train_config.get_config().model
+  out = tmp_path / 'export'
+  checkpoints.export(out, {'w': np.ones(3, np.float32)}, m, {'kind': 'teacher', 'step': 1})
+  meta = checkpoints.load_meta(out)
+  assert meta['step'] == 1 and meta['config_hash'] == checkpoints.config_hash(m)
+  assert checkpoints.export_is_current(out, m, 1)
+  assert not checkpoints.export_is_current(out, m, 2)
+
+  # Killed after the params were written but before the JSON: the old export stays whole.
+  def die(*_):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(checkpoints, '_write_json', die)
+  with pytest.raises(KeyboardInterrupt):
+    checkpoints.export(out, {'w': np.zeros(3, np.float32)}, m, {'kind': 'teacher', 'step': 2})
+  monkeypatch.undo()
+  assert checkpoints.load_meta(out)['step'] == 1
+  np.testing.assert_array_equal(checkpoints.load_params(out)['w'], np.ones(3))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['export']
+
+  # A crash inside the rename window leaves the old export aside and a partial copy: the next
+  # reader puts the old one back and drops the rest.
+  out.rename(tmp_path / '.export.old-x')
+  (tmp_path / '.export.partial-y').mkdir()
+  assert checkpoints.export_is_current(out, m, 1)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['export']
+
+  # An export missing its config (written by an older, non-atomic version) is replaced.
+  (out / checkpoints.CONFIG_FILE).unlink()
+  assert not checkpoints.export_is_current(out, m, 1)
+  checkpoints.export(out, {'w': np.zeros(3, np.float32)}, m, {'kind': 'teacher', 'step': 1})
+  assert checkpoints.export_is_current(out, m, 1)
+  np.testing.assert_array_equal(checkpoints.load_params(out)['w'], np.zeros(3))
+
+  # save_params never replaces a checkpoint unasked, nor deletes a folder that holds none.
+  with pytest.raises(FileExistsError, match='already holds a checkpoint'):
+    checkpoints.save_params(out, {'w': np.ones(3)}, m)
+  (tmp_path / 'other').mkdir()
+  (tmp_path / 'other' / 'notes.txt').write_text('mine')
+  with pytest.raises(FileExistsError, match='holds no checkpoint'):
+    checkpoints.save_params(tmp_path / 'other', {'w': np.ones(3)}, m, replace=True)
+
+
+def test_broken_checkpoint_files_are_named(micro, tmp_path):
+  ckpt = tmp_path / 'c'
+  shutil.copytree(micro['student'], ckpt)
+  (ckpt / checkpoints.META_FILE).write_text('{"kind": ')
+  with pytest.raises(ValueError, match=r'c/meta.json: not valid JSON'):
+    generate.Generator.load(ckpt)
+  (ckpt / checkpoints.META_FILE).write_text('{"kind": "student"}')
+  (ckpt / checkpoints.CONFIG_FILE).write_text('[1, 2')
+  with pytest.raises(ValueError, match=r'c/model_config.json: not valid JSON'):
+    generate.Generator.load(ckpt)
+  shutil.copy(micro['student'] / checkpoints.CONFIG_FILE, ckpt / checkpoints.CONFIG_FILE)
+  (ckpt / checkpoints.PARAMS_DIR / '_METADATA').write_text('not json')
+  with pytest.raises(ValueError, match=r'c/params: cannot read the parameter tree'):
+    generate.Generator.load(ckpt)
+
+
+def test_kind_mix_ups_and_non_finite_weights_are_refused(micro):
+  with pytest.raises(ValueError, match='is a teacher checkpoint .*not a student'):
+    generate.Generator.load(micro['teacher'], kind='student')
+  with pytest.raises(ValueError, match=r'nan: non-finite parameter values in .*project_in'):
+    generate.Generator.load(micro['nan'])
+
+
+# ------------------------------------------------------------------------ inputs (in-process)
+
+def test_cut_audio_prompt_is_stated(caplog):
+  m = micro_train_config.get_config().model
+  long = np.zeros((m.prompt_samples * 3, 2), np.float32)
+  with caplog.at_level('WARNING'):
+    inputs.prepare_item(m, 0, 'x', None, None, long, None, None, False, False, False, 'left',
+                        output_samples=m.audio_samples, latent_frames=m.trunk.seq_len, hop=16)
+  assert 'the audio prompt lasts 0.05 s; the model reads its first 0.02 s' in caplog.text
+
+
+def test_quiet_media_helpers(tmp_path, caplog):
+  with caplog.at_level('WARNING'):
+    sync = media.load_sync(None, 4, 8, video_path=None)   # frames from an image or an array
+  assert not sync.any() and 'no sync features' not in caplog.text
+  with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter('always')
+    media.save_spectrogram(tmp_path / 's.png', np.zeros((1600, 2), np.float32), 16000,
+                           title='rain \U0001F327 on a tin roof \U0001F3E0')
+  assert not [w for w in seen if 'Glyph' in str(w.message)]
+
+
+# ------------------------------------------------------------------------ CLIs (subprocesses)
+
+@pytest.mark.e2e
+def test_sample_never_overwrites_and_states_what_it_cut(micro, tmp_path):
+  out = tmp_path / 'out'
+  long_prompt = ' '.join(['rain'] * 20)
+  runs = [_run('sample.py', f'--checkpoint={micro["student"]}', f'--prompt={p}', '--steps=1',
+               f'--out={out}', '--spectrogram=false', tmp=tmp_path) for p in ('rain', long_prompt)]
+  for r in runs:
+    assert r.returncode == 0, r.stderr[-3000:]
+  assert sorted(p.name[:5] for p in out.glob('*.wav')) == ['0000_', '0001_']
+  assert 'prompt 0 is 21 tokens long; the text encoder reads the first 8' in runs[1].stderr
+  side = json.loads((out / '0000_rain.json').read_text())
+  assert side['kind'] == 'student' and side['sampler'] == 'student'
+  # A teacher export runs the teacher sampler unless told otherwise, and says so.
+  r = _run('sample.py', f'--checkpoint={micro["teacher"]}', '--prompt=rain', '--steps=2',
+           f'--out={out}', '--spectrogram=false', tmp=tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  side = json.loads((out / '0002_rain.json').read_text())
+  assert (side['kind'], side['sampler'], side['cfg_scale']) == ('teacher', 'teacher', 6.0)
+
+
+@pytest.mark.e2e
+def test_sample_errors_are_one_line(micro, tmp_path):
+  a_file = tmp_path / 'taken'
+  a_file.write_text('x')
+  _one_line_error(_run('sample.py', f'--checkpoint={micro["student"]}', '--prompt=x',
+                       f'--out={a_file}'), f'--out {a_file}: exists and is not a directory')
+  _one_line_error(_run('sample.py', f'--checkpoint={micro["nan"]}', '--prompt=x',
+                       f'--out={tmp_path / "o"}'), 'nan: non-finite parameter values')
+  _one_line_error(_run('sample.py', f'--checkpoint={micro["teacher"]}', '--prompt=x',
+                       '--teacher', '--cfg=-1', f'--out={tmp_path / "o"}'),
+                  'cfg_scale must be >= 0')
+  assert not list((tmp_path / 'o').glob('*.wav'))
+
+
+@pytest.mark.e2e
+def test_distill_refuses_a_wrong_teacher(micro, tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  config = str(REPO / 'tests' / 'micro_distill_config.py')
+  for teacher, needle in ((micro['student'], 'is a student'), (empty, 'no model_config.json'),
+                          (tmp_path / 'missing', 'no such checkpoint directory')):
+    r = _run('distill.py', f'--config={config}', f'--teacher={teacher}',
+             f'--workdir={tmp_path / "w"}', timeout=300)
+    _one_line_error(r, needle)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('args,needle', [
+    (('--config=/nonexistent/c.py',), '--config /nonexistent/c.py: no such file'),
+    ((f'--config={MICRO}', '--config.data.batch_size=0'), 'config.data.batch_size must be >= 1'),
+    ((f'--config={MICRO}', '--workdir={tmp}/file'), 'exists and is not a directory'),
+])
+def test_train_usage_errors_are_one_line(tmp_path, args, needle):
+  (tmp_path / 'file').write_text('x')
+  args = [a.format(tmp=tmp_path) for a in args]
+  if not any(a.startswith('--workdir') for a in args):
+    args.append(f'--workdir={tmp_path / "w"}')
+  _one_line_error(_run('train.py', *args, timeout=300), needle)
+
+
+def _train(workdir, tmp, *overrides):
+  return _run('train.py', f'--config={MICRO}', f'--workdir={workdir}',
+              '--config.train.log_every=10', '--config.train.checkpoint_every=10', *overrides,
+              tmp=tmp)
+
+
+@pytest.mark.e2e
+def test_train_console_export_refresh_and_checkpoint_fallback(tmp_path):
+  w = tmp_path / 'w'
+  r = _train(w, tmp_path, '--config.train.total_steps=30')
+  assert r.returncode == 0, r.stderr[-3000:]
+  console = r.stderr.strip().splitlines()
+  assert len(console) < 30, r.stderr
+  assert not [l for l in console if 'checkpoint_manager.py' in l and l.startswith('I')]
+  assert 'CheckpointManager created' in (w / 'train.log').read_text()  # orbax INFO: log only
+  assert checkpoints.load_meta(w / 'export')['step'] == 30
+  # Continuing a finished run refreshes its export.
+  r = _train(w, tmp_path, '--config.train.total_steps=40')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert checkpoints.load_meta(w / 'export')['kind'] == 'teacher'
+  assert checkpoints.load_meta(w / 'export')['step'] == 40
+  # A damaged latest checkpoint: resume from the one before, naming both.
+  for f in (w / 'checkpoints' / '40').rglob('ocdbt.process_0/d/*'):
+    f.write_bytes(f.read_bytes()[:10])
+  r = _train(w, tmp_path, '--config.train.total_steps=50')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f'{w}/checkpoints/40 unreadable' in r.stderr and f'{w}/checkpoints/30' in r.stderr
+  assert (w / 'checkpoints' / 'unreadable.40').is_dir()
+  assert checkpoints.load_meta(w / 'export')['step'] == 50
+
+
+@pytest.mark.e2e
+def test_train_stops_on_a_mostly_bad_manifest(tmp_path):
+  t = np.arange(4000) / 16000
+  lines = []
+  for i in range(7):
+    path = tmp_path / f'{i}.wav'
+    if i % 7 in (1, 3, 5):   # 3 of 7 lines (43 %) cannot be decoded
+      path.write_bytes(b'RIFF' + bytes(range(256)))
+    else:
+      soundfile.write(path, 0.5 * np.sin(2 * np.pi * 440 * t), 16000)
+    lines.append({'path': str(path), 'caption': 'a tone', 'type': 'text_condition-audio',
+                  'duration': 0.25, 'sample_rate': 16000})
+  manifest = tmp_path / 'train.jsonl'
+  manifest.write_text(''.join(json.dumps(x) + '\n' for x in lines))
+  r = _train(tmp_path / 'w', tmp_path, '--config.train.data_source=pipeline',
+             '--config.data.source=manifest', f'--config.data.manifest={manifest}',
+             '--config.data.num_workers=0', '--config.data.batch_size=128')
+  _one_line_error(r, 'over config.data.max_skip_fraction=0.1', '1.wav', '3.wav', '5.wav')
+  assert not (tmp_path / 'w' / 'export').exists()
