@@ -127,7 +127,8 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   if checkpoints.export_is_current(out, config.model, step):
     logging.info('%s is already the export of step %d', out, step)
   else:
-    params = state_lib.student_export_params(state, teacher, d)
+    params = checkpoints.with_extras(state_lib.student_export_params(state, teacher, d),
+                                     teacher_dir)
     meta = {'kind': 'student', 'step': step, 'ema': bool(d.ema.enabled),
             'student_updates': int(state.student_updates),
             'fake_updates': int(state.fake_updates), 'skipped_steps': int(state.skipped),

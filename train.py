@@ -53,7 +53,7 @@ def train(config, workdir: str) -> None:
   else:
     state = state_lib.init_state(init_fn, mesh, config.seed, rules)
     if t.init_from:
-      params = checkpoints.load_params(t.init_from, target=abstract.params)
+      params = checkpoints.load_params(t.init_from, target=abstract.params, partial=True)
       ema, _ = optim.split_params(params, t.ema.subtrees) if t.ema.enabled else ({}, None)
       state = state.replace(params=params, ema=ema)
       logging.info('initialized from %s', t.init_from)
@@ -96,8 +96,8 @@ def train(config, workdir: str) -> None:
       meta = {'kind': 'teacher', 'step': step, 'updates': int(state.updates),
               'ema': t.ema.enabled, 'skipped_steps': int(state.skipped),
               'data': observe.data_stats(data_iter)}
-      checkpoints.export(out, state_lib.inference_params(state, t, use_ema=t.ema.enabled),
-                         config.model, meta)
+      params = state_lib.inference_params(state, t, use_ema=t.ema.enabled)
+      checkpoints.export(out, checkpoints.with_extras(params, t.init_from), config.model, meta)
       logging.info('inference checkpoint of step %d (EMA merged: %s) in %s', step,
                    t.ema.enabled, out)
   logging.info('done: step %d, %s; %s; loss curve %s', step,

@@ -63,7 +63,7 @@ def _sha(a: np.ndarray) -> str:
 @pytest.fixture(scope='module')
 def setup():
   sd, ins, outs, meta = load_fixture('synchformer_small')
-  model = convert.module_from_config(meta['config'])
+  model = sf.from_config(meta['config'])
   params = convert.convert(sd, model, source='synchformer_small.npz', log=lambda _: None)
   clip = synthetic_frames(237, seed=1)
   batch = np.stack([synthetic_frames(40, seed=2), synthetic_frames(40, seed=3)])
@@ -125,7 +125,7 @@ def test_features_match_official(setup, case):
 def test_scanned_layers_and_sharded_segments_give_the_same_features(setup):
   """Stacked blocks (nn.scan) and windows sharded over a 2x2x2 CPU mesh by logical names."""
   model, _, _, sd, _, outs, meta, _, batch = setup
-  scanned = convert.module_from_config(meta['config'], scan_layers=True)
+  scanned = sf.from_config(meta['config'], scan_layers=True)
   params = convert.convert(sd, scanned, source='fx', log=lambda _: None)
   boxed = jax.eval_shape(lambda: scanned.init(jax.random.PRNGKey(0),
                                                jnp.zeros((1, 16, 224, 224, 3))))['params']
@@ -184,7 +184,7 @@ def test_converter_is_strict_and_names_the_key(setup):
   with pytest.raises(ConversionError, match='no Synchformer visual extractor'):
     run({'afeat_extractor.conv.weight': np.ones(3, np.float32)})
   with pytest.raises(ConversionError, match=r'blocks\.2\.'):  # the file is shallower
-    convert.convert(sd, convert.module_from_config(dict(setup[6]['config'], depth=3)),
+    convert.convert(sd, sf.from_config(dict(setup[6]['config'], depth=3)),
                     source='s.pth', log=lambda _: None)
 
 
@@ -219,6 +219,81 @@ def test_cli_round_trip(setup, tmp_path):
   assert '  synchformer ' in run.stdout
   params = checkpoints.load_params(tmp_path / 'out')
   section = checkpoints.load_model_config(tmp_path / 'out').synchformer
-  model = convert.module_from_config(section)
+  model = sf.from_config(section)
   got = model.apply({'params': params['synchformer']}, batch, method='encode_frames')
   assert rel_err(got, outs['batch/features']) <= TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# Sync features from raw video at generation time (a micro AudioX carrying a micro extractor).
+
+def _sync_checkpoint(directory):
+  """A micro AudioX whose 1 s of video (5 frames at 5 fps) meets a 2-window extractor:
+  25 frames at 25 fps -> 2 windows x 8 tubelets = 16 sync tokens of width 32."""
+  from axturbo.models import audiox
+  from axturbo.runtime import checkpoints
+  from tests import micro_train_config
+  m = micro_train_config.get_config().model
+  m.video.update(num_frames=5, sync_len=16, sync_dim=32)
+  m.synchformer = dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=2, patch_size=8,
+                       tubelet_size=2, num_frames=16, image_size=16, eps=1e-6)
+  audiox.check_model_config(m)
+  params = nn.unbox(audiox.init_params(audiox.build_model(m), m, jax.random.PRNGKey(0)))
+  extractor = sf.from_config(m.synchformer)
+  params['synchformer'] = nn.unbox(extractor.init(
+      jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 16, 3)))['params'])
+  return checkpoints.save_params(directory, params, m, {'kind': 'student'}), extractor
+
+
+@pytest.fixture(scope='module')
+def sync_ckpt(tmp_path_factory):
+  from tests import media_files
+  root = tmp_path_factory.mktemp('sync')
+  ckpt, extractor = _sync_checkpoint(root / 'ckpt')
+  video = media_files.write_mp4(root / 'clip.mp4', num_frames=12, fps=10)   # 1.2 s
+  return ckpt, extractor, video, root
+
+
+@pytest.mark.slow
+def test_generator_computes_sync_features_from_the_video(sync_ckpt):
+  from axturbo.data import video_io
+  from axturbo.generation import generate
+  ckpt, extractor, video, _ = sync_ckpt
+  gen = generate.Generator.load(ckpt)
+  feats = gen.sync_features(str(video))
+  frames = video_io.read_frames(str(video), 25, 16, fps=25)
+  want = extractor.apply({'params': gen.params['synchformer']}, frames[None],
+                         method='encode_frames')[0]
+  assert feats.shape == (16, 32) and np.abs(feats).max() > 0.1
+  np.testing.assert_allclose(feats, want, rtol=1e-6, atol=1e-6)
+  [with_sync] = gen.generate('', video=str(video), steps=1)
+  [no_sync] = gen.generate('', video=str(video), steps=1, no_sync=True)
+  assert with_sync.meta['inputs']['sync'] == 'synchformer'
+  assert no_sync.meta['inputs']['sync'] == 'zeros (no_sync)'
+  # A .sync.npy beside the video is precomputed features: it wins over the extractor.
+  np.save(video.with_name('clip.sync.npy'), np.ones((16, 32), np.float32))
+  try:
+    [cached] = gen.generate('', video=str(video), steps=1)
+  finally:
+    video.with_name('clip.sync.npy').unlink()
+  assert cached.meta['inputs']['sync'].endswith('clip.sync.npy')
+
+
+@pytest.mark.e2e
+def test_sample_cli_extracts_sync_and_rejects_bad_video(sync_ckpt):
+  from tests import media_files
+  ckpt, _, video, root = sync_ckpt
+  out = root / 'out'
+  run = lambda *a: subprocess.run([sys.executable, 'sample.py', f'--checkpoint={ckpt}',
+                                   f'--out={out}', '--steps=1', *a], cwd=REPO,
+                                  capture_output=True, text=True, timeout=600)
+  r = run(f'--video={video}')
+  assert r.returncode == 0, r.stderr[-3000:]
+  [side] = out.glob('*.json')
+  assert '"sync": "synchformer"' in side.read_text()
+  (root / 'broken.mp4').write_bytes(b'\x00' * 100)
+  one_frame = media_files.write_mp4(root / 'one.mp4', num_frames=1, fps=10)
+  for bad in (root / 'broken.mp4', one_frame, root / 'missing.mp4'):
+    r = run(f'--video={bad}')
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert bad.name in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]

@@ -34,6 +34,7 @@ from ml_collections import config_flags
 from axturbo.runtime import checkpoints
 from axturbo.convert import mmdit, official, official_config, torch_io
 from axturbo.convert import synchformer as synchformer_convert
+from axturbo.models import synchformer as synchformer_model
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/official.py',
                                           'Config file whose `model` section sizes the networks.')
@@ -112,7 +113,7 @@ def main(argv):
                               clip_dir=_CLIP.value)
     if _SYNCHFORMER.value:
       print(f'reading {_SYNCHFORMER.value}', flush=True)
-      extractor = synchformer_convert.module_from_config(m.get('synchformer'))
+      extractor = synchformer_model.from_config(m.get('synchformer'))
       params['synchformer'] = synchformer_convert.convert(
           torch_io.load_state_dict(_SYNCHFORMER.value), extractor, source=_SYNCHFORMER.value)
   # ConversionError is a ValueError; so are the models' own size checks: all are config or
@@ -122,7 +123,7 @@ def main(argv):
     sys.exit(1)
   m = m.copy_and_resolve_references()
   if _SYNCHFORMER.value:
-    m.synchformer = synchformer_convert.module_config(extractor)
+    m.synchformer = synchformer_model.config_of(extractor)
   populate = None
   if m.text.tokenizer == 'hf':
     m.text.tokenizer_dir = 'tokenizer'

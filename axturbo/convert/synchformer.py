@@ -6,7 +6,6 @@ be on UNUSED, and anything missing or mis-shaped raises ConversionError naming t
 other branches (audio extractor, projections, the sync transformer) are outside this
 extractor and are left unread, as officially.
 """
-import dataclasses
 import fnmatch
 from typing import Callable, Mapping
 
@@ -18,26 +17,11 @@ from axturbo.convert.common import (ConversionError, StateDict, layer_norm, line
 from axturbo.models.synchformer import Synchformer
 
 PREFIX = 'vfeat_extractor.'
-# The sizes a converted extractor is rebuilt with (stored as `model_config.json`'s `synchformer`).
-CONFIG_FIELDS = ('embed_dim', 'depth', 'num_heads', 'mlp_ratio', 'patch_size', 'tubelet_size',
-                 'num_frames', 'image_size', 'eps')
 UNUSED = (
     (PREFIX + 'patch_embed.proj.*',
      'the 2-D patch embedding: MotionFormer builds it only to count patches and embeds '
      'tubelets with patch_embed_3d'),
 )
-
-
-def module_config(model: Synchformer) -> dict:
-  """The fields that size `model` (what a checkpoint stores to rebuild it)."""
-  return {f: getattr(model, f) for f in CONFIG_FIELDS}
-
-
-def module_from_config(section: Mapping | None, **overrides) -> Synchformer:
-  """A Synchformer from a `synchformer` config section; the released sizes when it is None."""
-  fields = {f.name for f in dataclasses.fields(Synchformer)}
-  kwargs = {k: v for k, v in dict(section or {}).items() if k in fields}
-  return Synchformer(**kwargs, **overrides)
 
 
 def _split_qkv(sd: StateDict, key: str, width: int, bias_key: str | None = None) -> dict:

@@ -81,8 +81,9 @@ def _decode_av(path: str, target_fps: float, seek_s: float, num_frames: int) -> 
 
 
 def read_frames(path: str, num_frames: int, size: int, fps: float = 5.0,
-                seek_s: float = 0.0) -> np.ndarray:
-  """(num_frames, size, size, 3) uint8 frames of `path` from `seek_s` at `fps`."""
+                seek_s: float = 0.0, min_frames: int = 1) -> np.ndarray:
+  """(num_frames, size, size, 3) uint8 frames of `path` from `seek_s` at `fps`; a video with
+  fewer than `min_frames` frames there is refused (a shorter one is padded with its last)."""
   if not os.path.isfile(path):
     raise BadSampleError(f'{path}: video file does not exist')
   if path.endswith('.npy'):
@@ -98,6 +99,9 @@ def read_frames(path: str, num_frames: int, size: int, fps: float = 5.0,
       raise BadSampleError(f'{path}: no video frames at or after {seek_s} s')
   else:
     frames = _decode_av(path, fps, seek_s, num_frames)
+  if len(frames) < min_frames:
+    raise BadSampleError(f'{path}: {len(frames)} video frame(s) at {fps:g} fps; at least '
+                         f'{min_frames} are needed')
   return fit_frames(frames, num_frames, size)
 
 

@@ -5,7 +5,7 @@ keep_unmasked region) are documented in `axturbo.generation.generate`.
 """
 import dataclasses
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import ml_collections as mlc
@@ -32,8 +32,12 @@ def is_path(x) -> bool:
 
 def prepare_item(m: mlc.ConfigDict, i: int, text, video, sync, audio, image, inpaint,
                  continuation, keep_unmasked, official_image_scaling, prompt_pad, *,
-                 output_samples: int, latent_frames: int, hop: int) -> Item:
+                 output_samples: int, latent_frames: int, hop: int, no_sync: bool = False,
+                 extract_sync: Callable[[str], np.ndarray] | None = None) -> Item:
   """Validates and loads the inputs of prompt i (see `Generator.generate`) -> `Item`.
+
+  Sync features of a video file come from `sync`, else its `.sync.npy`, else
+  `extract_sync(path)`, else zeros; `no_sync` asks for zeros.
 
   Raises ValueError / media.MediaError naming the prompt and the problem.
   """
@@ -60,10 +64,21 @@ def prepare_item(m: mlc.ConfigDict, i: int, text, video, sync, audio, image, inp
     record['image'] = str(image) if is_path(image) else f'array{tuple(np.shape(image))}'
   if sync is not None and frames is None:
     raise ValueError(f'{where}: sync features given without a video')
-  if frames is not None:
-    sync_arr = media.load_sync(sync, m.video.sync_len, m.video.sync_dim,
-                               video_path=video if is_path(video) else None)
-    record['sync'] = str(sync) if is_path(sync) else ('array' if sync is not None else 'auto')
+  if sync is not None and no_sync:
+    raise ValueError(f'{where}: sync features given and no_sync asked; choose one')
+  if frames is not None and no_sync:
+    sync_arr = np.zeros((m.video.sync_len, m.video.sync_dim), np.float32)
+    record['sync'] = 'zeros (no_sync)'
+  elif frames is not None:
+    video_path = video if is_path(video) and not media.is_image_path(video) else None
+    sync_arr = media.load_sync(sync, m.video.sync_len, m.video.sync_dim, video_path=video_path,
+                               extract=extract_sync)
+    if sync is not None:
+      record['sync'] = str(sync) if is_path(sync) else 'array'
+    elif video_path is not None and media.sync_path_for(video_path).is_file():
+      record['sync'] = str(media.sync_path_for(video_path))
+    else:
+      record['sync'] = 'synchformer' if video_path and extract_sync else 'zeros'
   else:
     sync_arr = np.zeros((m.video.sync_len, m.video.sync_dim), np.float32)
 

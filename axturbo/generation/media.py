@@ -16,6 +16,7 @@ import contextlib
 import logging
 import pathlib
 import warnings
+from typing import Callable
 
 import numpy as np
 
@@ -64,13 +65,14 @@ def fit_frames(frames: np.ndarray, num_frames: int, image_size: int, what: str =
   return video_io.fit_frames(frames, num_frames, image_size)
 
 
-def read_video(path, fps: float, num_frames: int, image_size: int) -> np.ndarray:
+def read_video(path, fps: float, num_frames: int, image_size: int, min_frames: int = 1
+               ) -> np.ndarray:
   """A video file (or (F, H, W, 3) uint8 .npy) -> (num_frames, image_size, image_size, 3) uint8.
 
   The first num_frames / fps seconds, as the official `read_video` (`video_io.read_frames`).
   """
   with _user_facing():
-    return video_io.read_frames(str(path), num_frames, image_size, fps)
+    return video_io.read_frames(str(path), num_frames, image_size, fps, min_frames=min_frames)
 
 
 def read_image(path_or_array, num_frames: int, image_size: int, *,
@@ -114,22 +116,26 @@ def sync_path_for(video_path) -> pathlib.Path:
   return video_path.with_name(video_path.stem + SYNC_SUFFIX)
 
 
-def load_sync(sync, sync_len: int, sync_dim: int, *, video_path=None) -> np.ndarray:
+def load_sync(sync, sync_len: int, sync_dim: int, *, video_path=None,
+              extract: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
   """Synchformer features -> (sync_len, sync_dim) float32.
 
-  `sync` may be an array, a `.npy` path or a `.pth` path (torch, weights_only); when it is None
-  the file `<video stem>.sync.npy` beside `video_path` is used if present, else zeros (with a
-  warning: Synchformer itself is not part of this package, and zeros are what training with no
-  video uses).
+  `sync` may be an array, a `.npy` path or a `.pth` path (torch, weights_only). When it is None:
+  the file `<video stem>.sync.npy` beside `video_path` if present (precomputed features), else
+  `extract(video_path)` (the checkpoint's own extractor), else zeros, with a warning when a
+  video file was given (zeros are what training with no video uses).
   """
   if sync is None:
     candidate = sync_path_for(video_path) if video_path is not None else None
-    if candidate is None or not candidate.is_file():
+    if candidate is not None and candidate.is_file():
+      sync = candidate
+    elif candidate is not None and extract is not None:
+      return extract(str(video_path))
+    else:
       if candidate is not None:  # frames given as an array or an image have no sync file
-        logging.warning('no sync features for %s (looked for %s); using zeros',
-                        video_path, candidate)
+        logging.warning('no sync features for %s (looked for %s, and the checkpoint has no '
+                        'Synchformer); using zeros', video_path, candidate)
       return np.zeros((sync_len, sync_dim), np.float32)
-    sync = candidate
   with _user_facing():
     if isinstance(sync, np.ndarray):
       return video_io.check_sync(sync, sync_len, sync_dim, 'sync array')

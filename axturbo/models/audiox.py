@@ -25,6 +25,7 @@ from axturbo.models import clip as clip_lib
 from axturbo.models import codec as codec_lib
 from axturbo.models import maf as maf_lib
 from axturbo.models import mmdit as mmdit_lib
+from axturbo.models import synchformer
 from axturbo.models import t5 as t5_lib
 from axturbo.models import vae as vae_lib
 from axturbo.models import video_cond as video_lib
@@ -159,6 +160,14 @@ def check_model_config(m: mlc.ConfigDict) -> None:
   need(m.video.tokens_per_frame == tokens_per_frame,
        f'model.video.tokens_per_frame={m.video.tokens_per_frame} but CLIP gives '
        f'{tokens_per_frame} tokens per frame')
+  if m.get('synchformer'):
+    extractor = synchformer.from_config(m.synchformer)
+    seconds = m.video.num_frames / m.video_fps
+    length = synchformer.sync_len(extractor, seconds)
+    need((length, extractor.embed_dim) == (m.video.sync_len, m.video.sync_dim),
+         f'model.synchformer makes ({length}, {extractor.embed_dim}) sync features for the '
+         f'{seconds:g} s of model.video, but model.video.sync_len, sync_dim = '
+         f'({m.video.sync_len}, {m.video.sync_dim})')
   if problems:
     raise ValueError('inconsistent model config:\n  ' + '\n  '.join(problems))
 

@@ -11,6 +11,9 @@ of a pre-LN transformer layer run over that tubelet's spatial tokens. 250 frames
 Arrays are channels-last: frames (B, F, H, W, 3). Windows are folded into the batch axis, so
 they shard like any batch ('act_batch').
 """
+import dataclasses
+from typing import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -253,3 +256,25 @@ class Synchformer(nn.Module):
     b, s = x.shape[:2]
     x = constrain(x.reshape((b * s,) + x.shape[2:]), ('act_batch', None, None, None, None))
     return self(x).reshape(b, s * self.tubelets, self.embed_dim)
+
+
+# The fields that size an extractor: a checkpoint's `model_config.json` `synchformer` section.
+CONFIG_FIELDS = ('embed_dim', 'depth', 'num_heads', 'mlp_ratio', 'patch_size', 'tubelet_size',
+                 'num_frames', 'image_size', 'eps')
+
+
+def config_of(model: Synchformer) -> dict:
+  """The `synchformer` config section that rebuilds `model`."""
+  return {f: getattr(model, f) for f in CONFIG_FIELDS}
+
+
+def from_config(section: Mapping | None, **overrides) -> Synchformer:
+  """A Synchformer from a `synchformer` config section; the released sizes when it is None."""
+  fields = {f.name for f in dataclasses.fields(Synchformer)}
+  kwargs = {k: v for k, v in dict(section or {}).items() if k in fields}
+  return Synchformer(**kwargs, **overrides)
+
+
+def sync_len(model: Synchformer, seconds: float) -> int:
+  """Sync tokens for `seconds` of video: 10 s -> 250 frames -> 30 windows x 8 = 240."""
+  return num_segments(num_sync_frames(seconds), model.num_frames) * model.tubelets

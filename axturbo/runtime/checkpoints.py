@@ -150,17 +150,53 @@ def load_meta(directory: str | pathlib.Path) -> dict:
   return value
 
 
-def load_params(directory: str | pathlib.Path, target: Any | None = None) -> Any:
+def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
+                partial: bool = False) -> Any:
   """Restores the parameter tree. `target`: an abstract tree (jax.ShapeDtypeStruct leaves,
-  optionally with `.sharding`) to restore straight into those shapes and shardings."""
+  optionally with `.sharding`) to restore straight into those shapes and shardings. `partial`:
+  the checkpoint may hold more top-level subtrees than `target` (a converted checkpoint's
+  `synchformer`); only `target`'s are read. Anything `target` has must be on disk."""
   path = pathlib.Path(directory).absolute() / PARAMS_DIR
   if not path.is_dir():
     raise FileNotFoundError(f'{directory}: not an axturbo checkpoint (no {PARAMS_DIR}/)')
   try:
+    if partial and target is not None:
+      with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+        args = ocp.checkpoint_utils.construct_restore_args(target)
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=args, partial_restore=True))
     with ocp.StandardCheckpointer() as ckptr:
       return ckptr.restore(path, target) if target is not None else ckptr.restore(path)
   except (ValueError, KeyError, OSError, TypeError) as e:
     raise ValueError(f'{path}: cannot read the parameter tree ({_first_line(e)})') from None
+
+
+def subtree_names(directory: str | pathlib.Path) -> set[str]:
+  """Top-level keys of a checkpoint's parameter tree, read from its metadata only."""
+  path = pathlib.Path(directory).absolute() / PARAMS_DIR
+  with ocp.StandardCheckpointer() as ckptr:
+    return set(ckptr.metadata(path).item_metadata.tree)
+
+
+def load_subtrees(directory: str | pathlib.Path, names) -> dict:
+  """{name: host numpy subtree} for the top-level `names` of a checkpoint, reading only those
+  (carries a teacher's frozen extras, e.g. `synchformer`, into an export)."""
+  names = sorted(names)
+  if not names:
+    return {}
+  path = pathlib.Path(directory).absolute() / PARAMS_DIR
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.metadata(path).item_metadata.tree
+  target = {k: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree[k]) for k in names}
+  return load_params(directory, target, partial=True)
+
+
+def with_extras(params: dict, source: str | pathlib.Path | None) -> dict:
+  """`params` plus the top-level subtrees that checkpoint `source` holds and `params` lacks
+  (frozen extras a model does not train with, e.g. `synchformer`), so an export keeps them."""
+  if not source:
+    return params
+  return {**params, **load_subtrees(source, subtree_names(source) - set(params))}
 
 
 def _first_line(e: BaseException) -> str:
