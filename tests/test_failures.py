@@ -129,6 +129,30 @@ def test_kind_mix_ups_and_non_finite_weights_are_refused(micro):
     generate.Generator.load(micro['nan'])
 
 
+def test_step_lines_and_tensorboard_count_skipped_samples(tmp_path, caplog):
+  from axturbo.runtime import observe
+  from axturbo.train import observe as train_observe
+
+  class Stream:  # a pipeline iterator's counters (axturbo/data/pipeline.py)
+    stats = {'batches': 4, 'seen': 40, 'skipped': 8, 'skip_fraction': 0.2, 'last_skipped': 'x',
+             'worst': {'m.jsonl:3 /d/a.wav': 5, 'm.jsonl:9 /d/b.wav': 3}}
+
+  metrics = {'loss': np.float32(1.0), 'finite': np.bool_(True), 'grad_norm': np.float32(1.0),
+             'lr': np.float32(1e-3), 'latent_std': np.float32(1.0)}
+  rep = train_observe.Reporter(tmp_path, 2, 8, None, 1.0, total_steps=10, data_iter=Stream())
+  with caplog.at_level('INFO'):
+    rep.record(1, metrics)
+    rep.record(2, {**metrics, 'finite': np.bool_(False)})
+  line = [r.getMessage() for r in caplog.records if r.getMessage().startswith('step 2 |')][0]
+  assert 'SKIPPED 1 non-finite steps | skipped 8 samples (20.0 %) | eta ' in line
+  rep.close()
+  events = ''.join(p.read_bytes().decode('latin-1') for p in (tmp_path / 'tensorboard').iterdir())
+  assert 'data/skipped_samples' in events and 'data/skip_fraction' in events
+  summary = observe.skip_summary(1, Stream.stats)
+  assert summary == ('8 of 40 samples skipped (20.0 %); worst: m.jsonl:3 /d/a.wav (5x), '
+                     'm.jsonl:9 /d/b.wav (3x); 1 non-finite steps skipped')
+
+
 # ------------------------------------------------------------------------ inputs (in-process)
 
 def test_cut_audio_prompt_is_stated(caplog):
@@ -192,10 +216,13 @@ def test_distill_refuses_a_wrong_teacher(micro, tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
   config = str(REPO / 'tests' / 'micro_distill_config.py')
-  for teacher, needle in ((micro['student'], 'is a student'), (empty, 'no model_config.json'),
-                          (tmp_path / 'missing', 'no such checkpoint directory')):
+  cases = ((micro['student'], 'is a student', ()), (empty, 'no model_config.json', ()),
+           (tmp_path / 'missing', 'no such checkpoint directory', ()),
+           (micro['teacher'], 'trunk.depth: checkpoint 2 vs config 3',
+            ('--config.model.trunk.depth=3',)))
+  for teacher, needle, extra in cases:
     r = _run('distill.py', f'--config={config}', f'--teacher={teacher}',
-             f'--workdir={tmp_path / "w"}', timeout=300)
+             f'--workdir={tmp_path / "w"}', *extra, timeout=300)
     _one_line_error(r, needle)
 
 
@@ -263,3 +290,10 @@ def test_train_stops_on_a_mostly_bad_manifest(tmp_path):
              '--config.data.num_workers=0', '--config.data.batch_size=128')
   _one_line_error(r, 'over config.data.max_skip_fraction=0.1', '1.wav', '3.wav', '5.wav')
   assert not (tmp_path / 'w' / 'export').exists()
+
+
+@pytest.mark.e2e
+def test_eval_range_errors_come_without_the_help(tmp_path):
+  r = _run('-m', 'axturbo.eval', '--clips=0', f'--out={tmp_path / "o"}', timeout=120)
+  _one_line_error(r, '--clips must be >= 1, got 0')
+  assert len(r.stderr.strip().splitlines()) == 1, r.stderr
