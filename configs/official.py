@@ -56,7 +56,7 @@ def model_config() -> mlc.ConfigDict:
 def data_config() -> mlc.ConfigDict:
   """Input pipeline (axturbo/data/pipeline.py; fields checked by check_data_config)."""
   d = mlc.ConfigDict()
-  d.source = 'manifest'           # 'manifest' (.jsonl or audio folder) | 'records' | 'embedded'
+  d.source = 'manifest'           # 'manifest' (.jsonl or audio folder) | 'tfds' | 'embedded'
   d.batch_size = 8                # global; official defaults.ini: 8 per GPU process
   d.seed = 42                     # shuffle / crop / task / phase-flip randomness
   d.shuffle = True
@@ -68,7 +68,10 @@ def data_config() -> mlc.ConfigDict:
   d.manifest = ''                 # train manifest .jsonl (official format) or audio folder
   d.heldout_manifest = ''         # split='heldout'
   d.root = ''                     # base of relative manifest paths ('' = working directory)
-  d.records_dir = ''              # source 'records': output of scripts/prepare.py
+  # Source 'tfds': a dataset built by `python -m scripts.prepare` (or any TFDS dataset with its
+  # features), e.g. 'axturbo_manifest/vggsound', under tfds_data_dir ('' = ~/tensorflow_datasets).
+  d.tfds_name = ''
+  d.tfds_data_dir = ''
   d.num_clips = 10000             # source 'embedded': train clips
   d.heldout_clips = 256           # source 'embedded': heldout clips
   d.duration_s = 0.0              # embedded clip length; 0 = fits audio and prompt (10 s)

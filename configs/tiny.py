@@ -51,6 +51,9 @@ def data_config() -> mlc.ConfigDict:
   d = official.data_config()
   d.update(source='embedded', batch_size=16, num_clips=4096, heldout_clips=64, num_workers=0,
            read_threads=2, read_buffer=32, crop_grid_s=1.0)
+  # What `python -m scripts.prepare --config configs/tiny.py` builds from the embedded clips,
+  # and what --config.data.source=tfds then reads.
+  d.tfds_name = 'axturbo_events/tiny'
   # Weighted towards what the event benchmark asks for (text, video, inpainting, continuation).
   d.task_probs = mlc.ConfigDict(dict(
       text_to_audio=0.45, video_to_audio=0.25, text_video_to_audio=0.05, inpaint=0.15,

@@ -1,106 +1,60 @@
-r"""Decodes a dataset once into ArrayRecord shards of fixed-shape base examples.
+r"""Builds a TFDS dataset (ArrayRecord files) from config.data's source, for data.source='tfds'.
 
-  python -m scripts.prepare --config configs/official.py \
-      --config.data.manifest=data/train_manifest.jsonl --out /data/records --split train
-  # then train with --config.data.source=records --config.data.records_dir=/data/records
+  python -m scripts.prepare --config configs/official.py --name vggsound --data_dir /data/tfds \
+      --config.data.manifest=/data/train.jsonl --config.data.heldout_manifest=/data/test.jsonl \
+      --workers 8
+  python train.py --config configs/official.py --config.data.source=tfds \
+      --config.data.tfds_name=axturbo_manifest/vggsound --config.data.tfds_data_dir=/data/tfds
 
-Reads config.data.source ('manifest': .jsonl or audio folder; 'embedded'), decodes each example
-as the training pipeline would (resample, stereo, official crop, video frames, sync; the crop
-offset is drawn once, from data.seed), and writes <out>/<split>-*-of-*.array_record plus
-<out>/<split>.json. Tasks, phase flips and tokenization stay at training time. Bad samples are
-skipped and counted (data.fail_fast=True stops instead). Shows a progress line on stderr.
+The source is config.data.source: 'manifest' (a .jsonl manifest, or a folder of audio files
+with .txt captions) or 'embedded'. The dataset is `<builder>/<name>` (axturbo_manifest,
+axturbo_folder or axturbo_events: `axturbo.data.tfds_builders`) at config.model's rate and
+shapes, with a train split and, where the config names one, a heldout split. --name defaults
+to the part after '/' of config.data.tfds_name, --data_dir to config.data.tfds_data_dir.
+Files that fail to decode are skipped and counted in the dataset's metadata
+(--config.data.fail_fast=true stops at the first). A progress bar per split on stderr.
 """
-import multiprocessing
 import sys
-import time
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
-import numpy as np
-
-from axturbo.data import audio_io
-from axturbo.data import pipeline
-from axturbo.data import records
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).')
-_OUT = flags.DEFINE_string('out', None, 'Output folder for the shards.')
-_SPLIT = flags.DEFINE_enum('split', 'train', list(pipeline.SPLITS), 'Split to prepare.')
-_SHARDS = flags.DEFINE_integer('num_shards', 8, 'Number of ArrayRecord shards.')
+_NAME = flags.DEFINE_string('name', None, 'Builder config name (default: from data.tfds_name).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                "TFDS data_dir (default: data.tfds_data_dir, else TFDS's).")
 _WORKERS = flags.DEFINE_integer('workers', 0, 'Decoding processes (0 = this process).')
-
-_STATE = {}
-
-
-def _init_worker(config, split):
-  _STATE['source'], _STATE['decode'] = pipeline.base_source(config, split)
-  _STATE['seed'], _STATE['fail_fast'] = int(config.data.seed), bool(config.data.fail_fast)
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild a dataset that is already built.')
 
 
-def decode_one(index):
-  """(base example or None, skip message) for source item `index` (uses _init_worker state)."""
-  item = _STATE['source'][index]
-  if _STATE['decode'] is None:
-    return item, ''
-  rng = np.random.default_rng([_STATE['seed'], index])
-  try:
-    return _STATE['decode'](item, rng), ''
-  except audio_io.BadSampleError as e:
-    if _STATE['fail_fast']:
-      raise
-    return None, str(e)
-
-
-def prepare(config, out, split='train', num_shards=8, workers=0, show_progress=True) -> dict:
-  """Writes the records of `split`; returns the summary ({'num_examples', 'skipped', ...})."""
-  if config.data.source == 'records':
-    raise ValueError("config.data.source is 'records'; prepare reads 'manifest' or 'embedded'")
-  pipeline.check_data_config(config.data, split)
-  _init_worker(config, split)
-  total = len(_STATE['source'])
-  num_shards = max(1, min(num_shards, total))
-  messages, start = [], time.time()
-
-  def progress(done, n, written, skipped):
-    if show_progress and (done == n or done % 16 == 0):
-      rate = done / max(time.time() - start, 1e-9)
-      print(f'\r[{done}/{n}] {written} written, {skipped} skipped, {rate:.1f} examples/s',
-            end='', file=sys.stderr, flush=True)
-
-  def examples(results):
-    for ex, msg in results:
-      if msg:
-        messages.append(msg)
-        logging.warning('prepare: skipped %s', msg)
-      yield ex
-
-  if workers > 0:
-    ctx = multiprocessing.get_context('spawn')
-    with ctx.Pool(workers, _init_worker, (config, split)) as pool:
-      summary = records.write_shards(examples(pool.imap(decode_one, range(total), 4)), out,
-                                     split, num_shards, config.model, total,
-                                     {'source': config.data.source}, progress)
-  else:
-    summary = records.write_shards(examples(map(decode_one, range(total))), out, split,
-                                   num_shards, config.model, total,
-                                   {'source': config.data.source}, progress)
-  if show_progress:
-    print(file=sys.stderr)
-  summary['skipped_messages'] = messages
-  return summary
+def dataset_name(tfds_name: str, name: str | None) -> str:
+  """`name`, else the config part of `tfds_name` ('axturbo_events/tiny:1.0.0' -> 'tiny')."""
+  if name:
+    return name
+  config_name = tfds_name.partition('/')[2].partition(':')[0]
+  if not config_name:
+    raise ValueError(f'--name is required: config.data.tfds_name={tfds_name!r} names no '
+                     'builder config')
+  return config_name
 
 
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments: {argv[1:]}')
-  if not _OUT.value:
-    sys.exit('error: --out is required')
-  summary = prepare(_CONFIG.value, _OUT.value, _SPLIT.value, _SHARDS.value, _WORKERS.value)
-  print(f'{summary["num_examples"]} {summary["split"]} examples in {summary["num_shards"]} '
-        f'shards under {_OUT.value} ({summary["skipped"]} skipped)')
-  for msg in summary['skipped_messages']:
-    print(f'  skipped: {msg}')
+  import tensorflow_datasets as tfds
+  from axturbo.data import tfds_builders
+  d = _CONFIG.value.data
+  tfds.disable_progress_bar()  # ours counts against the split's size and shows the skips
+  try:
+    builder = tfds_builders.build(
+        _CONFIG.value, dataset_name(d.tfds_name, _NAME.value),
+        d.tfds_data_dir if _DATA_DIR.value is None else _DATA_DIR.value,
+        overwrite=_OVERWRITE.value, workers=_WORKERS.value, fail_fast=bool(d.fail_fast),
+        progress=True)
+  except (ValueError, OSError) as e:
+    sys.exit(f'error: {e}')
+  print(tfds_builders.summary(builder))
 
 
 if __name__ == '__main__':

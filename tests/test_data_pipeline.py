@@ -1,7 +1,6 @@
-"""Input pipeline on the embedded source: shapes, tasks, determinism, restore, sharding, records."""
+"""Input pipeline on the embedded source: shapes, tasks, determinism, restore, sharding (the
+TFDS source: tests/test_tfds_data.py)."""
 import hashlib
-import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -164,27 +163,3 @@ def test_config_errors_name_the_key():
     pipeline.make_iterator(c, process_index=0, process_count=1)
   with pytest.raises(ValueError, match='divisible'):
     pipeline.make_iterator(_config(), process_index=0, process_count=3)
-
-
-def _prepare_module():
-  path = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'prepare.py')
-  spec = importlib.util.spec_from_file_location('prepare', path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def test_records_replay_the_embedded_pipeline(tmp_path):
-  c = _config()
-  summary = _prepare_module().prepare(c, str(tmp_path), 'train', num_shards=3,
-                                      show_progress=False)
-  assert summary['num_examples'] == 16 and summary['skipped'] == 0
-  assert len(os.listdir(tmp_path)) == 4
-  want = _take(pipeline.make_iterator(c, process_index=1, process_count=2), 3)
-  r = _config(source='records', records_dir=str(tmp_path))
-  it = pipeline.make_iterator(r, process_index=1, process_count=2)
-  assert _same(_take(it, 3), want)
-  # A records folder made for other shapes is refused, naming the field.
-  r.model.audio_samples = 16384
-  with pytest.raises(ValueError, match='audio_samples'):
-    pipeline.make_iterator(r, process_index=0, process_count=1)

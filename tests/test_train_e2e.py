@@ -1,6 +1,8 @@
 """train.py end to end in subprocesses: SIGKILL + resume is bit-exact, 2 processes x 4 devices
-(jax.distributed on localhost) match 1 process x 8 devices. (Bad config overrides:
-tests/test_launch.py.)"""
+(jax.distributed on localhost) match 1 process x 8 devices. The batches come from a TFDS dataset
+through the grain pipeline (data.source='tfds'), so the data iterator's checkpoint and its
+per-host rows are part of both checks. (Bad config overrides: tests/test_launch.py.)"""
+import json
 import pathlib
 import socket
 
@@ -8,7 +10,10 @@ import jax
 import numpy as np
 import pytest
 
+from axturbo.data import tfds_builders
 from axturbo.runtime import checkpoints
+from tests import media_files
+from tests import micro_train_config
 from tests import script_runs
 
 pytestmark = pytest.mark.e2e   # subprocesses: SIGKILL and resume, two processes
@@ -17,11 +22,29 @@ CONFIG = str(script_runs.REPO / 'tests' / 'micro_train_config.py')
 STEPS, EVERY = 24, 4
 
 
+def _tfds_dataset(tmp) -> None:
+  """16 captioned 256-sample tones, built into axturbo_manifest/micro under tmp/tfds."""
+  lines = []
+  for i in range(16):
+    wav = media_files.write_wav(tmp / f'tone{i}.wav',
+                                media_files.tone(256 / 16000, 16000, 300.0 + 100 * i), 16000)
+    lines.append(json.dumps({'path': str(wav), 'caption': f'{i % 4 + 1} dog sounds',
+                             'type': 'text_condition-audio'}) + '\n')
+  (tmp / 'tones.jsonl').write_text(''.join(lines))
+  c = micro_train_config.get_config()
+  c.data.update(source='manifest', manifest=str(tmp / 'tones.jsonl'))
+  tfds_builders.build(c, 'micro', str(tmp / 'tfds'))
+
+
 def _train(workdir, tmp, *extra, devices=8):
   return script_runs.start('train.py', workdir, tmp, f'--config={CONFIG}',
                            f'--config.train.total_steps={STEPS}',
                            f'--config.train.checkpoint_every={EVERY}',
-                           f'--config.train.log_every={EVERY}', *extra, devices=devices)
+                           f'--config.train.log_every={EVERY}',
+                           '--config.train.data_source=pipeline', '--config.data.source=tfds',
+                           '--config.data.tfds_name=axturbo_manifest/micro',
+                           f'--config.data.tfds_data_dir={tmp / "tfds"}', *extra,
+                           devices=devices)
 
 
 def _wait(proc, workdir, timeout=1500):
@@ -36,6 +59,7 @@ def _exported(workdir):
 def reference(tmp_path_factory):
   """One uninterrupted 1-process x 8-device run."""
   tmp = tmp_path_factory.mktemp('train_e2e')
+  _tfds_dataset(tmp)
   workdir = tmp / 'reference'
   _wait(_train(workdir, tmp), workdir)
   return tmp, _exported(workdir)

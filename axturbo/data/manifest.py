@@ -5,7 +5,10 @@ A manifest line, as in the official release (data/train_manifest_10.jsonl):
    "duration": s, "caption": {"audio_caption": {"0-10": "..."}} or a string,
    "sample_rate": Hz, "type": "text_condition-audio" | "video_condition-music" | ...}
 Relative paths are resolved against `root` ('' = the working directory, as the official loader).
-`duration` and `sample_rate` are informational (the decoded file is authoritative).
+`duration` and `sample_rate` are informational (the decoded file is authoritative). IF-caps-Pro
+annotations, where a line has them ("category": {name: count}, "SED": [[name, start_s, end_s]],
+"time_relation": [names in temporal order], "caption_style"), are kept in the entry's
+'annotations' (a JSON string) for the TFDS builders (data/tfds_builders.py).
 A folder source holds audio files, each captioned by a same-named .txt (missing = empty caption),
 all of type text_condition-audio.
 
@@ -22,6 +25,7 @@ from axturbo.data import audio_io
 from axturbo.data import tasks
 from axturbo.data import video_io
 
+ANNOTATION_KEYS = ('category', 'SED', 'time_relation', 'caption_style')
 AUDIO_EXTS = ('.wav', '.flac', '.mp3', '.ogg', '.opus', '.aif', '.aiff', '.m4a')
 
 
@@ -32,7 +36,8 @@ def _resolve(path, root):
 
 
 def read_manifest(path: str, root: str = '') -> list[dict]:
-  """Validated entries {path, video_path, sync_feature, caption, type, task} of a JSONL file."""
+  """Validated entries {path, video_path, sync_feature, caption, type, task, where,
+  annotations} of a JSONL file."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'manifest {path!r} does not exist')
   entries = []
@@ -61,6 +66,7 @@ def read_manifest(path: str, root: str = '') -> list[dict]:
           'sync_feature': _resolve(row.get('sync_feature') or '', root),
           'caption': json.dumps(caption),  # a str keeps entries flat for grain/pickling
           'type': kind, 'task': task, 'where': where,
+          'annotations': json.dumps({k: row[k] for k in ANNOTATION_KEYS if k in row}),
       })
   if not entries:
     raise ValueError(f'manifest {path!r} has no entries')
@@ -82,7 +88,7 @@ def scan_folder(folder: str) -> list[dict]:
       full = os.path.join(dirpath, name)
       entries.append({'path': full, 'video_path': '', 'sync_feature': '',
                       'caption': json.dumps(caption), 'type': 'text_condition-audio',
-                      'task': 0, 'where': full})
+                      'task': 0, 'where': full, 'annotations': '{}'})
   if not entries:
     raise ValueError(f'audio folder {folder!r} holds no files ending in {AUDIO_EXTS}')
   return entries

@@ -4,7 +4,7 @@
   batch = next(it); state = it.get_state(); it.set_state(state); it.stats
 
 Stages (grain MapDataset, so every element depends only on (seed, index)):
-  source (embedded clips | manifest entries | ArrayRecord base examples)
+  source (embedded clips | manifest entries | base examples of a TFDS dataset on ArrayRecord)
   -> this host's slice [process_index::process_count]
   -> train: shuffle(seed) + repeat (reshuffled each epoch); heldout: one pass in order
   -> random_map: decode to a base example, pick the task (data/tasks.py), tokenize
@@ -30,17 +30,17 @@ from axturbo.data import tokenizers
 from axturbo.data import audio_io
 from axturbo.data import embedded
 from axturbo.data import manifest
-from axturbo.data import records
 from axturbo.data import tasks
+from axturbo.data import tfds_source
 from axturbo.data import video_io
 
-SOURCES = ('embedded', 'manifest', 'records')
+SOURCES = ('embedded', 'manifest', 'tfds')
 SPLITS = ('train', 'heldout')
 DATA_FIELDS = (
     'source', 'batch_size', 'seed', 'shuffle', 'num_workers', 'read_threads', 'read_buffer',
-    'fail_fast', 'max_skip_fraction', 'manifest', 'heldout_manifest', 'root', 'records_dir', 'num_clips',
-    'heldout_clips', 'duration_s', 'task_probs', 'random_crop', 'crop_grid_s', 'phase_flip_p',
-    'inpaint_ratio', 'continuation_ratio')
+    'fail_fast', 'max_skip_fraction', 'manifest', 'heldout_manifest', 'root', 'tfds_name',
+    'tfds_data_dir', 'num_clips', 'heldout_clips', 'duration_s', 'task_probs', 'random_crop',
+    'crop_grid_s', 'phase_flip_p', 'inpaint_ratio', 'continuation_ratio')
 # A train stream that fails this many samples in a row is broken, not noisy: stop.
 MAX_CONSECUTIVE_SKIPS = 1000
 # `data.max_skip_fraction` is judged only after this many samples (a fraction of 3 is noise).
@@ -65,7 +65,7 @@ def check_data_config(d, split: str = 'train') -> None:
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
   need = {'manifest': 'manifest' if split == 'train' else 'heldout_manifest',
-          'records': 'records_dir',
+          'tfds': 'tfds_name',
           'embedded': 'num_clips' if split == 'train' else 'heldout_clips'}[d.source]
   if not d[need]:
     raise ValueError(f'config.data.{need} must be set for source {d.source!r} '
@@ -106,16 +106,20 @@ class EmbeddedSource:
     return len(self.clips)
 
   def __getitem__(self, index):
-    clip, m = self.clips[index], self.m
-    wave = clip['waveform']
-    return {
-        'audio': audio_io.pad_crop(wave, 0, m.audio_samples), 'length': np.int32(len(wave)),
-        'frames': video_io.fit_length(clip['video'], m.video.num_frames),
-        'has_video': np.bool_(True),
-        'sync': np.zeros((m.video.sync_len, m.video.sync_dim), np.float32),
-        'prompt': np.zeros((m.prompt_samples, 2), np.float32), 'has_prompt': np.bool_(False),
-        'caption': clip['caption'], 'task': np.int32(-1),
-    }
+    return embedded_example(self.clips[index], self.m)
+
+
+def embedded_example(clip: dict, m) -> dict:
+  """The base example of an embedded clip (`embedded.make_clip`'s dict): every task open."""
+  wave = clip['waveform']
+  return {
+      'audio': audio_io.pad_crop(wave, 0, m.audio_samples), 'length': np.int32(len(wave)),
+      'frames': video_io.fit_length(clip['video'], m.video.num_frames),
+      'has_video': np.bool_(True),
+      'sync': np.zeros((m.video.sync_len, m.video.sync_dim), np.float32),
+      'prompt': np.zeros((m.prompt_samples, 2), np.float32), 'has_prompt': np.bool_(False),
+      'caption': clip['caption'], 'task': np.int32(-1),
+  }
 
 
 class ManifestDecoder:
@@ -134,8 +138,8 @@ def base_source(config, split: str):
   if d.source == 'embedded':
     num = d.num_clips if split == 'train' else d.heldout_clips
     return EmbeddedSource(split, num, m, embedded_duration(m, d)), None
-  if d.source == 'records':
-    return records.RecordsSource(d.records_dir, split, m), None
+  if d.source == 'tfds':
+    return tfds_source.TfdsSource(d.tfds_name, d.tfds_data_dir, split, m), None
   path = d.manifest if split == 'train' else d.heldout_manifest
   return manifest.load_entries(path, d.root), ManifestDecoder(m, d, d.random_crop and
                                                               split == 'train')
