@@ -67,6 +67,7 @@ def micro_model_config():
   m.trunk.update(io_channels=8, embed_dim=32, depth=2, num_heads=2, head_dim=16, cond_dim=32,
                  cond_len=16, seq_len=16, mlp_hidden=32, fourier_dim=16)
   m.disc.update(num_heads=2, in_channels=8, hidden=8)
+  del m.synchformer   # no extractor: its 10 s of frames would not fit 2 video frames
   return m
 
 

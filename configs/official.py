@@ -34,6 +34,11 @@ def model_config() -> mlc.ConfigDict:
   m.video = mlc.ConfigDict(dict(dim=768, num_frames=50, tokens_per_frame=50, sync_len=240,
                                 sync_dim=768, out_tokens=128, depth=4, heads=16, dim_head=64,
                                 mlp_dim=3072))
+  # Synchformer's video extractor (the released ViT-B/16 sizes): used only when a checkpoint
+  # was converted with --synchformer, to compute sync features from raw video (sample.py).
+  m.synchformer = mlc.ConfigDict(dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4,
+                                      patch_size=16, tubelet_size=2, num_frames=16,
+                                      image_size=224, eps=1e-6))
   m.audio_prompt = mlc.ConfigDict(dict(
       encoder='vae',              # own Oobleck encoder copy (official) | 'codec': model.codec's
       latent_seq_len=215, prompt_tokens=128, output_dim=768,

@@ -38,6 +38,10 @@ def model_config() -> mlc.ConfigDict:
                 patch_size=8)
   m.video.update(dim=64, num_frames=10, tokens_per_frame=17, sync_len=24, sync_dim=64,
                  out_tokens=16, depth=1, heads=2, dim_head=32, mlp_dim=128)
+  # No Synchformer: the embedded videos carry no sync features (training reads zeros, as the
+  # official pipeline does for clips without them), and there are no pretrained small weights
+  # to compute them with; video timing comes from the 5 fps CLIP frames.
+  del m.synchformer
   m.maf.update(dim=64, num_experts_per_modality=8, num_heads=4, num_layers=2)
   # scan_layers=False: on XLA:CPU the backward pass of a scanned layer stack is ~9x slower than
   # the unrolled one (benchmarks in docs/benchmarks.md); accelerators keep the scan.
