@@ -106,6 +106,21 @@ def test_export_is_atomic_current_and_repairs_a_crash(tmp_path, monkeypatch):
     checkpoints.save_params(tmp_path / 'other', {'w': np.ones(3)}, m, replace=True)
 
 
+def test_partial_reads_skip_whole_extra_subtrees_only(tmp_path):
+  m = micro_train_config.get_config().model
+  tree = {'trunk': {'w0': np.ones(2, np.float32), 'w1': np.ones(2, np.float32)},
+          'synchformer': {'k': np.full(3, 7.0, np.float32)}}
+  ckpt = checkpoints.save_params(tmp_path / 'c', tree, m, {'kind': 'teacher'})
+  spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  # A converted checkpoint's extractor is skipped when training, and carried into exports.
+  got = checkpoints.load_params(ckpt, {'trunk': jax.tree.map(spec, tree['trunk'])}, partial=True)
+  assert set(got) == {'trunk'}
+  assert checkpoints.with_extras(got, ckpt)['synchformer']['k'].tolist() == [7.0] * 3
+  # Part of a subtree is not skipped: a deeper model never loads as its first layers.
+  with pytest.raises(ValueError, match=r"'trunk' does not match the model .*w1"):
+    checkpoints.load_params(ckpt, {'trunk': {'w0': spec(tree['trunk']['w0'])}}, partial=True)
+
+
 def test_broken_checkpoint_files_are_named(micro, tmp_path):
   ckpt = tmp_path / 'c'
   shutil.copytree(micro['student'], ckpt)

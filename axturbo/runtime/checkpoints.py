@@ -161,6 +161,7 @@ def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
     raise FileNotFoundError(f'{directory}: not an axturbo checkpoint (no {PARAMS_DIR}/)')
   try:
     if partial and target is not None:
+      _check_same_subtrees(path, target)
       with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
         args = ocp.checkpoint_utils.construct_restore_args(target)
         return ckptr.restore(path, args=ocp.args.PyTreeRestore(
@@ -169,6 +170,21 @@ def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
       return ckptr.restore(path, target) if target is not None else ckptr.restore(path)
   except (ValueError, KeyError, OSError, TypeError) as e:
     raise ValueError(f'{path}: cannot read the parameter tree ({_first_line(e)})') from None
+
+
+def _check_same_subtrees(path: pathlib.Path, target: Any) -> None:
+  """A partial read may skip whole top-level subtrees, never part of one: a checkpoint of a
+  deeper model must not load as its first layers."""
+  with ocp.StandardCheckpointer() as ckptr:
+    on_disk = ckptr.metadata(path).item_metadata.tree
+  for name in target:
+    if name not in on_disk:
+      raise ValueError(f'{path}: no {name!r} subtree')
+    have, want = _flat(on_disk[name]).keys(), _flat(target[name]).keys()
+    if have != want:
+      extra, missing = sorted(have - want)[:3], sorted(want - have)[:3]
+      raise ValueError(f'{path}: {name!r} does not match the model (only on disk: {extra}; '
+                       f'only in the model: {missing})')
 
 
 def subtree_names(directory: str | pathlib.Path) -> set[str]:
