@@ -24,8 +24,18 @@ the first run's), per prompt: NNNN_<prompt>.wav (model sample rate, peak-normali
 input video with the new audio, when a video was given), .png (spectrogram) and .json
 (inputs, seed, steps, NFE, per-stage latency, real-time factor).
 
+Long clips: --duration SECONDS makes clips of any length window by window on the continuation
+task (axturbo/generation/longform.py): text-to-audio, video-to-audio (each window sees its own
+frames) and text+video; --captions_file gives the captions over time (lines `START_S: caption`).
+--overlap / --tail / --join choose the windows and how they are joined; the sidecar lists the
+windows (span, caption, prompt span, seed, latency) and the seam metric at every join
+(axturbo/eval/seams.py). --normalize clip peak-normalizes the whole clip, window each window.
+A duration shorter than a window generates one window and trims it.
+
   python sample.py --checkpoint ckpt/ --prompt "thunder" --out out/ [--steps 4] [--seed 0]
   python sample.py --checkpoint ckpt/ --teacher --steps 100 --cfg 6 --prompt "..." --out out/
+  python sample.py --checkpoint ckpt/ --prompt "rain on a roof" --duration 60 --out out/
+  python sample.py --checkpoint ckpt/ --captions_file captions.txt --duration 60 --out out/
 """
 import sys
 
@@ -51,8 +61,9 @@ _BATCH_FILE = flags.DEFINE_string('batch_file', None, 'File with one prompt per 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 4, 'Prompts generated together.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed; prompt k of a batch file uses seed + k.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory.')
-_NORMALIZE = flags.DEFINE_enum('normalize', 'clip', ['clip', 'batch', 'none'],
-                               'Peak normalization: per clip, per batch (official), or none.')
+_NORMALIZE = flags.DEFINE_enum('normalize', 'clip', ['clip', 'batch', 'window', 'none'],
+                               'Peak normalization: per clip (a long clip: over its whole '
+                               'length), per batch (official), per window (long clips), or none.')
 _SPECTROGRAM = flags.DEFINE_bool('spectrogram', True, 'Write a spectrogram PNG per output.')
 _UNCONDITIONAL = flags.DEFINE_bool('allow_unconditional', False,
                                    'Allow prompts with no text, video, image or audio.')
@@ -63,6 +74,16 @@ _POSTERIOR = flags.DEFINE_bool('sample_prompt_posterior', False,
                                'its mean.')
 _PROMPT_PAD = flags.DEFINE_enum('prompt_pad', 'left', ['left', 'right'],
                                 'Padding side of short audio prompts (official: left).')
+_DURATION = flags.DEFINE_float('duration', None, 'Seconds per clip, any length: generated window '
+                               'by window (default: one window).')
+_CAPTIONS = flags.DEFINE_string('captions_file', None, 'Captions over time of a --duration clip: '
+                                'lines "START_S: caption" (replaces --prompt).')
+_OVERLAP = flags.DEFINE_float('overlap', None, 'Seconds each window shares with the previous one '
+                              '(default: half a window).')
+_TAIL = flags.DEFINE_float('tail', 0.0, 'Seconds at the end of each generated window left '
+                           'unused (docs/results.md: 0.16 for the tiny model).')
+_JOIN = flags.DEFINE_enum('join', 'latent', ['latent', 'crossfade'], 'How windows are joined: '
+                          'pinned latents, one decode (latent), or an equal-power crossfade.')
 
 
 def _jobs() -> list[dict]:
@@ -77,6 +98,7 @@ def _jobs() -> list[dict]:
 
 def main(argv):
   del argv
+  from axturbo.eval import seams
   from axturbo.generation import jobs
   from axturbo.generation import media
   if not _CHECKPOINT.value or not _OUT.value:
@@ -85,6 +107,7 @@ def main(argv):
     sys.exit('error: --batch_size must be >= 1')
   try:
     todo = _jobs()
+    long, segments = _long_options()
     out = jobs.writable_dir(_OUT.value)
     first = jobs.first_free_index(out)
     gen = jobs.load_generator(_CHECKPOINT.value)
@@ -102,7 +125,8 @@ def main(argv):
     per = {k: [job[k] for job in chunk] for k in jobs.JOB_KEYS}
     try:
       results = gen.generate(
-          per['text'], video=per['video'], audio=per['audio'], image=per['image'],
+          per['text'] if segments is None else '', **long,
+          video=per['video'], audio=per['audio'], image=per['image'],
           sync=per['sync'], inpaint=per['inpaint'], continuation=per['continuation'],
           keep_unmasked=[_KEEP.value and (j['inpaint'] is not None or j['continuation'])
                          for j in chunk],
@@ -115,7 +139,11 @@ def main(argv):
       sys.exit(f'error: {where}{e}')
     for i, r in enumerate(results):
       r.meta['index'] = start + i  # position in the whole job list, not in the chunk
-    stems = [jobs.output_stem(first + start + i, job['text']) for i, job in enumerate(chunk)]
+      if 'windows' in r.meta:
+        r.meta['seams'] = seams.seam_report(r.waveform, seams.seam_positions(r.meta['windows']),
+                                            r.sample_rate)
+    stems = [jobs.output_stem(first + start + i, job['text'] or (segments or [(0, '')])[0][1])
+             for i, job in enumerate(chunk)]
     videos = [job['video'] if job['video'] and not media.is_image_path(job['video']) else None
               for job in chunk]
     records = jobs.save_results(results, out, stems, normalize=_NORMALIZE.value,
@@ -123,8 +151,32 @@ def main(argv):
     for rec in records:
       logging.info('%s  (%.2f s audio, total %.2f s, RTF %.3f)', rec['files']['wav'],
                    rec['duration_s'], rec['latency_s']['total_s'], rec['real_time_factor'])
+      if 'seams' in rec and rec['seams']['median_ratio'] is not None:
+        logging.info('  %d windows; seam flux / in-window median: median %.2f, max %.2f',
+                     rec['num_windows'], rec['seams']['median_ratio'], rec['seams']['max_ratio'])
     bar.update(len(chunk))
   bar.close()
+
+
+def _long_options() -> tuple[dict, list | None]:
+  """(Generator.generate keyword arguments of a long clip, segments or None); ValueErrors."""
+  from axturbo.generation import jobs
+  if _CAPTIONS.value and (_PROMPT.value or _BATCH_FILE.value):
+    raise ValueError('--captions_file gives the captions; leave out --prompt and --batch_file')
+  if _DURATION.value is None:
+    for name, flag in (('captions_file', _CAPTIONS), ('overlap', _OVERLAP), ('tail', _TAIL),
+                       ('join', _JOIN)):
+      if flags.FLAGS[flag.name].present:
+        raise ValueError(f'--{name} applies to long clips; give --duration too')
+    if _NORMALIZE.value == 'window':
+      raise ValueError('--normalize window applies to long clips; give --duration too')
+    return {}, None
+  segments = jobs.parse_captions_file(_CAPTIONS.value) if _CAPTIONS.value else None
+  long = dict(duration_s=_DURATION.value, overlap_s=_OVERLAP.value, tail_s=_TAIL.value,
+              join=_JOIN.value)
+  if segments is not None:
+    long['segments'] = segments
+  return long, segments
 
 
 def _dashes_to_underscores(argv: list[str]) -> list[str]:

@@ -24,6 +24,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from benchmarks import random_weights
+
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'axturbo checkpoint directory.')
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,20 +44,6 @@ _JSON = flags.DEFINE_string('json_out', None, 'Also write the rows as JSON to th
 STAGES = ('inputs_s', 'conditioning_s', 'sampling_s', 'decoding_s', 'total_s')
 PROMPTS = ('A dog barks twice, then a bell rings.', 'Rain on a tin roof with distant thunder.',
            'A violin melody over soft piano chords.', 'Footsteps on gravel, then a door slams.')
-
-
-def random_generator(config, seed: int):
-  """A Generator (kind 'teacher') for config.model with random weights, no files read."""
-  import flax.linen as nn
-  import jax
-  from axturbo.data import tokenizers
-  from axturbo.generation import generate
-  from axturbo.models import audiox
-  m = config.model
-  model = audiox.build_model(m)
-  params = jax.jit(lambda k: nn.unbox(audiox.init_params(model, m, k)))(jax.random.PRNGKey(seed))
-  return generate.Generator(m, params, kind='teacher', meta={'weights': 'random'},
-                            tokenizer=tokenizers.offline_tokenizer(m.text))
 
 
 def measure(gen, sampler: str, steps: int, cfg_scale: float, batch: int, runs: int,
@@ -132,7 +120,7 @@ def main(argv):
       gen = generate.Generator.load(_CHECKPOINT.value)
       source = f'checkpoint {_CHECKPOINT.value} (kind {gen.kind})'
     else:
-      gen = random_generator(_CONFIG.value, _SEED.value)
+      gen = random_weights.random_generator(_CONFIG.value, _SEED.value)
       source = 'random weights of --config'
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')

@@ -96,7 +96,9 @@ def make_requests(clips: Sequence[dict], tasks: Sequence[str] = TASKS) -> list[R
 # ---------------------------------------------------------------------------- generators
 
 def model_generator(gen, *, sampler: str, steps: int, cfg_scale: float, batch_size: int = 8,
-                    seed: int = 0, keep_unmasked: bool = False, progress=None) -> GenerateFn:
+                    seed: int = 0, keep_unmasked: bool = False, progress=None,
+                    overlap_s: float | None = None, tail_s: float = 0.0,
+                    join: str = 'latent') -> GenerateFn:
   """Runs `gen.generate` over requests, `batch_size` at a time.
 
   Clip i of every task uses noise seed `seed + i`, whatever the batch size (the requests of a
@@ -106,6 +108,9 @@ def model_generator(gen, *, sampler: str, steps: int, cfg_scale: float, batch_si
   timeline (as in training, `data.tasks.inpaint_prompt`); continuation prompts are
   left-padded (the official convention, also used in training).
   `progress`: an object with `update(n)` (a tqdm bar), or None.
+  Long clips (`axturbo.eval.long_clips`): a task whose requests carry 'duration_s' is generated
+  window by window with `overlap_s`, `tail_s` and `join`, its text from 'segments' when they
+  carry them.
   """
   if batch_size < 1:
     raise ValueError(f'--batch_size must be >= 1, got {batch_size}')
@@ -124,14 +129,23 @@ def model_generator(gen, *, sampler: str, steps: int, cfg_scale: float, batch_si
         per = {key: [r.inputs.get(key) for r in reqs]
                for key in ('video', 'audio', 'inpaint', 'sync')}
         edit = task in ('inpaint', 'continuation')
+        long = {}
+        if 'duration_s' in reqs[0].inputs:
+          long = dict(duration_s=reqs[0].inputs['duration_s'], overlap_s=overlap_s,
+                      tail_s=tail_s, join=join)
+        if 'segments' in reqs[0].inputs:
+          long['segments'] = [r.inputs['segments'] for r in reqs]
         results = gen.generate(
-            [r.inputs['text'] for r in reqs], video=per['video'], audio=per['audio'],
-            sync=[_sync(gen.config, v, s) for v, s in zip(per['video'], per['sync'])],
+            '' if 'segments' in long else [r.inputs['text'] for r in reqs],
+            video=per['video'], audio=per['audio'],
+            sync=(per['sync'] if long else  # long clips: no features means zeros per window
+                  [_sync(gen.config, v, s) for v, s in zip(per['video'], per['sync'])]),
             inpaint=per['inpaint'], continuation=[bool(r.inputs.get('continuation'))
                                                   for r in reqs],
             keep_unmasked=keep_unmasked and edit, steps=steps, cfg_scale=cfg_scale,
             sampler=sampler, seed=seed + requests[chunk[0]].clip,
-            allow_unconditional=True, prompt_pad='right' if task == 'inpaint' else 'left')
+            allow_unconditional=True, prompt_pad='right' if task == 'inpaint' else 'left',
+            **long)
         for k, res in zip(chunk, results):
           waves[k] = res.waveform
         if progress is not None:

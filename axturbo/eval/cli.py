@@ -11,6 +11,11 @@ Suites (each writes --out/results.json and --out/results.md):
               python -m axturbo.eval --checkpoint ckpt/ --suite manifest \
                   --manifest test.jsonl --cnn14 Cnn14_16k_mAP=0.438.pth --cnn14_variant 16k \
                   --out eval/
+  long      long clips (axturbo/eval/long_clips.py): held-out clips --long_windows windows long,
+            generated window by window (--overlap_s, --join) and scored on the whole clip, with
+            the seam metric at every join; and clips shorter than a window (--short_s), trimmed.
+              python -m axturbo.eval --suite long --checkpoint ckpt/ --out eval/ \
+                  [--long_windows 4] [--overlap_s 0.944] [--tail_s 0.16] [--join latent|crossfade]
   table     the paper's Table II protocol (axturbo/eval/efficiency.py): per sampler and step
             count, NFE, latency (batch 1, mean ± std over --runs after --warmup), RTF and the
             event benchmark; teacher rows use Euler + CFG --cfg, student rows denoise-renoise.
@@ -29,7 +34,8 @@ from absl import logging
 from axturbo.eval import benchmark
 from axturbo.generation import jobs
 
-_SUITE = flags.DEFINE_enum('suite', 'events', ['events', 'manifest', 'table'], 'What to run.')
+_SUITE = flags.DEFINE_enum('suite', 'events', ['events', 'manifest', 'table', 'long'],
+                          'What to run.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint (events, manifest suites).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (results.json, results.md).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: 4 student, 250 teacher).')
@@ -42,6 +48,11 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (clip i uses seed + i).')
 _KEEP = flags.DEFINE_bool('keep_unmasked', False,
                           'Inpainting/continuation: pin the latents of the given audio.')
 _DURATION = flags.DEFINE_float('duration_s', None, 'Held-out clip length (default: as training).')
+_LONG_WINDOWS = flags.DEFINE_float('long_windows', 4, 'Long clips: length in generated windows.')
+_OVERLAP = flags.DEFINE_float('overlap_s', None, 'Long clips: window overlap (default half).')
+_TAIL = flags.DEFINE_float('tail_s', 0.0, 'Long clips: unused end of each generated window.')
+_JOIN = flags.DEFINE_enum('join', 'latent', ['latent', 'crossfade'], 'Long clips: the join.')
+_SHORT = flags.DEFINE_float('short_s', None, 'Short clips: length (default half a window).')
 _MANIFEST = flags.DEFINE_string('manifest', None, 'Manifest JSONL (suite manifest).')
 _ROOT = flags.DEFINE_string('root', '', 'Root of relative manifest paths.')
 _CNN14 = flags.DEFINE_string('cnn14', None, 'Local PANNs CNN14 checkpoint (.pth).')
@@ -87,6 +98,44 @@ def _events() -> tuple[dict, str]:
   title = (f'Event benchmark: {_CHECKPOINT.value}, {sampler} sampler, {steps} steps, '
            f'CFG {cfg:g}, NFE {header["nfe"]}, {len(clips)} held-out clips')
   return {**header, **result}, benchmark.events_markdown(result, title)
+
+
+def _long() -> tuple[dict, str]:
+  from axturbo.eval import efficiency
+  from axturbo.eval import long_clips
+  gen = _load(_CHECKPOINT.value)
+  sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
+                                            _STEPS.value, _CFG.value)
+  m, frames = gen.config, gen.output_samples // gen.hop
+  tasks = _TASKS.value if flags.FLAGS['tasks'].present else list(long_clips.LONG_TASKS)
+  # Clip lengths in generated windows, so that every --overlap_s / --tail_s scores the same clips.
+  duration = long_clips.grid_s(_LONG_WINDOWS.value * gen.output_samples / m.sample_rate)
+  short_s = long_clips.grid_s(_SHORT.value or gen.output_samples / m.sample_rate / 2)
+  windows = long_clips.plan(m.sample_rate, frames, gen.hop, duration, _OVERLAP.value,
+                            _TAIL.value)
+  window = windows[0].length / m.sample_rate
+  long = long_clips.long_clips(m, _CLIPS.value, duration)
+  short = benchmark.heldout_clips(m, _CLIPS.value, short_s)
+  bar = jobs.Progress(_CLIPS.value * len(tasks), f'{sampler} {steps} steps')
+  generate_fn = benchmark.model_generator(gen, sampler=sampler, steps=steps, cfg_scale=cfg,
+                                          batch_size=_BATCH.value, seed=_SEED.value,
+                                          progress=bar, overlap_s=_OVERLAP.value,
+                                          tail_s=_TAIL.value, join=_JOIN.value)
+  result = long_clips.run_long(long, short, generate_fn, windows, m.sample_rate, tasks)
+  bar.close()
+  header = {'suite': 'long', 'checkpoint': str(_CHECKPOINT.value), 'kind': gen.kind,
+            'sampler': sampler, 'steps': steps, 'cfg_scale': cfg,
+            'nfe_per_window': efficiency.nfe(sampler, steps, cfg), 'seed': _SEED.value,
+            'clips': _CLIPS.value, 'duration_s': duration, 'short_s': short[0]['duration_s'],
+            'window_s': window, 'num_windows': len(windows),
+            'overlap_s': windows[1].overlap / m.sample_rate if len(windows) > 1 else None,
+            'tail_s': _TAIL.value, 'join': _JOIN.value, 'long_seeds': [c['seed'] for c in long],
+            'sample_rate': m.sample_rate, 'tasks': tasks}
+  title = (f'Long clips: {_CHECKPOINT.value}, {sampler} sampler, {steps} steps, CFG {cfg:g}; '
+           f'{_CLIPS.value} held-out clips of {duration:g} s ({len(windows)} windows of '
+           f'{window:g} s used, overlap {header["overlap_s"]} s, {_JOIN.value} join), short clips '
+           f'of {header["short_s"]:g} s')
+  return {**header, **result}, long_clips.long_markdown(result, title)
 
 
 def _manifest() -> tuple[dict, str]:
@@ -160,7 +209,8 @@ def main(argv):
       sys.exit(f'error: --{name} must be >= {low}, got {flag.value}')
   if not flags.FLAGS['verbosity'].present:  # per-prompt INFO lines would bury the progress bar
     logging.set_verbosity(logging.WARNING)
-  suite = {'events': _events, 'manifest': _manifest, 'table': _table}[_SUITE.value]
+  suite = {'events': _events, 'manifest': _manifest, 'table': _table,
+           'long': _long}[_SUITE.value]
   try:
     out = jobs.writable_dir(_OUT.value)
     result, markdown = suite()

@@ -21,6 +21,8 @@ Differences from the official pipeline, all deliberate and switchable:
   * An empty text prompt is accepted when a video, image or audio conditions the output (the
     official default for missing text is ""); with no condition at all it is refused unless
     `allow_unconditional=True`.
+  * `duration_s` asks for clips of any length: windows on the continuation task, joined
+    (`axturbo.generation.longform`).
 """
 import dataclasses
 import json
@@ -164,6 +166,11 @@ class Generator:
 
   # ------------------------------------------------------------------------------ inputs
 
+  def decode(self, latents) -> np.ndarray:
+    """Latents (B, T', C) of any length T' -> waveforms (B, T' * hop, 2) float32: the codecs
+    decode frame-wise or convolutionally, so a long clip's latents decode in one pass."""
+    return np.asarray(self._decode(self.params, jnp.asarray(latents, jnp.float32)), np.float32)
+
   def encode(self, audio) -> np.ndarray:
     """Stereo waveform (N, 2) or (B, N, 2), N = `config.audio_samples`, at the model rate ->
     codec latents (B, T, C) (`Result.latents` holds one clip's (T, C))."""
@@ -215,6 +222,8 @@ class Generator:
 
   def generate(self, text: str | Sequence[str] = '', *, video=None, sync=None, audio=None,
                image=None, inpaint=None, continuation=False, keep_unmasked=False,
+               duration_s: float | None = None, segments=None, overlap_s: float | None = None,
+               tail_s: float = 0.0, join: str = 'latent', known_latents=None,
                steps: int | None = None, cfg_scale: float | None = None,
                sampler: str | None = None, seed: int = 0, allow_unconditional: bool = False,
                official_image_scaling: bool = False, sample_prompt_posterior: bool = False,
@@ -229,6 +238,13 @@ class Generator:
         zeros); audio: a file path or an (N,) / (N, C) array at model.sample_rate; image: a path
         or (H, W, 3) array; inpaint: (start_s, end_s) span of `audio` to regenerate;
         continuation: `audio` is the beginning, the output is the whole clip.
+      duration_s, segments, overlap_s, tail_s, join: a clip of `duration_s` seconds, any
+        length, made window by window (`longform.generate_long`: segments [(start_s, caption),
+        ...] instead of text, windows overlapping by `overlap_s`, the last `tail_s` of each
+        unused, joined by 'latent' or 'crossfade').
+      known_latents: (known (B, T, C), mask (B, T) bool): latent frames to pin, instead of
+        those keep_unmasked encodes from the audio (the long-form join pins the previous
+        window's own latents).
       steps: student 1, 2 or 4 (default 4); teacher any (default 250, official).
       cfg_scale: teacher only (default 6, official).
       sampler: 'student' (denoise-renoise) or 'teacher' (Euler + CFG); default: the checkpoint's
@@ -242,6 +258,15 @@ class Generator:
     Returns:
       B `Result`s, in prompt order.
     """
+    if duration_s is not None or segments is not None:
+      from axturbo.generation import longform  # its windows call back into this method
+      return longform.generate_long(
+          self, text, duration_s=duration_s, segments=segments, overlap_s=overlap_s,
+          tail_s=tail_s, join=join, video=video, sync=sync, image=image, audio=audio,
+          inpaint=inpaint, continuation=continuation, keep_unmasked=keep_unmasked, steps=steps,
+          cfg_scale=cfg_scale, sampler=sampler, seed=seed, prompt_pad=prompt_pad,
+          allow_unconditional=allow_unconditional, official_image_scaling=official_image_scaling,
+          sample_prompt_posterior=sample_prompt_posterior)
     t_start = time.perf_counter()
     sampler, steps, cfg_scale = self.resolve_sampler(sampler, steps, cfg_scale)
     texts = [text] if isinstance(text, str) else list(text)
@@ -292,7 +317,8 @@ class Generator:
     cond = jax.block_until_ready(self._fuse(p, text_tokens, video_tokens, audio_tokens))
     t_cond = time.perf_counter()
 
-    known, known_mask = self._known_latents(items)
+    known, known_mask = (self._known_latents(items) if known_latents is None
+                         else _pinned(known_latents, n, self.latent_shape))
     keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(n)])
     noise, renoise = self._noises(keys, shape=self.latent_shape, renoises=steps - 1)
     if sampler == 'student':
@@ -344,6 +370,15 @@ def _noises(keys: jax.Array, *, shape: tuple[int, int], renoises: int):
             jax.random.normal(k_re, (renoises,) + shape, jnp.float32))
   noise, renoise = jax.vmap(one)(keys)
   return noise, jnp.swapaxes(renoise, 0, 1)
+
+
+def _pinned(known_latents, n: int, latent_shape: tuple[int, int]):
+  """(known (n, T, C), mask (n, T) bool) -> device arrays (n, T, C), (n, T, 1) for the sampler."""
+  known, mask = (np.asarray(x) for x in known_latents)
+  if known.shape != (n,) + latent_shape or mask.shape != (n, latent_shape[0]):
+    raise ValueError(f'known_latents must be ({(n,) + latent_shape}, {(n, latent_shape[0])}), '
+                     f'got ({known.shape}, {mask.shape})')
+  return jnp.asarray(known, jnp.float32), jnp.asarray(mask.astype(bool)[..., None])
 
 
 def _check_params(params, m: mlc.ConfigDict, where) -> None:

@@ -4,6 +4,10 @@ generation and evaluation CLIs share: value parsers, a quiet checkpoint load, a 
 Batch file: one prompt per line; blank lines and lines starting with '#' are skipped. A line
 starting with '{' is a JSON object with any of the keys text, video, audio, image, sync,
 inpaint ([start_s, end_s] or "start:end"), continuation (bool).
+
+Captions file (the captions of one long clip over time): one segment per line,
+`START: caption` with START in seconds (`0: rain`, `20 s: thunder and rain`); blank lines and
+lines starting with '#' are skipped.
 """
 import json
 import pathlib
@@ -16,9 +20,11 @@ from absl import logging
 
 import numpy as np
 
+from axturbo.generation import longform
 from axturbo.generation import media
 
 JOB_KEYS = ('text', 'video', 'audio', 'image', 'sync', 'inpaint', 'continuation')
+_SEGMENT = re.compile(r'^([-+0-9.eE]+)\s*s?\s*:\s*(.*)$')
 
 
 def load_generator(path, kind: str | None = None):
@@ -107,6 +113,27 @@ def parse_batch_file(path) -> list[dict]:
   return jobs
 
 
+def parse_captions_file(path) -> list[tuple[float, str]]:
+  """-> [(start_s, caption), ...] in file order (`longform.check_segments` checks the order)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'captions file {str(path)!r}: file not found')
+  segments = []
+  for n, line in enumerate(path.read_text().splitlines(), 1):
+    line = line.strip()
+    if not line or line.startswith('#'):
+      continue
+    match = _SEGMENT.match(line)
+    try:
+      segments.append((float(match.group(1)), match.group(2).strip()))
+    except (AttributeError, ValueError):
+      raise ValueError(f'{path}:{n}: expected "START_S: caption" (e.g. "20: thunder and rain"), '
+                       f'got {line[:60]!r}') from None
+  if not segments:
+    raise ValueError(f'captions file {str(path)!r}: no segments')
+  return segments
+
+
 def writable_dir(path, flag: str = '--out') -> pathlib.Path:
   """Creates `path` if needed and proves it writable, before any model work: a bad --out fails
   in a second, not after generation."""
@@ -143,15 +170,22 @@ def save_results(results: Sequence, out_dir, stems: Sequence[str], *, normalize:
                  videos: Sequence | None = None, spectrogram: bool = True) -> list[dict]:
   """Writes <stem>.wav (+ .mp4 when a video file was given, .png, .json) per result.
 
-  normalize: 'clip' (peak per clip, default), 'batch' (one peak for all results, official) or
-  'none' (only clamped to [-1, 1]). Returns the sidecar records.
+  normalize: 'clip' (peak per clip, default; a long clip's peak over its whole length),
+  'batch' (one peak for all results, official), 'window' (a long clip's windows each to their
+  own peak, `longform.normalize_per_window`) or 'none' (only clamped to [-1, 1]). Returns the
+  sidecar records.
   """
-  if normalize not in ('clip', 'batch', 'none'):
-    raise ValueError(f"normalize must be 'clip', 'batch' or 'none', got {normalize!r}")
+  if normalize not in ('clip', 'batch', 'window', 'none'):
+    raise ValueError(f"normalize must be 'clip', 'batch', 'window' or 'none', got {normalize!r}")
+  if normalize == 'window' and not all('windows' in r.meta for r in results):
+    raise ValueError("normalize 'window' applies to long clips (generated with a duration)")
   out_dir = pathlib.Path(out_dir)
   waves = np.stack([r.waveform for r in results])
   if normalize == 'none':
     waves = np.clip(waves, -1.0, 1.0)
+  elif normalize == 'window':
+    waves = np.stack([longform.normalize_per_window(
+        r.waveform, longform.windows_from_records(r.meta['windows'])) for r in results])
   else:
     waves = media.normalize_peak(waves, joint=normalize == 'batch')
   videos = list(videos) if videos is not None else [None] * len(results)
