@@ -15,8 +15,10 @@ Tasks (any combination of text, video/image and audio conditions):
 Many prompts: --batch_file prompts.txt (one prompt per line, or JSON objects with keys text,
 video, audio, image, sync, inpaint, continuation), generated --batch_size at a time.
 
-Video is read at model.video_fps and squashed to the CLIP size; Synchformer features are read
-from <video stem>.sync.npy beside the video (or --sync), else zeros. Missing conditions take the
+Video is read at model.video_fps and squashed to the CLIP size. Synchformer features come from
+--sync, else <video stem>.sync.npy beside the video, else the checkpoint's own Synchformer (a
+checkpoint converted with --synchformer: the video is read again at 25 fps), else zeros (with a
+warning; --no_sync asks for zeros). Missing conditions take the
 official defaults (empty text, empty video, silent audio prompt).
 
 Writes to --out (never overwriting: a second run into the same folder numbers its files after
@@ -47,6 +49,8 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (axt
 _PROMPT = flags.DEFINE_string('prompt', '', 'Text prompt ("" is allowed with other conditions).')
 _VIDEO = flags.DEFINE_string('video', None, 'Video file (video-to-audio / -music, text+video).')
 _SYNC = flags.DEFINE_string('sync', None, 'Synchformer features (.npy / .pth) for --video.')
+_NO_SYNC = flags.DEFINE_bool('no_sync', False, 'Zero Synchformer features for --video (else: '
+                             "--sync, <video stem>.sync.npy, the checkpoint's Synchformer).")
 _AUDIO = flags.DEFINE_string('audio', None, 'Audio prompt file (inpainting, continuation, ...).')
 _IMAGE = flags.DEFINE_string('image', None, 'Still image, repeated as video frames.')
 _INPAINT = flags.DEFINE_string('inpaint', None, 'START:END seconds of --audio to regenerate.')
@@ -133,7 +137,8 @@ def main(argv):
           steps=steps, cfg_scale=cfg, sampler=sampler, seed=_SEED.value + start,
           allow_unconditional=_UNCONDITIONAL.value,
           official_image_scaling=_IMAGE_QUIRK.value,
-          sample_prompt_posterior=_POSTERIOR.value, prompt_pad=_PROMPT_PAD.value)
+          sample_prompt_posterior=_POSTERIOR.value, prompt_pad=_PROMPT_PAD.value,
+          no_sync=_NO_SYNC.value)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:  # incl. media.MediaError
       where = f'prompts {start}..{start + len(chunk) - 1}: ' if len(todo) > 1 else ''
       sys.exit(f'error: {where}{e}')

@@ -40,8 +40,10 @@ import numpy as np
 from axturbo import flow
 from axturbo.data import tokenizers
 from axturbo.generation import inputs
+from axturbo.generation import media
 from axturbo.generation import sampling
 from axturbo.models import audiox
+from axturbo.models import synchformer
 from axturbo.runtime import checkpoints
 
 KINDS = ('student', 'teacher')
@@ -96,6 +98,12 @@ class Generator:
     self._student = jax.jit(self._student_fn, static_argnames=('steps',))
     self._teacher = jax.jit(self._teacher_fn, static_argnames=('steps', 'cfg_scale'))
     self._noises = jax.jit(_noises, static_argnames=('shape', 'renoises'))
+    # A converted checkpoint may carry the official Synchformer: sync features from raw video.
+    self.extractor = (synchformer.from_config(model_config.get('synchformer'))
+                      if 'synchformer' in self.params else None)
+    if self.extractor is not None:
+      self._sync = jax.jit(lambda p, f: self.extractor.apply({'params': p}, f,
+                                                             method='encode_frames'))
     m = model_config
     self.latent_shape = (m.trunk.seq_len, m.trunk.io_channels)
     decoded = jax.eval_shape(self._decode, self.params,
@@ -141,6 +149,26 @@ class Generator:
                tokenizer=tokenizers.build_tokenizer(m.text, checkpoint_dir))
 
   # ------------------------------------------------------------------------------ stages
+
+  def sync_features(self, video_path: str) -> np.ndarray:
+    """(sync_len, sync_dim) Synchformer features of a video file: read at 25 fps and squashed
+    to the extractor's size, as the official inference path does, over the clip's duration."""
+    if self.extractor is None:
+      raise ValueError(f'{self.source}: no Synchformer in this checkpoint (convert with '
+                       '--synchformer)')
+    m = self.config
+    seconds = m.video.num_frames / m.video_fps
+    # A single frame (a still saved as a video) has no motion to sync to; a short or low-fps
+    # video is padded with its last frame, as the official reader does.
+    frames = media.read_video(video_path, synchformer.SYNC_FPS,
+                              synchformer.num_sync_frames(seconds), self.extractor.image_size,
+                              min_frames=2)
+    feats = np.asarray(self._sync(self.params['synchformer'], jnp.asarray(frames[None])))[0]
+    if feats.shape != (m.video.sync_len, m.video.sync_dim):
+      raise ValueError(f'{self.source}: the Synchformer makes {feats.shape} features for '
+                       f'{seconds:g} s, but model.video wants ({m.video.sync_len}, '
+                       f'{m.video.sync_dim})')
+    return feats.astype(np.float32)
 
   def _student_fn(self, params, cond, noise, renoise, known, known_mask, *, steps):
     vf = lambda z, t: self.model.apply({'params': params}, z, t, cond, method='velocity')
@@ -227,7 +255,7 @@ class Generator:
                steps: int | None = None, cfg_scale: float | None = None,
                sampler: str | None = None, seed: int = 0, allow_unconditional: bool = False,
                official_image_scaling: bool = False, sample_prompt_posterior: bool = False,
-               prompt_pad: str = 'left') -> list[Result]:
+               prompt_pad: str = 'left', no_sync: bool = False) -> list[Result]:
     """Generates one clip per text prompt.
 
     Args:
@@ -254,6 +282,8 @@ class Generator:
       sample_prompt_posterior: sample the prompt VAE posterior like the official code (its noise
         is then drawn for the whole batch from `seed`).
       prompt_pad: 'left' (official) or 'right' padding of short audio prompts.
+      no_sync: zero sync features for every video (else: `sync`, the video's `.sync.npy`, the
+        checkpoint's Synchformer, zeros, in that order).
 
     Returns:
       B `Result`s, in prompt order.
@@ -266,7 +296,7 @@ class Generator:
           inpaint=inpaint, continuation=continuation, keep_unmasked=keep_unmasked, steps=steps,
           cfg_scale=cfg_scale, sampler=sampler, seed=seed, prompt_pad=prompt_pad,
           allow_unconditional=allow_unconditional, official_image_scaling=official_image_scaling,
-          sample_prompt_posterior=sample_prompt_posterior)
+          sample_prompt_posterior=sample_prompt_posterior, no_sync=no_sync)
     t_start = time.perf_counter()
     sampler, steps, cfg_scale = self.resolve_sampler(sampler, steps, cfg_scale)
     texts = [text] if isinstance(text, str) else list(text)
@@ -278,7 +308,8 @@ class Generator:
         (inpaint, 'inpaint'), (continuation, 'continuation'), (keep_unmasked, 'keep_unmasked'))]
     items = [inputs.prepare_item(
         self.config, i, texts[i], *(a[i] for a in args), official_image_scaling, prompt_pad,
-        output_samples=self.output_samples, latent_frames=self.latent_shape[0], hop=self.hop)
+        output_samples=self.output_samples, latent_frames=self.latent_shape[0], hop=self.hop,
+        no_sync=no_sync, extract_sync=self.sync_features if self.extractor else None)
         for i in range(n)]
     for i, it in enumerate(items):
       if it.record.get('unconditional') and not allow_unconditional:

@@ -440,6 +440,10 @@ def generate_long(gen, text='', *, duration_s, segments=None, overlap_s=None,
 
   videos = _per_prompt(video, n, 'video')
   frames, feats = clip_video(videos, _per_prompt(sync, n, 'sync'), m, windows, samples)
+  if window_kwargs.get('no_sync'):  # every window's video then takes zeros
+    if any(x is not None for x in _per_prompt(sync, n, 'sync')):
+      raise ValueError('sync features given and no_sync asked; choose one')
+    feats = [None] * n
   results, records = [], []
   for w in windows:
     kwargs = dict(steps=steps, cfg_scale=cfg_scale, sampler=sampler, image=image,
