@@ -121,6 +121,7 @@ def test_partial_reads_skip_whole_extra_subtrees_only(tmp_path):
     checkpoints.load_params(ckpt, {'trunk': {'w0': spec(tree['trunk']['w0'])}}, partial=True)
 
 
+@pytest.mark.slow  # the micro checkpoints: a jitted init, ~20 s on 2 cores
 def test_broken_checkpoint_files_are_named(micro, tmp_path):
   ckpt = tmp_path / 'c'
   shutil.copytree(micro['student'], ckpt)
@@ -137,6 +138,7 @@ def test_broken_checkpoint_files_are_named(micro, tmp_path):
     generate.Generator.load(ckpt)
 
 
+@pytest.mark.slow  # the micro checkpoints: a jitted init, ~20 s on 2 cores
 def test_kind_mix_ups_and_non_finite_weights_are_refused(micro):
   with pytest.raises(ValueError, match='is a teacher checkpoint .*not a student'):
     generate.Generator.load(micro['teacher'], kind='student')
