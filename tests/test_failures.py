@@ -270,6 +270,7 @@ def test_train_console_export_refresh_and_checkpoint_fallback(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   console = r.stderr.strip().splitlines()
   assert len(console) < 30, r.stderr
+  assert 'compiling the train step' in r.stderr and 'compiled the train step in' in r.stderr
   assert not [l for l in console if 'checkpoint_manager.py' in l and l.startswith('I')]
   assert 'CheckpointManager created' in (w / 'train.log').read_text()  # orbax INFO: log only
   assert checkpoints.load_meta(w / 'export')['step'] == 30
