@@ -130,14 +130,22 @@ def _console_filter(record: pylogging.LogRecord) -> bool:
 
 def log_to_workdir(path: pathlib.Path) -> pathlib.Path:
   """Every INFO line (all libraries) is appended to `path`; unless --verbosity was given, the
-  console shows only `_console_filter`'s lines."""
+  console shows only `_console_filter`'s lines. A second run in the same process (a notebook)
+  moves the log to its own workdir."""
+  for logger in (pylogging.getLogger(), _traceback_logger()):
+    for old in [h for h in logger.handlers if getattr(h, 'axturbo_run_log', False)]:
+      logger.removeHandler(old)
+      old.close()
   handler = pylogging.FileHandler(path)
+  handler.axturbo_run_log = True
   handler.setFormatter(logging.PythonFormatter())
   handler.setLevel(pylogging.INFO)
   pylogging.getLogger().addHandler(handler)
   _traceback_logger().addHandler(handler)
+  absl_handler = logging.get_absl_handler()
   if not (flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].present):
-    logging.get_absl_handler().addFilter(_console_filter)
+    if _console_filter not in absl_handler.filters:
+      absl_handler.addFilter(_console_filter)
   return path
 
 
