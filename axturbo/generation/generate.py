@@ -360,7 +360,10 @@ class Generator:
     t_sample = time.perf_counter()
     waves = np.asarray(self._decode(p, z))[:, :self.output_samples].astype(np.float32)
     t_end = time.perf_counter()
-    bad = [i for i in range(n) if not (np.isfinite(waves[i]).all() and np.isfinite(z[i]).all())]
+    z = np.asarray(z)
+    finite = (np.isfinite(waves).reshape(n, -1).all(axis=1)
+              & np.isfinite(z).reshape(n, -1).all(axis=1))
+    bad = np.flatnonzero(~finite).tolist()
     if bad:
       raise FloatingPointError(f'{self.source}: non-finite audio for prompt(s) {bad} '
                                f'({sampler} sampler, {steps} steps, cfg {cfg_scale:g})')
@@ -375,7 +378,6 @@ class Generator:
                'total_s': t_end - t_start}
     nfe = (sampling.student_nfe(steps) if sampler == 'student'
            else sampling.euler_nfe(steps, cfg_scale))
-    z = np.asarray(z)
     results = []
     for i, it in enumerate(items):
       meta = {'index': i, 'seed': seed + i, 'kind': self.kind, 'sampler': sampler,

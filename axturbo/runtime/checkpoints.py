@@ -13,10 +13,8 @@ restored straight into the target mesh's shardings.
 """
 import hashlib
 import json
-import os
 import pathlib
 import shutil
-import uuid
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -122,21 +120,21 @@ def recover_swap(directory: str | pathlib.Path) -> None:
     shutil.rmtree(stale, ignore_errors=True)
 
 
-def _read_json(path: pathlib.Path) -> Any:
+def _read_json_object(path: pathlib.Path) -> dict:
   try:
-    return json.loads(path.read_text())
+    value = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f'{path}: not valid JSON ({e})') from None
+  if not isinstance(value, dict):
+    raise ValueError(f'{path}: expected a JSON object, got {type(value).__name__}')
+  return value
 
 
 def load_model_config(directory: str | pathlib.Path) -> mlc.ConfigDict:
   path = pathlib.Path(directory) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f'{directory}: not an axturbo checkpoint (no {CONFIG_FILE})')
-  value = _read_json(path)
-  if not isinstance(value, dict):
-    raise ValueError(f'{path}: expected a JSON object, got {type(value).__name__}')
-  return mlc.ConfigDict(value)
+  return mlc.ConfigDict(_read_json_object(path))
 
 
 def load_meta(directory: str | pathlib.Path) -> dict:
@@ -144,10 +142,7 @@ def load_meta(directory: str | pathlib.Path) -> dict:
   path = pathlib.Path(directory) / META_FILE
   if not path.is_file():
     return {}
-  value = _read_json(path)
-  if not isinstance(value, dict):
-    raise ValueError(f'{path}: expected a JSON object, got {type(value).__name__}')
-  return value
+  return _read_json_object(path)
 
 
 def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
@@ -172,11 +167,16 @@ def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
     raise ValueError(f'{path}: cannot read the parameter tree ({_first_line(e)})') from None
 
 
+def _disk_tree(path: pathlib.Path) -> dict:
+  """The parameter tree's structure (ArrayMetadata leaves: shape, dtype), from metadata only."""
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.metadata(path).item_metadata.tree
+
+
 def _check_same_subtrees(path: pathlib.Path, target: Any) -> None:
   """A partial read may skip whole top-level subtrees, never part of one: a checkpoint of a
   deeper model must not load as its first layers."""
-  with ocp.StandardCheckpointer() as ckptr:
-    on_disk = ckptr.metadata(path).item_metadata.tree
+  on_disk = _disk_tree(path)
   for name in target:
     if name not in on_disk:
       raise ValueError(f'{path}: no {name!r} subtree')
@@ -189,9 +189,7 @@ def _check_same_subtrees(path: pathlib.Path, target: Any) -> None:
 
 def subtree_names(directory: str | pathlib.Path) -> set[str]:
   """Top-level keys of a checkpoint's parameter tree, read from its metadata only."""
-  path = pathlib.Path(directory).absolute() / PARAMS_DIR
-  with ocp.StandardCheckpointer() as ckptr:
-    return set(ckptr.metadata(path).item_metadata.tree)
+  return set(_disk_tree(pathlib.Path(directory).absolute() / PARAMS_DIR))
 
 
 def load_subtrees(directory: str | pathlib.Path, names) -> dict:
@@ -200,9 +198,7 @@ def load_subtrees(directory: str | pathlib.Path, names) -> dict:
   names = sorted(names)
   if not names:
     return {}
-  path = pathlib.Path(directory).absolute() / PARAMS_DIR
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.metadata(path).item_metadata.tree
+  tree = _disk_tree(pathlib.Path(directory).absolute() / PARAMS_DIR)
   target = {k: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree[k]) for k in names}
   return load_params(directory, target, partial=True)
 
