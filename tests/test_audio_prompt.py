@@ -33,8 +33,9 @@ PREFIX = 'conditioner.conditioners.audio_prompt.'
 
 
 def _model(meta, **kw):
-  return AudioPromptConditioner(meta['channels'], tuple(meta['c_mults']), tuple(meta['strides']),
-                                meta['latent_dim'], latent_seq_len=meta['latent_seq_len'],
+  return AudioPromptConditioner(channels=meta['channels'], c_mults=tuple(meta['c_mults']),
+                                strides=tuple(meta['strides']), latent_dim=meta['latent_dim'],
+                                latent_seq_len=meta['latent_seq_len'],
                                 output_dim=meta['output_dim'], **kw)
 
 

@@ -37,8 +37,8 @@ def _t(x):
 @pytest.fixture(scope='module')
 def setup():
   sd, ins, outs, meta = load_fixture('vae_small')
-  model = OobleckVAE(meta['channels'], tuple(meta['c_mults']), tuple(meta['strides']),
-                     meta['latent_dim'])
+  model = OobleckVAE(channels=meta['channels'], c_mults=tuple(meta['c_mults']),
+                     strides=tuple(meta['strides']), latent_dim=meta['latent_dim'])
   view = StateDict(sd, 'vae_small.npz')
   params = vae_params(view, model)
   assert view.untaken() == []
@@ -101,8 +101,8 @@ def test_mapping_tree_matches_init(setup):
 
 def test_misshaped_tensor_raises_naming_the_key():
   sd, _, _, meta = load_fixture('vae_small')
-  model = OobleckVAE(meta['channels'], tuple(meta['c_mults']), tuple(meta['strides']),
-                     meta['latent_dim'])
+  model = OobleckVAE(channels=meta['channels'], c_mults=tuple(meta['c_mults']),
+                     strides=tuple(meta['strides']), latent_dim=meta['latent_dim'])
   key = 'decoder.layers.2.layers.1.weight_v'
   sd = dict(sd, **{key: sd[key][:, :-1]})
   with pytest.raises(ConversionError, match=key.replace('.', r'\.')):

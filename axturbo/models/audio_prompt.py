@@ -17,8 +17,6 @@ import numpy as np
 from axturbo.models import layers
 from axturbo.models import vae
 
-Dtype = jnp.dtype
-
 
 def to_stereo(audio):
   """(B, N, C) -> (B, N, 2): mono is duplicated, channels beyond two are dropped (official rule)."""
@@ -89,13 +87,13 @@ def posterior_sample(mean: jax.Array, sigma: jax.Array, noise: jax.Array | None,
   return mean + sigma * jax.random.normal(key, mean.shape, mean.dtype)
 
 
-class AudioPromptConditioner(nn.Module):
+class AudioPromptConditioner(vae.OobleckFields):
   """Audio prompt -> conditioning tokens, with its own copy of the VAE encoder (official) or
   through a given parameter-free codec (the target's, e.g. the small configs' log-mel codec).
 
   Attributes:
-    channels, c_mults, strides, latent_dim, in_channels, out_channels: the VAE copy's config
-      (`out_channels` only sizes the unused decoder that conversion skips).
+    `vae.OobleckFields`: the VAE copy's config (`out_channels` only sizes the unused decoder
+      that conversion skips; `dtype` is also the compute dtype of the maps below).
     latent_seq_len: latent frames of a prompt (215 for 441000 samples); input of the time map.
     prompt_tokens: output tokens of the time map (128).
     output_dim: token width (768).
@@ -104,12 +102,6 @@ class AudioPromptConditioner(nn.Module):
     codec: None (own VAE encoder, the fields above) or a parameter-free codec module whose
       deterministic `encode` gives the (B, latent_seq_len, C) prompt latents.
   """
-  channels: int = 128
-  c_mults: Sequence[int] = (1, 2, 4, 8, 16)
-  strides: Sequence[int] = (2, 4, 4, 8, 8)
-  latent_dim: int = 64
-  in_channels: int = 2
-  out_channels: int = 2
   latent_seq_len: int = 215
   prompt_tokens: int = 128
   output_dim: int = 768
@@ -117,7 +109,6 @@ class AudioPromptConditioner(nn.Module):
   mask_ratio_start: float = 0.25
   mask_ratio_end: float = 0.75
   codec: nn.Module | None = None
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, audio: jax.Array, *, spans: tuple[jax.Array, jax.Array] | None = None,

@@ -96,30 +96,35 @@ class ResidualUnit(nn.Module):
     return x.astype(self.dtype) + y
 
 
-class EncoderBlock(nn.Module):
-  """Three residual units (dilation 1, 3, 9), Snake, then a strided conv (k = 2s, p = ⌈s/2⌉)."""
+class _ResolutionStep(nn.Module):
+  """A block between two resolutions: its fields and its three residual units (dilation 1, 3,
+  9). Encoder and decoder blocks resample with k = 2s, p = ⌈s/2⌉."""
   in_channels: int
   out_channels: int
   stride: int
   dtype: Dtype = jnp.float32
 
+  def _residual_units(self, x: jax.Array, channels: int) -> jax.Array:
+    for i, d in enumerate((1, 3, 9)):
+      x = ResidualUnit(channels, d, self.dtype, name=f'res_{i}')(x)
+    return x
+
+
+class EncoderBlock(_ResolutionStep):
+  """Three residual units, Snake, then a strided conv."""
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (B, L, C_in) -> (B, ⌊(L + 2⌈s/2⌉ - 2s)/s⌋ + 1, C_out) (= ⌊L/s⌋ for even s)."""
-    for i, d in enumerate((1, 3, 9)):
-      x = ResidualUnit(self.in_channels, d, self.dtype, name=f'res_{i}')(x)
+    x = self._residual_units(x, self.in_channels)
     x = SnakeBeta(self.in_channels, self.dtype, name='snake')(x)
     s = self.stride
     return _conv(self.out_channels, 2 * s, self.dtype, 'conv', stride=s,
                  padding=math.ceil(s / 2))(x)
 
 
-class DecoderBlock(nn.Module):
-  """Snake, transposed conv (k = 2s, p = ⌈s/2⌉, x s in time), three residual units."""
-  in_channels: int
-  out_channels: int
-  stride: int
-  dtype: Dtype = jnp.float32
+class DecoderBlock(_ResolutionStep):
+  """Snake, transposed conv (x s in time), three residual units."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -128,54 +133,81 @@ class DecoderBlock(nn.Module):
     x = SnakeBeta(self.in_channels, self.dtype, name='snake')(x)
     x = ConvTranspose1d(self.out_channels, 2 * s, s, math.ceil(s / 2), self.dtype,
                         name='conv_t')(x)
-    for i, d in enumerate((1, 3, 9)):
-      x = ResidualUnit(self.out_channels, d, self.dtype, name=f'res_{i}')(x)
-    return x
+    return self._residual_units(x, self.out_channels)
 
 
-def _widths(channels: int, c_mults: Sequence[int]) -> list[int]:
-  """Channel count at each resolution: the official code prepends a multiplier of 1."""
-  return [channels * m for m in (1, *c_mults)]
+class OobleckWidths(nn.Module):
+  """The fields every Oobleck network has, and the skeleton its encoder and decoder mirror.
+  Subclasses add their fields after these, so construct them by keyword.
 
-
-class OobleckEncoder(nn.Module):
-  """Waveform (B, N, in_channels) -> (B, T, out_features); T = N floored through each stride."""
+  Attributes:
+    channels: base width (128).
+    c_mults: width multipliers per block ([1, 2, 4, 8, 16]; a leading 1 is implied).
+    strides: per-block time strides ([2, 4, 4, 8, 8], product 2048).
+    dtype: compute dtype (the official VAE always runs in float32).
+  """
   channels: int = 128
   c_mults: Sequence[int] = (1, 2, 4, 8, 16)
   strides: Sequence[int] = (2, 4, 4, 8, 8)
+  dtype: Dtype = jnp.float32
+
+  @property
+  def widths(self) -> list[int]:
+    """Channel count at each resolution: the official code prepends a multiplier of 1."""
+    return [self.channels * m for m in (1, *self.c_mults)]
+
+  def _blocks(self, x: jax.Array, block: type[nn.Module], widths: Sequence[int],
+              strides: Sequence[int]) -> jax.Array:
+    """conv_in, then block_i (widths[i] -> widths[i + 1], stride strides[i]), then Snake.
+
+    The decoder runs this with widths and strides reversed.
+    """
+    x = _conv(widths[0], 7, self.dtype, 'conv_in')(x)
+    for i, s in enumerate(strides):
+      x = block(widths[i], widths[i + 1], s, self.dtype, name=f'block_{i}')(x)
+      x = layers.constrain(x, _ACT)
+    return SnakeBeta(widths[-1], self.dtype, name='snake_out')(x)
+
+
+class OobleckFields(OobleckWidths):
+  """The fields of a whole autoencoder (`OobleckVAE`, and the audio prompt's VAE copy).
+
+  Attributes:
+    latent_dim: latent channels (64); the encoder emits 2 * latent_dim (mean ‖ scale).
+    in_channels / out_channels: waveform channels (2).
+  """
+  latent_dim: int = 64
+  in_channels: int = 2
+  out_channels: int = 2
+
+
+def _width_fields(cfg: OobleckWidths) -> dict:
+  """cfg's `OobleckWidths` fields as keyword arguments (sequences as tuples: fields are hashed)."""
+  return dict(channels=cfg.channels, c_mults=tuple(cfg.c_mults), strides=tuple(cfg.strides),
+              dtype=cfg.dtype)
+
+
+class OobleckEncoder(OobleckWidths):
+  """Waveform (B, N, in_channels) -> (B, T, out_features); T = N floored through each stride."""
   out_features: int = 128
   in_channels: int = 2
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    widths = _widths(self.channels, self.c_mults)
-    x = _conv(widths[0], 7, self.dtype, 'conv_in')(x)
-    for i, s in enumerate(self.strides):
-      x = EncoderBlock(widths[i], widths[i + 1], s, self.dtype, name=f'block_{i}')(x)
-      x = layers.constrain(x, _ACT)
-    x = SnakeBeta(widths[-1], self.dtype, name='snake_out')(x)
+    x = self._blocks(x, EncoderBlock, self.widths, self.strides)
     return _conv(self.out_features, 3, self.dtype, 'conv_out')(x)
 
 
-class OobleckDecoder(nn.Module):
-  """Latents (B, T, latent_dim) -> waveform (B, T·prod(strides), out_channels); no final tanh."""
-  channels: int = 128
-  c_mults: Sequence[int] = (1, 2, 4, 8, 16)
-  strides: Sequence[int] = (2, 4, 4, 8, 8)
-  latent_dim: int = 64
+class OobleckDecoder(OobleckWidths):
+  """Latents (B, T, C) -> waveform (B, T·prod(strides), out_channels); no final tanh.
+
+  C (the VAE's latent_dim) is read from the input by the first convolution.
+  """
   out_channels: int = 2
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    widths = _widths(self.channels, self.c_mults)
-    x = _conv(widths[-1], 7, self.dtype, 'conv_in')(z)
-    for j, i in enumerate(range(len(self.strides), 0, -1)):
-      x = DecoderBlock(widths[i], widths[i - 1], self.strides[i - 1], self.dtype,
-                       name=f'block_{j}')(x)
-      x = layers.constrain(x, _ACT)
-    x = SnakeBeta(widths[0], self.dtype, name='snake_out')(x)
+    x = self._blocks(z, DecoderBlock, self.widths[::-1], self.strides[::-1])
     return _conv(self.out_channels, 7, self.dtype, 'conv_out', use_bias=False)(x)
 
 
@@ -186,29 +218,15 @@ def encoded_length(n: int, strides: Sequence[int]) -> int:
   return n
 
 
-class OobleckVAE(nn.Module):
+class OobleckVAE(OobleckFields):
   """The official AudioAutoencoder with its VAE bottleneck (no latent scaling: scale = 1).
 
-  Attributes:
-    channels: base width (128).
-    c_mults: width multipliers per block ([1, 2, 4, 8, 16]; a leading 1 is implied).
-    strides: per-block time strides ([2, 4, 4, 8, 8], product 2048).
-    latent_dim: latent channels (64); the encoder emits 2 * latent_dim (mean ‖ scale).
-    in_channels / out_channels: waveform channels (2).
-    dtype: compute dtype (the official VAE always runs in float32).
+  Fields: those of `OobleckFields`, whose defaults are the released VAE's.
   """
-  channels: int = 128
-  c_mults: Sequence[int] = (1, 2, 4, 8, 16)
-  strides: Sequence[int] = (2, 4, 4, 8, 8)
-  latent_dim: int = 64
-  in_channels: int = 2
-  out_channels: int = 2
-  dtype: Dtype = jnp.float32
 
   def setup(self):
     self.encoder = make_encoder(self)
-    self.decoder = OobleckDecoder(self.channels, tuple(self.c_mults), tuple(self.strides),
-                                  self.latent_dim, self.out_channels, self.dtype)
+    self.decoder = OobleckDecoder(**_width_fields(self), out_channels=self.out_channels)
 
   @property
   def hop_length(self) -> int:
@@ -243,10 +261,10 @@ class OobleckVAE(nn.Module):
     return self.decoder(latents)
 
 
-def make_encoder(cfg, name: str | None = None) -> OobleckEncoder:
-  """The VAE encoder for a config with channels/c_mults/strides/latent_dim/in_channels/dtype."""
-  return OobleckEncoder(cfg.channels, tuple(cfg.c_mults), tuple(cfg.strides),
-                        2 * cfg.latent_dim, cfg.in_channels, cfg.dtype, name=name)
+def make_encoder(cfg: OobleckFields, name: str | None = None) -> OobleckEncoder:
+  """The VAE encoder of an autoencoder config (its mean ‖ scale output: 2 * latent_dim)."""
+  return OobleckEncoder(**_width_fields(cfg), out_features=2 * cfg.latent_dim,
+                        in_channels=cfg.in_channels, name=name)
 
 
 def split_posterior(moments: jax.Array) -> tuple[jax.Array, jax.Array]:
