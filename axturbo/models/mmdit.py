@@ -17,6 +17,7 @@ Faithful to the released weights, quirks included (docs/official.md, "Networks a
   * No output projection after self-attention: a kernel-3 conv plays that role; the FFN is a
     kernel-3 convolutional SwiGLU; there is no final norm.
 """
+import dataclasses
 from typing import Callable
 
 import flax.linen as nn
@@ -86,19 +87,38 @@ class HeadsDense(nn.Module):
     return y
 
 
-class MMDiTBlock(nn.Module):
+class BlockFields(nn.Module):
+  """The fields of one trunk block, shared by `MMDiTBlock`, `LayerStack` and `MMDiT` (which
+  documents them). Subclasses add theirs after these, so construct them by keyword."""
+  embed_dim: int = 1536
+  num_heads: int = 64
+  head_dim: int = 24
+  mlp_hidden: int = 4096
+  kernel_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+
+
+class StackFields(BlockFields):
+  """`BlockFields` and how the blocks are stacked, shared by `LayerStack` and `MMDiT`."""
+  depth: int = 24
+  scan_layers: bool = True
+  remat_policy: str = 'none'
+  scan_unroll: int = 1
+
+
+def _fields_of(module: nn.Module, base: type[nn.Module]) -> dict:
+  """module's values of the fields `base` declares, as keyword arguments."""
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(base)
+          if f.name not in ('parent', 'name')}
+
+
+class MMDiTBlock(BlockFields):
   """One trunk block (official `MMDitSingleBlock` with the time context), scan-compatible.
 
   Attributes:
     emit: also return the block's output hidden state as the scan output (for read-outs).
   """
-  embed_dim: int
-  num_heads: int
-  head_dim: int
-  mlp_hidden: int
-  kernel_size: int = 3
-  dtype: jnp.dtype = jnp.float32
-  attention_impl: str | None = None
   emit: bool = False
 
   @nn.compact
@@ -137,23 +157,12 @@ class MMDiTBlock(nn.Module):
     return h, (h if self.emit else None)
 
 
-class LayerStack(nn.Module):
+class LayerStack(StackFields):
   """The first `num_blocks` of `depth` blocks, scanned (params stacked on axis 'layers') or not.
 
   With `num_blocks < depth` the scanned parameters are sliced to [:num_blocks] on the way in,
   so early read-outs never run (or differentiate through) the later blocks.
   """
-  depth: int
-  embed_dim: int
-  num_heads: int
-  head_dim: int
-  mlp_hidden: int
-  kernel_size: int = 3
-  dtype: jnp.dtype = jnp.float32
-  attention_impl: str | None = None
-  scan_layers: bool = True
-  remat_policy: str = 'none'
-  scan_unroll: int = 1
 
   @nn.compact
   def __call__(self, h, cond_act, rope, temb, *, num_blocks: int, emit: bool):
@@ -166,9 +175,7 @@ class LayerStack(nn.Module):
     if self.remat_policy != 'none':
       cls = nn.remat(cls, policy=REMAT_POLICIES[self.remat_policy],
                      prevent_cse=not self.scan_layers)
-    fields = {f: getattr(self, f) for f in
-              ('embed_dim', 'num_heads', 'head_dim', 'mlp_hidden', 'kernel_size', 'dtype',
-               'attention_impl')}
+    fields = _fields_of(self, BlockFields)
     if not self.scan_layers:
       outs = []
       for i in range(num_blocks):
@@ -189,7 +196,7 @@ class LayerStack(nn.Module):
     return scanned(**fields, emit=emit, name='block')(h, cond_act, rope, temb)
 
 
-class MMDiT(nn.Module):
+class MMDiT(StackFields):
   """AudioX-Turbo velocity predictor (official `MMDiffusionTransformer`, prepend mode).
 
   Attributes:
@@ -215,22 +222,11 @@ class MMDiT(nn.Module):
       overhead between blocks, a longer compile; same parameters, same math).
   """
   io_channels: int = 64
-  embed_dim: int = 1536
-  depth: int = 24
-  num_heads: int = 64
-  head_dim: int = 24
   cond_dim: int = 768
   cond_len: int = 384
   seq_len: int = 236
-  mlp_hidden: int = 4096
-  kernel_size: int = 3
   fourier_dim: int = 256
   rope_theta: float = 10000.0
-  dtype: jnp.dtype = jnp.float32
-  attention_impl: str | None = None
-  scan_layers: bool = True
-  remat_policy: str = 'none'
-  scan_unroll: int = 1
 
   def setup(self):
     # Logical names must differ within one parameter (flax rejects repeats), so square maps
@@ -249,9 +245,7 @@ class MMDiT(nn.Module):
     self.project_in = layers.dense(d, ('channels', 'embed'), use_bias=False, dtype=dt)
     self.cond_proj = layers.dense(d, ('channels', 'embed'), dtype=dt)
     self.cond_resample = layers.dense(self.seq_len + 1, ('length', None), dtype=dt)
-    self.layers = LayerStack(self.depth, d, self.num_heads, self.head_dim, self.mlp_hidden,
-                             self.kernel_size, dt, self.attention_impl, self.scan_layers,
-                             self.remat_policy, self.scan_unroll)
+    self.layers = LayerStack(**_fields_of(self, StackFields))
     self.project_out = layers.dense(io, ('embed', 'channels'), use_bias=False, dtype=dt)
     self.postprocess_conv = layers.conv1d(io, 1, ('channels', None), use_bias=False,
                                           dtype=dt, kernel_init=nn.initializers.zeros_init())
