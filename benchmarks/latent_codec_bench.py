@@ -152,7 +152,8 @@ def main():
   print(f'data: train {train.shape}, heldout {held.shape}, std {train.std():.4f}')
   for hop in (64, 128, 256):
     for transform in ('dct', 'identity'):
-      report(f'patch hop={hop} {transform} scale=1', PatchCodec(hop, transform), {}, held)
+      report(f'patch hop={hop} {transform} scale=1', PatchCodec(hop=hop, transform=transform),
+             {}, held)
   vae = OobleckVAE(channels=16, c_mults=(1, 2, 4, 8), strides=(2, 4, 4, 8), latent_dim=16)
   report('oobleck tiny, random init', vae, vae.init(jax.random.PRNGKey(0), held[:1]), held)
   if args.vae_steps:

@@ -18,15 +18,11 @@ decode / hop_length / latent_dim / __call__); `init` gives an empty tree.
 """
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axturbo.models import layers
-
-_ACT = ('act_batch', 'act_length', None)
-
+from axturbo.models import frame_codec
 
 def hz_to_mel(f: np.ndarray) -> np.ndarray:
   """Slaney mel scale: linear (200/3 Hz per mel) below 1 kHz, logarithmic above."""
@@ -141,21 +137,22 @@ def griffin_lim(magnitude: jax.Array, n_fft: int, hop: int, iters: int,
   return istft(magnitude * angles, n_fft, hop)
 
 
-class MelCodec(nn.Module):
+class MelCodec(frame_codec.FrameCodec):
   """Normalised log-mel magnitude: (B, N, 2) -> (B, N / hop, n_mels) and back (lossy).
 
   Attributes:
+    `frame_codec.FrameCodec`'s: hop (the STFT hop, default 256), in_channels / out_channels
+      (must be 2), dtype.
     sample_rate: Hz of the waveform (sizes the mel filters).
-    n_fft, hop: STFT window and hop (n_fft a multiple of hop; N a multiple of hop).
+    n_fft: STFT window (a multiple of hop).
     n_mels, f_min, f_max: mel bands and their frequency range (f_max <= sample_rate / 2).
     eps: floor added to the mel magnitude before the log (exact silence -> log(eps)).
     mean, std: latents are (log(mel + eps) - mean) / std (measured on training data).
     gl_iters, nnls_iters: decoder iterations (docs/latent_codec.md measures their effect).
-    in_channels / out_channels: waveform channels; must be 2.
   """
+  hop: int = 256
   sample_rate: int = 16000
   n_fft: int = 512
-  hop: int = 256
   n_mels: int = 64
   f_min: float = 0.0
   f_max: float = 8000.0
@@ -164,61 +161,32 @@ class MelCodec(nn.Module):
   std: float = 1.0
   gl_iters: int = 32
   nnls_iters: int = 16
-  in_channels: int = 2
-  out_channels: int = 2
-  dtype: jnp.dtype = jnp.float32
+
+  label = 'mel codec'
 
   def __post_init__(self):
     super().__post_init__()
-    if self.hop < 1 or self.n_fft % self.hop:
+    if self.n_fft % self.hop:
       raise ValueError(f'mel codec n_fft={self.n_fft} must be a positive multiple of hop='
                        f'{self.hop}')
     if not self.std > 0 or not self.eps > 0:
       raise ValueError(f'mel codec std and eps must be > 0, got std={self.std}, eps={self.eps}')
-    if self.in_channels != 2 or self.out_channels != 2:
-      raise ValueError('mel codec needs stereo audio (in_channels = out_channels = 2), got '
-                       f'{self.in_channels} / {self.out_channels}')
     self.basis()   # validates the filterbank at construction
 
   def basis(self) -> np.ndarray:
     return mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max)
 
   @property
-  def hop_length(self) -> int:
-    return self.hop
-
-  @property
   def latent_dim(self) -> int:
     return self.n_mels
 
-  def __call__(self, audio: jax.Array) -> jax.Array:
-    """Round trip (for `init`, which finds no parameters)."""
-    return self.decode(self.encode(audio, deterministic=True))
-
-  def encode(self, audio: jax.Array, noise: jax.Array | None = None, *,
-             rng: jax.Array | None = None, deterministic: bool = False) -> jax.Array:
-    """audio (B, N, 2), N = T·hop -> latents (B, T, n_mels).
-
-    Deterministic (a point-mass posterior): `rng` and `deterministic` are accepted for
-    interface compatibility and ignored; `noise`, if given, must have the latent shape.
-    """
-    del rng, deterministic
-    if audio.ndim != 3 or audio.shape[-1] != 2:
-      raise ValueError(f'audio must be stereo (B, N, 2) channels-last, got {audio.shape}')
-    if audio.shape[1] < self.hop or audio.shape[1] % self.hop:
-      raise ValueError(f'audio length {audio.shape[1]} must be a positive multiple of the mel '
-                       f'codec hop {self.hop} (pad or crop the clip)')
+  def _encode(self, audio: jax.Array) -> jax.Array:
     mono = jnp.mean(audio.astype(jnp.float32), axis=-1)
     mel = jnp.abs(stft(mono, self.n_fft, self.hop)) @ jnp.asarray(self.basis()).T
-    z = ((jnp.log(mel + self.eps) - self.mean) / self.std).astype(self.dtype)
-    if noise is not None and noise.shape != z.shape:
-      raise ValueError(f'noise must have the latent shape {z.shape}, got {noise.shape}')
-    return layers.constrain(z, _ACT)
+    return ((jnp.log(mel + self.eps) - self.mean) / self.std).astype(self.dtype)
 
-  def decode(self, latents: jax.Array) -> jax.Array:
-    """latents (B, T, n_mels) -> audio (B, T·hop, 2), the same signal in both channels."""
-    if latents.ndim != 3 or latents.shape[-1] != self.n_mels:
-      raise ValueError(f'latents must be (B, T, {self.n_mels}), got {latents.shape}')
+  def _decode(self, latents: jax.Array) -> jax.Array:
+    """The same signal in both channels."""
     log_mel = latents.astype(jnp.float32) * self.std + self.mean
     mel = jnp.maximum(jnp.exp(log_mel) - self.eps, 0.0)
     magnitude = nonnegative_magnitude(mel, self.basis(), self.nnls_iters)

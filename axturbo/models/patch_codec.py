@@ -18,15 +18,13 @@ but no parameters: `init` gives an empty tree.
 """
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axturbo.models import layers
+from axturbo.models import frame_codec
 
 TRANSFORMS = ('dct', 'identity')
-_ACT = ('act_batch', 'act_length', None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,74 +50,44 @@ def frame_matrix(hop: int, transform: str) -> np.ndarray:
 
 
 def encoded_length(n: int, hop: int) -> int:
-  """Latent frames of an n-sample clip (n must be a multiple of hop; see `_check_audio`)."""
+  """Latent frames of an n-sample clip (n must be a multiple of hop; see `FrameCodec.encode`)."""
   return n // hop
 
 
-class PatchCodec(nn.Module):
+class PatchCodec(frame_codec.FrameCodec):
   """Fixed orthonormal frame transform: (B, N, 2) <-> (B, N / hop, 2 * hop).
 
   Attributes:
-    hop: samples per latent frame (N must be a multiple of it).
+    `frame_codec.FrameCodec`'s (hop, default 128; in_channels / out_channels, which must be
+      2: mid/side needs stereo; dtype, whose float32 default keeps the round trip exact).
     transform: 'dct' (mid/side + orthonormal DCT-II per frame) or 'identity' (mid/side only).
     scale: latents are the transformed frames divided by this (measured latent std).
-    in_channels / out_channels: waveform channels; must be 2 (mid/side needs stereo).
-    dtype: compute dtype of the two matmuls (float32 keeps the round trip exact).
   """
   hop: int = 128
   transform: str = 'dct'
   scale: float = 1.0
-  in_channels: int = 2
-  out_channels: int = 2
-  dtype: jnp.dtype = jnp.float32
+
+  label = 'patch codec'
 
   def __post_init__(self):
     super().__post_init__()
-    if self.hop < 1:
-      raise ValueError(f'patch codec hop must be >= 1, got {self.hop}')
     if not self.scale > 0:
       raise ValueError(f'patch codec scale must be > 0, got {self.scale}')
-    if self.in_channels != 2 or self.out_channels != 2:
-      raise ValueError('patch codec needs stereo audio (in_channels = out_channels = 2), got '
-                       f'{self.in_channels} / {self.out_channels}')
     frame_matrix(self.hop, self.transform)   # validates `transform` at construction
-
-  @property
-  def hop_length(self) -> int:
-    return self.hop
 
   @property
   def latent_dim(self) -> int:
     return 2 * self.hop
 
-  def __call__(self, audio: jax.Array) -> jax.Array:
-    """Round trip (for `init`, which finds no parameters)."""
-    return self.decode(self.encode(audio, deterministic=True))
-
-  def encode(self, audio: jax.Array, noise: jax.Array | None = None, *,
-             rng: jax.Array | None = None, deterministic: bool = False) -> jax.Array:
-    """audio (B, N, 2), N = T·hop -> latents (B, T, 2·hop).
-
-    The codec is deterministic (a point-mass posterior), so `rng` and `deterministic` are
-    accepted for interface compatibility and ignored; `noise`, if given, must still have the
-    latent shape (a wrong shape is a caller bug) and is ignored (its posterior sigma is 0).
-    """
-    del rng, deterministic
-    _check_audio(audio, self.hop)
+  def _encode(self, audio: jax.Array) -> jax.Array:
     b, n, _ = audio.shape
     frames = audio.astype(self.dtype).reshape(b, n // self.hop, self.hop, 2)
     mid_side = _mid_side(frames)                                  # (B, T, hop, 2)
     basis = jnp.asarray(frame_matrix(self.hop, self.transform), self.dtype)
     coeffs = jnp.einsum('kj,btjc->btck', basis, mid_side)         # (B, T, 2, hop)
-    z = coeffs.reshape(b, n // self.hop, 2 * self.hop) / jnp.asarray(self.scale, self.dtype)
-    if noise is not None and noise.shape != z.shape:
-      raise ValueError(f'noise must have the latent shape {z.shape}, got {noise.shape}')
-    return layers.constrain(z, _ACT)
+    return coeffs.reshape(b, n // self.hop, 2 * self.hop) / jnp.asarray(self.scale, self.dtype)
 
-  def decode(self, latents: jax.Array) -> jax.Array:
-    """latents (B, T, 2·hop) -> audio (B, T·hop, 2)."""
-    if latents.ndim != 3 or latents.shape[-1] != 2 * self.hop:
-      raise ValueError(f'latents must be (B, T, {2 * self.hop}), got {latents.shape}')
+  def _decode(self, latents: jax.Array) -> jax.Array:
     b, t, _ = latents.shape
     coeffs = (latents.astype(self.dtype) * jnp.asarray(self.scale, self.dtype)
               ).reshape(b, t, 2, self.hop)
@@ -133,10 +101,3 @@ def _mid_side(x: jax.Array) -> jax.Array:
   l, r = x[..., 0], x[..., 1]
   return jnp.stack([l + r, l - r], axis=-1) * np.float32(np.sqrt(0.5))
 
-
-def _check_audio(audio: jax.Array, hop: int) -> None:
-  if audio.ndim != 3 or audio.shape[-1] != 2:
-    raise ValueError(f'audio must be stereo (B, N, 2) channels-last, got {audio.shape}')
-  if audio.shape[1] < hop or audio.shape[1] % hop:
-    raise ValueError(f'audio length {audio.shape[1]} must be a positive multiple of the patch '
-                     f'codec hop {hop} (pad or crop the clip; trailing samples would be lost)')
