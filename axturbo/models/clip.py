@@ -115,8 +115,9 @@ class CLIPVisionTower(nn.Module):
     self._check_inputs(images)
     x = layer_norm(eps=self.eps, dtype=self.dtype, name='pre_layrnorm')(self._embed(images))
     x = constrain(x, ('act_batch', 'act_length', 'act_embed'))
-    layer_args = (self.hidden_size, self.intermediate_size, self.num_heads, self.hidden_act,
-                  self.eps, self.attention_impl, self.dtype)
-    return stack_layers(CLIPEncoderLayer, layer_args, self.num_layers, scan=self.scan_layers,
+    layer_fields = dict(hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+                        num_heads=self.num_heads, hidden_act=self.hidden_act, eps=self.eps,
+                        attention_impl=self.attention_impl, dtype=self.dtype)
+    return stack_layers(CLIPEncoderLayer, layer_fields, self.num_layers, scan=self.scan_layers,
                         name='layers', x=x)
 

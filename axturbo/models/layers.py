@@ -3,7 +3,7 @@
 Logical names are the vocabulary in `axturbo.runtime.sharding`; configs map them to mesh axes.
 Parameters are float32 (master weights); `dtype` is the compute dtype.
 """
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -76,9 +76,9 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return nn.with_logical_constraint(x, tuple(axes))
 
 
-def stack_layers(layer_cls: type[nn.Module], args: tuple, depth: int, *, scan: bool, name: str,
+def stack_layers(layer_cls: type[nn.Module], fields: dict, depth: int, *, scan: bool, name: str,
                  x: jax.Array, broadcast: tuple = ()) -> jax.Array:
-  """`depth` layers `layer_cls(*args)` applied in turn: (x, *broadcast) -> (x, None) each.
+  """`depth` layers `layer_cls(**fields)` applied in turn: (x, *broadcast) -> (x, None) each.
 
   Call inside a compact method. scan=True stacks their parameters under `name` with a leading
   'layers' axis (nn.scan; `broadcast` reaches every layer unchanged); otherwise they are
@@ -88,8 +88,38 @@ def stack_layers(layer_cls: type[nn.Module], args: tuple, depth: int, *, scan: b
     stack = nn.scan(layer_cls, variable_axes={'params': 0}, split_rngs={'params': True},
                     in_axes=nn.broadcast if broadcast else 0, length=depth,
                     metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = stack(*args, name=name)(x, *(broadcast or (None,)))
+    x, _ = stack(**fields, name=name)(x, *(broadcast or (None,)))
     return x
   for i in range(depth):
-    x, _ = layer_cls(*args, name=f'{name}_{i}')(x, *broadcast)
+    x, _ = layer_cls(**fields, name=f'{name}_{i}')(x, *broadcast)
   return x
+
+
+class PreLNLayer(nn.Module):
+  """Base of the pre-LN transformer layers (torch `TransformerEncoderLayer(norm_first=True)`
+  and kin): the fields they share and their feed-forward half, x + W2 GELU(W1 LN x).
+
+  Subclasses add their fields after these, so construct them by keyword.
+
+  Attributes:
+    mlp_dim: hidden width of the feed-forward half.
+    eps: LayerNorm epsilon.
+    dtype: compute dtype.
+    attention_impl: passed to `attention`.
+  """
+  mlp_dim: int
+  eps: float
+  dtype: Dtype
+  attention_impl: str | None
+
+  def norm(self, name: str) -> nn.LayerNorm:
+    return layer_norm(eps=self.eps, dtype=self.dtype, name=name)
+
+  def feed_forward(self, x: jax.Array, names: tuple[str, str, str],
+                   drop: Callable[[jax.Array], jax.Array] = lambda y: y) -> jax.Array:
+    """x + drop(W2 drop(GELU(W1 LN x))), exact GELU; `names` are the checkpoint's names of
+    LN, W1 and W2. Call inside the subclass's compact method."""
+    norm, w_in, w_out = names
+    h = dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name=w_in)(self.norm(norm)(x))
+    h = drop(nn.gelu(constrain(h, ('act_batch', 'act_length', 'act_mlp')), approximate=False))
+    return x + drop(dense(x.shape[-1], ('mlp', 'embed'), dtype=self.dtype, name=w_out)(h))

@@ -72,35 +72,27 @@ class TorchMultiheadAttention(nn.Module):
     return jnp.einsum('bnqk,bknh->bqnh', probs, v)
 
 
-class FusionEncoderLayer(nn.Module):
+class FusionEncoderLayer(layers.PreLNLayer):
   """torch `TransformerEncoderLayer(norm_first=True, activation=gelu)`; scanned over layers.
 
   x += Drop(SA(LN1 x)); x += Drop(W2 Drop(GELU(W1 LN2 x))), plus dropout on the attention
   probabilities inside SA, all at rate `dropout` and only when `deterministic` is False.
+  Fields: `layers.PreLNLayer`'s, then the width `dim` and these.
   """
   dim: int
   num_heads: int
-  mlp_dim: int
   dropout: float
   deterministic: bool
-  eps: float = 1e-5
-  dtype: jnp.dtype = jnp.float32
-  attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, _) -> tuple[jax.Array, None]:
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
-    h = layers.layer_norm(eps=self.eps, dtype=self.dtype, name='norm1')(x)
+    h = self.norm('norm1')(x)
     h = TorchMultiheadAttention(self.dim, self.num_heads, self.dropout, self.dtype,
                                 self.attention_impl, name='self_attn')(
                                     h, h, deterministic=self.deterministic)
     x = x + drop(h)
-    h = layers.layer_norm(eps=self.eps, dtype=self.dtype, name='norm2')(x)
-    h = layers.dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name='linear1')(h)
-    h = layers.constrain(h, ('act_batch', 'act_length', 'act_mlp'))
-    h = drop(nn.gelu(h, approximate=False))
-    h = layers.dense(self.dim, ('mlp', 'embed'), dtype=self.dtype, name='linear2')(h)
-    x = x + drop(h)
+    x = self.feed_forward(x, ('norm2', 'linear1', 'linear2'), drop)
     return layers.constrain(x, _SEQ), None
 
 
@@ -196,7 +188,8 @@ class MAFBlock(nn.Module):
     stack = nn.scan(FusionEncoderLayer, variable_axes={'params': 0},
                     split_rngs={'params': True, 'dropout': True}, length=self.num_layers,
                     metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = stack(self.dim, self.num_heads, int(self.dim * self.mlp_ratio), self.dropout,
-                 deterministic, self.eps, self.dtype, self.attention_impl,
+    x, _ = stack(mlp_dim=int(self.dim * self.mlp_ratio), eps=self.eps, dtype=self.dtype,
+                 attention_impl=self.attention_impl, dim=self.dim, num_heads=self.num_heads,
+                 dropout=self.dropout, deterministic=deterministic,
                  name='fusion_layers')(x, None)
     return x

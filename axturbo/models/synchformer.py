@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from axturbo.models.layers import (attention, constrain, dense, layer_norm, named_init,
-                                   stack_layers)
+from axturbo.models.layers import (PreLNLayer, attention, constrain, dense, layer_norm,
+                                   named_init, stack_layers)
 
 Dtype = jnp.dtype
 
@@ -112,40 +112,30 @@ class DividedAttention(nn.Module):
     return dense(width, ('heads', 'embed'), dtype=self.dtype, name='out_proj')(out)
 
 
-class DividedSpaceTimeBlock(nn.Module):
+class DividedSpaceTimeBlock(PreLNLayer):
   """x += time_attn(LN3 x); x += space_attn(LN1 x); x += MLP(LN2 x). Returns (x, None) for scan.
 
   Norm names follow the official block (norm3 feeds the time attention, which runs first).
+  Fields: `PreLNLayer`'s, then the heads and the frames (tubelets) of the token grid.
   """
   num_heads: int
   num_frames: int
-  mlp_dim: int
-  eps: float = 1e-6
-  attention_impl: str | None = None
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, _: None = None) -> tuple[jax.Array, None]:
-    width = x.shape[-1]
-    ln = lambda name: layer_norm(eps=self.eps, dtype=self.dtype, name=name)
     attn = lambda axis, name: DividedAttention(self.num_heads, self.num_frames, axis,
                                                self.attention_impl, self.dtype, name=name)
-    x = x + attn('time', 'time_attn')(ln('norm3')(x))
-    x = x + attn('space', 'space_attn')(ln('norm1')(x))
-    h = dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name='fc1')(ln('norm2')(x))
-    h = constrain(nn.gelu(h, approximate=False), ('act_batch', 'act_length', 'act_mlp'))
-    x = x + dense(width, ('mlp', 'embed'), dtype=self.dtype, name='fc2')(h)
+    x = x + attn('time', 'time_attn')(self.norm('norm3')(x))
+    x = x + attn('space', 'space_attn')(self.norm('norm1')(x))
+    x = self.feed_forward(x, ('norm2', 'fc1', 'fc2'))
     return constrain(x, _ACT), None
 
 
-class SpatialAggregator(nn.Module):
+class SpatialAggregator(PreLNLayer):
   """(N, n, D) tokens of one tubelet -> (N, D): a learned CLS token prepended, one pre-LN
-  transformer layer (PyTorch `TransformerEncoderLayer`, norm_first, exact GELU), CLS output."""
+  transformer layer (PyTorch `TransformerEncoderLayer`, norm_first, exact GELU), CLS output.
+  Fields: `PreLNLayer`'s, then the heads."""
   num_heads: int
-  mlp_dim: int
-  eps: float = 1e-6
-  attention_impl: str | None = None
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -155,17 +145,13 @@ class SpatialAggregator(nn.Module):
                      (width,), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, width)), x], axis=1)
     length = x.shape[1]
-    y = layer_norm(eps=self.eps, dtype=self.dtype, name='norm1')(x)
+    y = self.norm('norm1')(x)
     q, k, v = (dense(width, ('embed', 'heads'), dtype=self.dtype, name=f'{name}_proj')(y)
                .reshape(b, length, h, dh) for name in ('q', 'k', 'v'))
     # Only the CLS row of the layer's output is kept, so only its query is needed.
     a = attention(q[:, :1], k, v, implementation=self.attention_impl).reshape(b, 1, width)
     x = x[:, :1] + dense(width, ('heads', 'embed'), dtype=self.dtype, name='out_proj')(a)
-    y = layer_norm(eps=self.eps, dtype=self.dtype, name='norm2')(x)
-    y = nn.gelu(dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name='fc1')(y),
-                approximate=False)
-    x = x + dense(width, ('mlp', 'embed'), dtype=self.dtype, name='fc2')(y)
-    return x[:, 0]
+    return self.feed_forward(x, ('norm2', 'fc1', 'fc2'))[:, 0]
 
 
 class Synchformer(nn.Module):
@@ -235,16 +221,15 @@ class Synchformer(nn.Module):
     """segments: (N, T, H, W, 3) normalised -> (N, T / tubelet_size, embed_dim)."""
     self._check(segments)
     x = constrain(self._embed(segments), _ACT)
-    block_args = (self.num_heads, self.tubelets, self.mlp_ratio * self.embed_dim, self.eps,
-                  self.attention_impl, self.dtype)
-    x = stack_layers(DividedSpaceTimeBlock, block_args, self.depth, scan=self.scan_layers,
-                     name='blocks', x=x)
+    layer_fields = dict(mlp_dim=self.mlp_ratio * self.embed_dim, eps=self.eps, dtype=self.dtype,
+                        attention_impl=self.attention_impl, num_heads=self.num_heads)
+    x = stack_layers(DividedSpaceTimeBlock, dict(layer_fields, num_frames=self.tubelets),
+                     self.depth, scan=self.scan_layers, name='blocks', x=x)
     # The backbone's CLS token is dropped: only the per-tubelet aggregation is used.
     x = layer_norm(eps=self.eps, dtype=self.dtype, name='norm')(x[:, 1:])
     n_seg, d = x.shape[0], self.embed_dim
     x = x.reshape(n_seg * self.tubelets, self.grid ** 2, d)
-    x = SpatialAggregator(self.num_heads, self.mlp_ratio * d, self.eps, self.attention_impl,
-                          self.dtype, name='spatial_agg')(x)
+    x = SpatialAggregator(**layer_fields, name='spatial_agg')(x)
     return constrain(x.reshape(n_seg, self.tubelets, d), _ACT)
 
   def encode_frames(self, frames) -> jax.Array:

@@ -187,9 +187,10 @@ class T5Encoder(nn.Module):
                      name='shared')
     x = constrain(embed(input_ids), ('act_batch', 'act_length', 'act_embed'))
     bias = self._bias(attention_mask, input_ids.shape[1])
-    block_args = (self.d_model, self.d_kv, self.d_ff, self.num_heads, activation, gated,
-                  self.eps, self.dtype)
-    x = stack_layers(T5Block, block_args, self.num_layers, scan=self.scan_layers, name='layers',
+    block_fields = dict(d_model=self.d_model, d_kv=self.d_kv, d_ff=self.d_ff,
+                        num_heads=self.num_heads, activation=activation, gated=gated,
+                        eps=self.eps, dtype=self.dtype)
+    x = stack_layers(T5Block, block_fields, self.num_layers, scan=self.scan_layers, name='layers',
                      x=x, broadcast=(bias,))
     return T5RMSNorm(self.eps, self.dtype, name='final_norm')(x)
 

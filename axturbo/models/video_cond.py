@@ -15,35 +15,28 @@ from axturbo.models import layers
 _SEQ = ('act_batch', 'act_length', 'act_embed')
 
 
-class TemporalLayer(nn.Module):
+class TemporalLayer(layers.PreLNLayer):
   """One pre-LN layer of the official `SA_Transformer`; scanned over `depth`.
 
   x += to_out(MHA(LN x)); x += W2 GELU(W1 LN x). `to_qkv` (no bias) is split into
-  query/key/value, each (D, heads*dim_head) with heads contiguous.
+  query/key/value, each (D, heads*dim_head) with heads contiguous. Fields:
+  `layers.PreLNLayer`'s, then the width `dim` and the heads.
   """
   dim: int
   heads: int
   dim_head: int
-  mlp_dim: int
-  eps: float = 1e-5
-  dtype: jnp.dtype = jnp.float32
-  attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, _) -> tuple[jax.Array, None]:
     inner = self.heads * self.dim_head
-    h = layers.layer_norm(eps=self.eps, dtype=self.dtype, name='attn_norm')(x)
+    h = self.norm('attn_norm')(x)
     q, k, v = (layers.dense(inner, ('embed', 'heads'), use_bias=False, dtype=self.dtype,
                             name=name)(h).reshape(h.shape[:-1] + (self.heads, self.dim_head))
                for name in ('query', 'key', 'value'))
     a = layers.attention(q, k, v, implementation=self.attention_impl)
     a = a.reshape(a.shape[:-2] + (inner,))
     x = x + layers.dense(self.dim, ('heads', 'embed'), dtype=self.dtype, name='attn_out')(a)
-    h = layers.layer_norm(eps=self.eps, dtype=self.dtype, name='ff_norm')(x)
-    h = layers.dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name='ff_in')(h)
-    h = nn.gelu(layers.constrain(h, ('act_batch', 'act_length', 'act_mlp')), approximate=False)
-    x = x + layers.dense(self.dim, ('mlp', 'embed'), dtype=self.dtype, name='ff_out')(h)
-    return x, None
+    return self.feed_forward(x, ('ff_norm', 'ff_in', 'ff_out')), None
 
 
 class VideoConditioner(nn.Module):
@@ -116,8 +109,9 @@ class VideoConditioner(nn.Module):
     h = layers.constrain(h + pos.astype(self.dtype)[None], _SEQ)
     stack = nn.scan(TemporalLayer, variable_axes={'params': 0}, split_rngs={'params': True},
                     length=self.depth, metadata_params={nn.PARTITION_NAME: 'layers'})
-    h, _ = stack(self.dim, self.heads, self.dim_head, self.mlp_dim, self.eps, self.dtype,
-                 self.attention_impl, name='temporal_layers')(h, None)
+    h, _ = stack(mlp_dim=self.mlp_dim, eps=self.eps, dtype=self.dtype,
+                 attention_impl=self.attention_impl, dim=self.dim, heads=self.heads,
+                 dim_head=self.dim_head, name='temporal_layers')(h, None)
     h = layers.layer_norm(eps=self.eps, dtype=self.dtype, name='temporal_norm')(h)
     # (b q) t h -> b (t q) h: token index = frame * Q + position.
     h = jnp.transpose(h.reshape(b, q, t, d), (0, 2, 1, 3)).reshape(b, t * q, d)
