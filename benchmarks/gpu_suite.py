@@ -190,13 +190,20 @@ def train_flops(m, params, batch: int, trainable) -> float:
 
 # ------------------------------------------------------------------------------- timing
 
-def time_calls(fn, runs: int, warmup: int) -> dict:
-  """First call (compile + run), `warmup` untimed calls, then `runs` timed ones (ms)."""
+def time_calls(fn, runs: int, warmup: int, sync=lambda: None) -> dict:
+  """First call (compile + run), `warmup` untimed calls, then `runs` timed ones (ms).
+
+  `sync()` waits for work still queued on the device after the first call and after the
+  warm-up (torch's CUDA calls return early); `fn` itself must end with its result on the host
+  or blocked on, as each of ours does.
+  """
   t0 = time.perf_counter()
   fn(0)
+  sync()
   first = time.perf_counter() - t0
   for i in range(warmup):
     fn(1 + i)
+  sync()
   samples = []
   for i in range(runs):
     t0 = time.perf_counter()

@@ -37,12 +37,12 @@ into DIR/official.json after each setting.
 import argparse
 import contextlib
 import json
-import math
 import pathlib
-import statistics
 import sys
 import time
 import traceback
+
+from benchmarks import gpu_suite   # its configs/official.py sizes and its timing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROMPT = 'A dog barks twice, then a bell rings over distant traffic.'
@@ -133,29 +133,9 @@ def micro_towers(m):
   return m
 
 
-def time_calls(fn, runs: int, warmup: int, sync) -> dict:
-  t0 = time.perf_counter()
-  fn(0)
-  sync()
-  first = time.perf_counter() - t0
-  for i in range(warmup):
-    fn(1 + i)
-  sync()
-  samples = []
-  for i in range(runs):
-    t0 = time.perf_counter()
-    fn(1 + warmup + i)
-    samples.append(1e3 * (time.perf_counter() - t0))
-  samples.sort()
-  p90 = samples[min(len(samples) - 1, math.ceil(0.9 * len(samples)) - 1)]
-  return {'median_ms': statistics.median(samples), 'p90_ms': p90, 'min_ms': samples[0],
-          'runs': runs, 'first_s': first}
-
-
 class Reference:
   def __init__(self, args):
     import torch
-    from benchmarks import gpu_suite   # configs/official.py sizes, shared with our suite
     self.args = args
     self.t_start = time.perf_counter()
     official = pathlib.Path(args.official).resolve()
@@ -253,7 +233,7 @@ class Reference:
 
     if self.device == 'cuda':
       torch.cuda.reset_peak_memory_stats()
-    stats = time_calls(call, self.args.runs, self.args.warmup, self.sync)
+    stats = gpu_suite.time_calls(call, self.args.runs, self.args.warmup, self.sync)
     label = {'fp32': 'official fp32 (as released)', 'bf16': 'official bf16 autocast'}[precision]
     nfe = 2 * self.args.teacher_steps if teacher else 4
     if teacher:
