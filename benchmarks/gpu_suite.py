@@ -51,22 +51,13 @@ PROMPT = 'A dog barks twice, then a bell rings over distant traffic.'
 
 def micro_model_config():
   """configs/official.py's model with every tower shrunk (Oobleck codec kept): the CPU test."""
-  from configs import official
-  m = official.model_config()
+  from configs import micro, official
+  m = micro.shrink_towers(official.model_config(), io_channels=8)
   m.audio_samples = m.prompt_samples = 512      # Oobleck hop 4 x 8: 16 latent frames
-  m.cond_dim = 32
   m.vae.update(channels=4, c_mults=(1, 2), strides=(4, 8), latent_dim=8)
-  m.text.update(tokenizer='byte', max_length=8)
-  m.t5.update(vocab_size=259, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
-  m.clip.update(hidden_size=32, intermediate_size=32, num_layers=1, num_heads=2, image_size=16,
-                patch_size=8)
-  m.video.update(dim=32, num_frames=2, tokens_per_frame=5, sync_len=4, sync_dim=32, out_tokens=4,
-                 depth=1, heads=2, dim_head=16, mlp_dim=32)
-  m.audio_prompt.update(latent_seq_len=16, prompt_tokens=4, output_dim=32)
-  m.maf.update(dim=32, num_experts_per_modality=2, num_heads=2, num_layers=1)
-  m.trunk.update(io_channels=8, embed_dim=32, depth=2, num_heads=2, head_dim=16, cond_dim=32,
-                 cond_len=16, seq_len=16, mlp_hidden=32, fourier_dim=16)
-  m.disc.update(num_heads=2, in_channels=8, hidden=8)
+  m.text.update(tokenizer='byte')
+  m.t5.update(vocab_size=259)
+  m.disc.update(num_heads=2, hidden=8)
   del m.synchformer   # no extractor: its 10 s of frames would not fit 2 video frames
   return m
 
