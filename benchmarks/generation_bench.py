@@ -74,15 +74,13 @@ def measure(gen, sampler: str, steps: int, cfg_scale: float, batch: int, runs: i
 
 
 def format_table(rows: list[dict]) -> str:
-  """Markdown table of `measure` rows (milliseconds)."""
-  head = ('| sampler | steps | CFG | NFE | inputs ms | conditioning ms | sampling ms | decode ms '
-          '| total ms | RTF |')
-  lines = [head, '|' + '---|' * 10]
-  for r in rows:
-    ms = ' | '.join(f'{1e3 * r[k]:.1f}' for k in STAGES)
-    cfg = f'{r["cfg_scale"]:g}' if r['sampler'] == 'teacher' else '-'
-    lines.append(f'| {r["sampler"]} | {r["steps"]} | {cfg} | {r["nfe"]} | {ms} | {r["rtf"]:.4f} |')
-  return '\n'.join(lines)
+  """Markdown table of `measure` rows (milliseconds), newline-terminated."""
+  from axturbo.eval import benchmark
+  headers = ('sampler', 'steps', 'CFG', 'NFE', 'inputs ms', 'conditioning ms', 'sampling ms',
+             'decode ms', 'total ms', 'RTF')
+  cells = [(r['sampler'], r['steps'], f'{r["cfg_scale"]:g}' if r['sampler'] == 'teacher' else '-',
+            r['nfe'], *(f'{1e3 * r[k]:.1f}' for k in STAGES), f'{r["rtf"]:.4f}') for r in rows]
+  return benchmark.markdown_table(headers, cells)
 
 
 def speedup(rows: list[dict], teacher_steps: int = 50, student_steps: int = 4) -> str | None:
@@ -110,20 +108,11 @@ def main(argv):
     if bad:
       raise ValueError(f'--student_steps: the student sampler takes {sampling.STUDENT_STEPS} '
                        f'steps, got {bad}')
-    if not _CHECKPOINT.value and _CONFIG.value is None:
-      raise ValueError('give --checkpoint DIR, or --config FILE for random weights')
-    import jax
-    from axturbo.generation import generate
-    if _CHECKPOINT.value:
-      if not pathlib.Path(_CHECKPOINT.value).is_dir():
-        raise FileNotFoundError(f'--checkpoint {_CHECKPOINT.value!r}: directory not found')
-      gen = generate.Generator.load(_CHECKPOINT.value)
-      source = f'checkpoint {_CHECKPOINT.value} (kind {gen.kind})'
-    else:
-      gen = random_weights.random_generator(_CONFIG.value, _SEED.value)
-      source = 'random weights of --config'
+    gen, source = random_weights.checkpoint_or_random(_CHECKPOINT.value, _CONFIG.value,
+                                                      _SEED.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
+  import jax
   m = gen.config
   print(f'{source}; device {jax.devices()[0].device_kind} x{jax.device_count()}; '
         f'dtype {m.dtype}; batch {_BATCH.value}; {gen.output_samples / m.sample_rate:.3f} s of '
@@ -135,7 +124,7 @@ def main(argv):
     rows.append(measure(gen, sampler, steps, _CFG.value, _BATCH.value, _RUNS.value,
                         _WARMUP.value, _SEED.value))
     print(f'  {sampler} {steps} steps: total {1e3 * rows[-1]["total_s"]:.1f} ms', flush=True)
-  print(format_table(rows))
+  print(format_table(rows), end='')
   ratio = speedup(rows)
   if ratio:
     print(ratio)

@@ -84,17 +84,15 @@ def measure(gen, sampler: str, steps: int, cfg_scale: float, runs: int) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-  head = ('| sampler | steps | NFE / window | windows | window 0 s | window k: conditioning ms '
-          '| sampling ms | decode ms | total ms | join s | total s | RTF |')
-  lines = [head, '|' + '---|' * 12]
-  for r in rows:
-    lines.append(
-        f'| {r["sampler"]} | {r["steps"]} | {r["nfe_per_window"]} | {r["windows"]} | '
-        f'{r["window0_s"]:.3f} | {1e3 * r["window_conditioning_s"]:.1f} | '
-        f'{1e3 * r["window_sampling_s"]:.1f} | {1e3 * r["window_decoding_s"]:.1f} | '
-        f'{1e3 * r["window_total_s"]:.1f} | {r["join_s"]:.3f} | {r["total_s"]:.2f} | '
-        f'{r["rtf"]:.3f} |')
-  return '\n'.join(lines)
+  """Markdown table of `measure` rows, newline-terminated."""
+  from axturbo.eval import benchmark
+  headers = ('sampler', 'steps', 'NFE / window', 'windows', 'window 0 s',
+             'window k: conditioning ms', 'sampling ms', 'decode ms', 'total ms', 'join s',
+             'total s', 'RTF')
+  cells = [(r['sampler'], r['steps'], r['nfe_per_window'], r['windows'], f'{r["window0_s"]:.3f}',
+            *(f'{1e3 * r[f"window_{k}"]:.1f}' for k in STAGES[1:]), f'{r["join_s"]:.3f}',
+            f'{r["total_s"]:.2f}', f'{r["rtf"]:.3f}') for r in rows]
+  return benchmark.markdown_table(headers, cells)
 
 
 def main(argv):
@@ -103,20 +101,11 @@ def main(argv):
     settings = parse_settings(_SAMPLERS.value)
     if _RUNS.value < 1 or _BATCH.value < 1:
       raise ValueError('--runs and --batch must be >= 1')
-    if not _CHECKPOINT.value and _CONFIG.value is None:
-      raise ValueError('give --checkpoint DIR, or --config FILE for random weights')
-    import jax
-    from axturbo.generation import jobs
-    if _CHECKPOINT.value:
-      if not pathlib.Path(_CHECKPOINT.value).is_dir():
-        raise FileNotFoundError(f'--checkpoint {_CHECKPOINT.value!r}: directory not found')
-      gen = jobs.load_generator(_CHECKPOINT.value)
-      source = f'checkpoint {_CHECKPOINT.value} (kind {gen.kind})'
-    else:
-      gen = random_weights.random_generator(_CONFIG.value, _SEED.value)
-      source = 'random weights of --config'
+    gen, source = random_weights.checkpoint_or_random(_CHECKPOINT.value, _CONFIG.value,
+                                                      _SEED.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
+  import jax
   print(f'{source}; device {jax.devices()[0].device_kind} x{jax.device_count()}; batch '
         f'{_BATCH.value}; {_DURATION.value:g} s clips, {_JOIN.value} join; medians of '
         f'{_RUNS.value} runs after one untimed clip', flush=True)
@@ -127,7 +116,7 @@ def main(argv):
     except ValueError as e:
       sys.exit(f'error: {e}')
     print(f'  {sampler} {steps} steps: {rows[-1]["total_s"]:.2f} s per clip', flush=True)
-  print(format_table(rows))
+  print(format_table(rows), end='')
   if _JSON.value:
     pathlib.Path(_JSON.value).write_text(json.dumps(rows, indent=2))
 
