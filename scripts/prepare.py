@@ -13,7 +13,14 @@ shapes, with a train split and, where the config names one, a heldout split. --n
 to the part after '/' of config.data.tfds_name, --data_dir to config.data.tfds_data_dir.
 Files that fail to decode are skipped and counted in the dataset's metadata
 (--config.data.fail_fast=true stops at the first). A progress bar per split on stderr.
+
+Video lines without a "sync_feature" get zero sync features, as the official pipeline reads
+them, unless --sync_checkpoint names an axturbo checkpoint that carries a Synchformer
+(`python -m axturbo.convert --synchformer ...`): it then computes them from the video (25 fps
+frames of the crop's window), --sync_batch videos at a time. The checkpoint is one of the
+dataset's settings: a dataset built without it is not reused for a build with it.
 """
+import os
 import sys
 
 from absl import app
@@ -26,6 +33,10 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 "TFDS data_dir (default: data.tfds_data_dir, else TFDS's).")
 _WORKERS = flags.DEFINE_integer('workers', 0, 'Decoding processes (0 = this process).')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild a dataset that is already built.')
+_SYNC_CHECKPOINT = flags.DEFINE_string(
+    'sync_checkpoint', '', 'axturbo checkpoint with a Synchformer: computes the sync features of '
+    'video lines without a "sync_feature" (default: zeros).')
+_SYNC_BATCH = flags.DEFINE_integer('sync_batch', 8, 'Videos per Synchformer call.')
 
 
 def dataset_name(tfds_name: str, name: str | None) -> str:
@@ -46,12 +57,20 @@ def main(argv):
   from axturbo.data import tfds_builders
   d = _CONFIG.value.data
   tfds.disable_progress_bar()  # ours counts against the split's size and shows the skips
+  if _SYNC_BATCH.value < 1:
+    sys.exit(f'error: --sync_batch must be >= 1, got {_SYNC_BATCH.value}')
   try:
+    extractor = None
+    if _SYNC_CHECKPOINT.value:
+      from axturbo.generation import sync
+      m = _CONFIG.value.model
+      extractor = sync.SyncExtractor.from_checkpoint(os.path.abspath(_SYNC_CHECKPOINT.value))
+      extractor.check_size(m.video.num_frames / m.video_fps, m.video.sync_len, m.video.sync_dim)
     builder = tfds_builders.build(
         _CONFIG.value, dataset_name(d.tfds_name, _NAME.value),
         d.tfds_data_dir if _DATA_DIR.value is None else _DATA_DIR.value,
         overwrite=_OVERWRITE.value, workers=_WORKERS.value, fail_fast=bool(d.fail_fast),
-        progress=True)
+        progress=True, sync_extractor=extractor, sync_batch=_SYNC_BATCH.value)
   except (ValueError, OSError) as e:
     sys.exit(f'error: {e}')
   print(tfds_builders.summary(builder))

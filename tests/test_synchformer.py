@@ -23,6 +23,7 @@ code at af50898 (torch 2.13.0+cpu, torchvision 0.28.0, timm 1.0.29, omegaconf 2.
 """
 import fnmatch
 import hashlib
+import json
 import pathlib
 import subprocess
 import sys
@@ -297,3 +298,54 @@ def test_sample_cli_extracts_sync_and_rejects_bad_video(sync_ckpt):
     r = run(f'--video={bad}')
     assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert bad.name in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_prepared_dataset_computes_the_missing_sync_features(sync_ckpt, tmp_path):
+  """The TFDS builder with an extractor (`scripts.prepare --sync_checkpoint`): a video line
+  without a "sync_feature" gets the features of its crop window's 25 fps frames, a line with
+  one keeps its file, and a .npy frame array (no frame rate) is skipped with a message."""
+  import tensorflow_datasets as tfds
+  from axturbo.data import tfds_builders, video_io
+  from axturbo.generation import sync
+  from axturbo.runtime import checkpoints
+  from tests import media_files, micro_train_config
+  ckpt, extractor, _, _ = sync_ckpt
+  c = micro_train_config.get_config()
+  c.model = checkpoints.load_model_config(ckpt)
+  video = media_files.write_mp4(tmp_path / 'v.mp4', num_frames=25, fps=10)    # 2.5 s
+  wav = media_files.write_wav(tmp_path / 'v.wav', media_files.tone(2.5, 16000), 16000)
+  np.save(tmp_path / 'v_sync.npy', np.ones((16, 32), np.float32))
+  np.save(tmp_path / 'frames.npy', np.zeros((5, 16, 16, 3), np.uint8))
+  line = lambda v, s='': {'path': str(wav), 'video_path': str(v), 'sync_feature': str(s),
+                          'caption': 'a dog', 'type': 'video_condition-audio'}
+  lines = [line(video), line(video, tmp_path / 'v_sync.npy'), line(tmp_path / 'frames.npy'),
+           line(video)]
+  (tmp_path / 'm.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+  c.data.update(source='manifest', manifest=str(tmp_path / 'm.jsonl'))
+  ex = sync.SyncExtractor.from_checkpoint(ckpt)
+  builder = tfds_builders.build(c, 'sync', str(tmp_path / 'tfds'), sync_extractor=ex,
+                                sync_batch=2)
+  assert builder.info.metadata['sync_computed'] == {'train': 2}
+  [message] = builder.info.metadata['skipped_messages']['train']
+  assert 'frames.npy' in message and 'sync_feature' in message
+  assert 'sync features of 2 videos computed' in tfds_builders.summary(builder)
+  data = tfds.data_source('axturbo_manifest/sync', split='train', data_dir=str(tmp_path / 'tfds'))
+  assert len(data) == 3
+  for i in (0, 2):
+    got = data[i]
+    # The crop start (0, 1 or 2 s, drawn at build time) is the one whose 5 fps frames it holds.
+    [start] = [s for s in (0.0, 1.0, 2.0) if np.array_equal(
+        got['frames'], video_io.read_frames(str(video), 5, 16, 5.0, s))]
+    frames = video_io.read_frames(str(video), 25, 16, 25, start, min_frames=2)
+    want = extractor.apply({'params': ex.params}, frames[None], method='encode_frames')[0]
+    assert np.abs(got['sync']).max() > 0.1
+    np.testing.assert_allclose(got['sync'], want, rtol=1e-5, atol=1e-5)   # batched: ~2e-6
+  np.testing.assert_array_equal(data[1]['sync'], np.ones((16, 32), np.float32))
+  # Another extractor makes another dataset: the checkpoint is one of its settings.
+  with pytest.raises(ValueError, match='sync_checkpoint'):
+    tfds_builders.build(c, 'sync', str(tmp_path / 'tfds'))
+  with pytest.raises(ValueError, match=r'makes \(16, 32\) features for 1 s.*\(16, 64\)'):
+    ex.check_size(1.0, 16, 64)
+  with pytest.raises(FileNotFoundError, match='not an axturbo checkpoint'):
+    sync.SyncExtractor.from_checkpoint(tmp_path / 'tfds')

@@ -139,8 +139,18 @@ def official_prompt(audio, start, kind, sample_rate, prompt_samples):
   return audio_io.left_pad_crop(piece, prompt_samples)
 
 
-def decode_entry(entry: dict, rng: np.random.Generator, m, d, random_crop: bool) -> dict:
-  """Manifest entry -> base example. m: config.model, d: config.data. Raises BadSampleError."""
+# The key under which `decode_entry(sync_frames=...)` returns the frames for sync features.
+SYNC_FRAMES = 'sync_frames'
+
+
+def decode_entry(entry: dict, rng: np.random.Generator, m, d, random_crop: bool,
+                 sync_frames: tuple[int, int, int] | None = None) -> dict:
+  """Manifest entry -> base example. m: config.model, d: config.data. Raises BadSampleError.
+
+  sync_frames: (fps, count, size). A video entry without a `sync_feature` then also carries
+  SYNC_FRAMES: (count, size, size, 3) uint8 frames at `fps` from the crop's start, for a
+  Synchformer to turn into its `sync` (scripts/prepare.py).
+  """
   sr, n = m.sample_rate, m.audio_samples
   audio = audio_io.load_clip(entry['path'], sr)
   offsets = audio_io.crop_offsets(len(audio), n, sr, d.crop_grid_s) if random_crop else []
@@ -149,6 +159,7 @@ def decode_entry(entry: dict, rng: np.random.Generator, m, d, random_crop: bool)
   task = int(entry['task'])
   frames = np.zeros((m.video.num_frames, m.clip.image_size, m.clip.image_size, 3), np.uint8)
   sync = np.zeros((m.video.sync_len, m.video.sync_dim), np.float32)
+  extra = {}
   has_video = task in (1, 2, 6)
   if has_video:
     if not entry['video_path']:
@@ -158,6 +169,8 @@ def decode_entry(entry: dict, rng: np.random.Generator, m, d, random_crop: bool)
                                   m.video_fps, start_s)
     if entry['sync_feature']:
       sync = video_io.load_sync(entry['sync_feature'], m.video.sync_len, m.video.sync_dim)
+    elif sync_frames:
+      extra = {SYNC_FRAMES: _sync_frames(entry['video_path'], start_s, *sync_frames)}
   has_prompt = task in (5, 6)
   prompt = (official_prompt(audio, start, entry['type'], sr, m.prompt_samples) if has_prompt
             else np.zeros((m.prompt_samples, 2), np.float32))
@@ -167,5 +180,13 @@ def decode_entry(entry: dict, rng: np.random.Generator, m, d, random_crop: bool)
       'frames': frames, 'has_video': np.bool_(has_video), 'sync': sync,
       'prompt': prompt, 'has_prompt': np.bool_(has_prompt),
       'caption': window_caption(json.loads(entry['caption']), start_s),
-      'task': np.int32(task),
+      'task': np.int32(task), **extra,
   }
+
+
+def _sync_frames(path: str, start_s: float, fps: int, count: int, size: int) -> np.ndarray:
+  if path.endswith('.npy'):
+    raise audio_io.BadSampleError(f'{path}: a .npy frame array has no frame rate to read '
+                                  f'{fps} fps sync frames from; give its line a "sync_feature"')
+  # Two frames at least: a still saved as a video has no motion to sync to.
+  return video_io.read_frames(path, count, size, fps, start_s, min_frames=2)

@@ -62,6 +62,7 @@ class FilesConfig(ShapesConfig):
   random_crop: bool = True
   crop_grid_s: float = 10.0
   seed: int = 0
+  sync_checkpoint: str = ''    # whose Synchformer makes the missing sync features ('' = zeros)
 
 
 @dataclasses.dataclass(eq=False)
@@ -140,13 +141,13 @@ class EventsExample:
 
 class FileExample:
   """Manifest or folder entry -> example: `manifest.decode_entry` (what the pipeline's
-  ManifestDecoder runs) + the line's annotations."""
+  ManifestDecoder runs) + the line's annotations; `sync_frames` as `decode_entry`'s."""
 
-  def __init__(self, m, d, random_crop: bool):
-    self.m, self.d, self.random_crop = m, d, random_crop
+  def __init__(self, m, d, random_crop: bool, sync_frames: tuple[int, int, int] | None = None):
+    self.m, self.d, self.random_crop, self.sync_frames = m, d, random_crop, sync_frames
 
   def __call__(self, entry, rng):
-    base = manifest.decode_entry(entry, rng, self.m, self.d, self.random_crop)
+    base = manifest.decode_entry(entry, rng, self.m, self.d, self.random_crop, self.sync_frames)
     return {**base, **annotation_features(json.loads(entry['annotations']), entry['where'])}
 
 
@@ -197,10 +198,15 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {'1.0.0': 'Base examples with IF-caps-Pro annotations.'}
 
   def __init__(self, *, workers: int = 0, fail_fast: bool = False, progress: bool = False,
-               **kwargs):
+               sync_extractor=None, sync_batch: int = 8, **kwargs):
     """workers: decoding processes (0 = this one); fail_fast: stop at the first bad file
-    instead of skipping it; progress: a progress bar per split on stderr."""
+    instead of skipping it; progress: a progress bar per split on stderr; sync_extractor: for
+    file sources, makes the sync features of video lines without a `sync_feature`, from the
+    frames the workers read (`axturbo.generation.sync.SyncExtractor`: `fps`, `image_size`,
+    `frames_for(seconds)`, frames (B, F, H, W, 3) -> (B, sync_len, sync_dim)), `sync_batch`
+    videos at a time, in this process."""
     self.workers, self.fail_fast, self.progress = workers, fail_fast, progress
+    self.sync_extractor, self.sync_batch = sync_extractor, sync_batch
     super().__init__(**kwargs)
 
   def _sources(self) -> dict:
@@ -213,7 +219,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         builder=self, description=f'{self.__doc__} {self.builder_config.description or ""}',
         features=tfds_source.features(shapes),
         metadata=tfds.core.MetadataDict(shapes=shapes, settings=settings_of(self.builder_config),
-                                        skipped={}, skipped_messages={}),
+                                        skipped={}, skipped_messages={}, sync_computed={}),
         disable_shuffling=True)  # keep the source's order: the pipeline shuffles
 
   def _split_generators(self, dl_manager):
@@ -226,45 +232,85 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     seed = getattr(self.builder_config, 'seed', 0)
     bar = tqdm(total=len(items), desc=f'{self.name}/{self.builder_config.name} {split}',
                unit=' examples', disable=not self.progress)
-    skipped, messages = 0, []
+    skipped, messages, synced = 0, [], 0
+    stream = convert_all(items, convert, seed, self.fail_fast, self.workers)
     with bar:
-      for index, example, message in convert_all(items, convert, seed, self.fail_fast,
-                                                 self.workers):
-        bar.update()
-        if message:
-          skipped += 1
-          messages += [message] if len(messages) < MAX_SKIP_MESSAGES else []
-          logging.warning('prepare: skipped %s', message)
-          bar.set_postfix(skipped=skipped)
-          continue
-        yield index, example
+      for batch in _batches(stream, lambda r: manifest.SYNC_FRAMES in (r[1] or {}),
+                            self.sync_batch):
+        synced += self._fill_sync([example for _, example, _ in batch])
+        for index, example, message in batch:
+          bar.update()
+          if message:
+            skipped += 1
+            messages += [message] if len(messages) < MAX_SKIP_MESSAGES else []
+            logging.warning('prepare: skipped %s', message)
+            bar.set_postfix(skipped=skipped)
+            continue
+          yield index, example
     self.info.metadata['skipped'][split] = skipped
     self.info.metadata['skipped_messages'][split] = messages
+    self.info.metadata['sync_computed'][split] = synced
+
+  def _fill_sync(self, examples) -> int:
+    """Sets `sync` of the examples that carry SYNC_FRAMES from one extractor batch; returns how
+    many."""
+    need = [ex for ex in examples if ex is not None and manifest.SYNC_FRAMES in ex]
+    if need:
+      feats = self.sync_extractor(np.stack([ex.pop(manifest.SYNC_FRAMES) for ex in need]))
+      for ex, f in zip(need, feats):
+        ex['sync'] = f
+    return len(need)
 
 
-def _file_example(c: FilesConfig, split: str) -> FileExample:
-  d = mlc.ConfigDict({'crop_grid_s': c.crop_grid_s})
-  # As the pipeline: the random crop is for training only.
-  return FileExample(model_view(shapes_of(c)), d, c.random_crop and split == 'train')
+def _batches(stream, counts, size: int):
+  """Lists of consecutive `stream` items, cut after the `size`-th item for which `counts` is
+  true (and at the end): the order is kept, and at most `size` counted items wait."""
+  batch, n = [], 0
+  for item in stream:
+    batch.append(item)
+    n += bool(counts(item))
+    if n >= size:
+      yield batch
+      batch, n = [], 0
+  if batch:
+    yield batch
 
 
-class AxturboManifest(_Builder, skip_registration=True):
+class _FilesBuilder(_Builder, skip_registration=True):
+  """Builders of file sources: decoded by `FileExample`, sync features from the extractor."""
+
+  def _file_example(self, split: str) -> FileExample:
+    c = self.builder_config
+    if bool(c.sync_checkpoint) != (self.sync_extractor is not None):
+      raise ValueError(f'builder config sync_checkpoint={c.sync_checkpoint!r} needs '
+                       f'{"an" if c.sync_checkpoint else "no"} extractor')
+    m = model_view(shapes_of(c))
+    sync_frames = None
+    if self.sync_extractor is not None:
+      ex = self.sync_extractor
+      sync_frames = (ex.fps, ex.frames_for(m.video.num_frames / m.video_fps), ex.image_size)
+    d = mlc.ConfigDict({'crop_grid_s': c.crop_grid_s})
+    # As the pipeline: the random crop is for training only.
+    return FileExample(m, d, c.random_crop and split == 'train', sync_frames)
+
+
+class AxturboManifest(_FilesBuilder, skip_registration=True):
   """Official manifest lines (data/manifest.py), decoded as the training pipeline does."""
 
   def _sources(self):
     c = self.builder_config
     paths = {'train': c.manifest, 'heldout': c.heldout_manifest}
-    return {split: (manifest.read_manifest(path, c.root), _file_example(c, split))
+    return {split: (manifest.read_manifest(path, c.root), self._file_example(split))
             for split, path in paths.items() if path}
 
 
-class AxturboFolder(_Builder, skip_registration=True):
+class AxturboFolder(_FilesBuilder, skip_registration=True):
   """Audio files captioned by same-named .txt files (data/manifest.py), text-to-audio."""
 
   def _sources(self):
     c = self.builder_config
     paths = {'train': c.folder, 'heldout': c.heldout_folder}
-    return {split: (manifest.scan_folder(path), _file_example(c, split))
+    return {split: (manifest.scan_folder(path), self._file_example(split))
             for split, path in paths.items() if path}
 
 
@@ -279,11 +325,15 @@ class AxturboEvents(_Builder, skip_registration=True):
             for split, n in sizes.items() if n}
 
 
-def builder_config(config, name: str) -> ShapesConfig:
+def builder_config(config, name: str, sync_checkpoint: str = '') -> ShapesConfig:
   """The builder config `name` of config.data's source ('embedded', or 'manifest': a .jsonl or
-  a folder) at config.model's shapes."""
+  a folder) at config.model's shapes; `sync_checkpoint`: where the extractor that makes missing
+  sync features comes from (file sources only)."""
   m, d = config.model, config.data
   shapes = tfds_source.model_shapes(m)
+  if d.source == 'embedded' and sync_checkpoint:
+    raise ValueError('a Synchformer (--sync_checkpoint) makes sync features of video files: '
+                     "config.data.source='embedded' has none to read")
   if d.source == 'embedded':
     duration = pipeline.embedded_duration(m, d)
     return EventsConfig(name=name, num_clips=int(d.num_clips),
@@ -295,7 +345,8 @@ def builder_config(config, name: str) -> ShapesConfig:
   if not d.manifest:
     raise ValueError("config.data.manifest must be set for source 'manifest'")
   files = dict(random_crop=bool(d.random_crop), crop_grid_s=float(d.crop_grid_s),
-               seed=int(d.seed), description=f'from {d.manifest}', **shapes)
+               seed=int(d.seed), sync_checkpoint=sync_checkpoint,
+               description=f'from {d.manifest}', **shapes)
   if os.path.isdir(d.manifest):
     return FolderConfig(name=name, folder=d.manifest, heldout_folder=d.heldout_manifest, **files)
   return ManifestConfig(name=name, manifest=d.manifest, heldout_manifest=d.heldout_manifest,
@@ -308,8 +359,10 @@ BUILDERS = {EventsConfig: AxturboEvents, ManifestConfig: AxturboManifest,
 
 def make_builder(config, name: str, data_dir: str = '', **options) -> _Builder:
   """The builder of dataset `<builder>/<name>` under `data_dir` ('' = TFDS's default) from the
-  axturbo `config` (`builder_config`); `options`: workers, fail_fast, progress."""
-  c = builder_config(config, name)
+  axturbo `config` (`builder_config`); `options`: workers, fail_fast, progress, sync_extractor
+  (its `source`, the checkpoint, is one of the dataset's settings), sync_batch."""
+  extractor = options.get('sync_extractor')
+  c = builder_config(config, name, extractor.source if extractor is not None else '')
   return BUILDERS[type(c)](config=c, data_dir=data_dir or None, file_format='array_record',
                            **options)
 
@@ -340,7 +393,9 @@ def summary(builder: _Builder) -> str:
   skipped = info.metadata.get('skipped', {})
   # On disk: ArrayRecord compresses (info.dataset_size counts the uncompressed records).
   size = sum(f.stat().length for f in epath.Path(builder.data_dir).iterdir())
-  lines = [f'{name}: {splits} examples ({sum(skipped.values())} files skipped), '
+  synced = sum(info.metadata.get('sync_computed', {}).values())
+  lines = [f'{name}: {splits} examples ({sum(skipped.values())} files skipped'
+           f'{f", sync features of {synced} videos computed" if synced else ""}), '
            f'{size / 2**20:.1f} MiB in {builder.data_dir}']
   for split, messages in info.metadata.get('skipped_messages', {}).items():
     lines += [f'  skipped ({split}): {m}' for m in messages]

@@ -42,8 +42,8 @@ from axturbo.data import tokenizers
 from axturbo.generation import inputs
 from axturbo.generation import media
 from axturbo.generation import sampling
+from axturbo.generation import sync as sync_lib
 from axturbo.models import audiox
-from axturbo.models import synchformer
 from axturbo.runtime import checkpoints
 
 KINDS = ('student', 'teacher')
@@ -99,11 +99,9 @@ class Generator:
     self._teacher = jax.jit(self._teacher_fn, static_argnames=('steps', 'cfg_scale'))
     self._noises = jax.jit(_noises, static_argnames=('shape', 'renoises'))
     # A converted checkpoint may carry the official Synchformer: sync features from raw video.
-    self.extractor = (synchformer.from_config(model_config.get('synchformer'))
+    self.extractor = (sync_lib.SyncExtractor(model_config.get('synchformer'),
+                                             self.params['synchformer'], source)
                       if 'synchformer' in self.params else None)
-    if self.extractor is not None:
-      self._sync = jax.jit(lambda p, f: self.extractor.apply({'params': p}, f,
-                                                             method='encode_frames'))
     m = model_config
     self.latent_shape = (m.trunk.seq_len, m.trunk.io_channels)
     decoded = jax.eval_shape(self._decode, self.params,
@@ -151,24 +149,20 @@ class Generator:
   # ------------------------------------------------------------------------------ stages
 
   def sync_features(self, video_path: str) -> np.ndarray:
-    """(sync_len, sync_dim) Synchformer features of a video file: read at 25 fps and squashed
-    to the extractor's size, as the official inference path does, over the clip's duration."""
+    """(sync_len, sync_dim) Synchformer features of a video file, read at 25 fps over the
+    clip's duration, as the official inference path does."""
     if self.extractor is None:
       raise ValueError(f'{self.source}: no Synchformer in this checkpoint (convert with '
                        '--synchformer)')
     m = self.config
     seconds = m.video.num_frames / m.video_fps
+    self.extractor.check_size(seconds, m.video.sync_len, m.video.sync_dim)
     # A single frame (a still saved as a video) has no motion to sync to; a short or low-fps
     # video is padded with its last frame, as the official reader does.
-    frames = media.read_video(video_path, synchformer.SYNC_FPS,
-                              synchformer.num_sync_frames(seconds), self.extractor.image_size,
+    frames = media.read_video(video_path, self.extractor.fps,
+                              self.extractor.frames_for(seconds), self.extractor.image_size,
                               min_frames=2)
-    feats = np.asarray(self._sync(self.params['synchformer'], jnp.asarray(frames[None])))[0]
-    if feats.shape != (m.video.sync_len, m.video.sync_dim):
-      raise ValueError(f'{self.source}: the Synchformer makes {feats.shape} features for '
-                       f'{seconds:g} s, but model.video wants ({m.video.sync_len}, '
-                       f'{m.video.sync_dim})')
-    return feats.astype(np.float32)
+    return self.extractor(frames[None])[0]
 
   def _student_fn(self, params, cond, noise, renoise, known, known_mask, *, steps):
     vf = lambda z, t: self.model.apply({'params': params}, z, t, cond, method='velocity')

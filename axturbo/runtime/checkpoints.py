@@ -170,7 +170,10 @@ def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
 def _disk_tree(path: pathlib.Path) -> dict:
   """The parameter tree's structure (ArrayMetadata leaves: shape, dtype), from metadata only."""
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.metadata(path).item_metadata.tree
+    metadata = ckptr.metadata(path).item_metadata if path.is_dir() else None
+  if metadata is None:
+    raise ValueError(f'{path}: no parameter tree here')
+  return metadata.tree
 
 
 def _check_same_subtrees(path: pathlib.Path, target: Any) -> None:
