@@ -16,7 +16,6 @@ picks the step kind from `dmd.updates_at`, logs, checkpoints) -> export the stud
 import json
 import pathlib
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -59,7 +58,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
 
   from axturbo.distill import observe, state as state_lib, step as step_lib
   from axturbo.models import audiox
-  from axturbo.runtime import checkpoints, sharding
+  from axturbo.runtime import checkpoints, loop, sharding
   from axturbo.runtime import observe as runtime_observe
 
   if config.distill.batch_size and config.distill.batch_size != config.data.batch_size:
@@ -93,34 +92,28 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
   plan = {c for s in range(d.student_steps_per_cycle + d.fake_steps_per_cycle
                            + d.fake_updates_per_student_update) for c in _plan(d, s)}
   local = next(data_iter)
-  t0 = time.perf_counter()
-  logging.info('compiling the student and fake steps')
-  compiled = step_lib.compile_steps(jitted, plan, abstract, teacher,
-                                    sharding.abstract_batch(local, mesh), mesh, rules,
-                                    config.mesh.activation_constraints)
-  logging.info('compiled %s in %.1f s', sorted(map(str, compiled)), time.perf_counter() - t0)
+  compiled = loop.compile_logged(
+      f'the student and fake steps {sorted(plan)} and their inputs',
+      lambda: step_lib.compile_steps(jitted, plan, abstract, teacher,
+                                     sharding.abstract_batch(local, mesh), mesh, rules,
+                                     config.mesh.activation_constraints))
   # MFU uses the student step's FLOPs (the common step under the official schedule).
   flops = runtime_observe.compiled_flops(next(c for k, c in compiled.items()
                                             if k[0] == 'student'))
-  reporter = observe.Reporter(workdir, d.log_every, config.data.batch_size, flops,
-                              d.peak_flops_per_device, first_step=int(state.step),
-                              total_steps=d.total_steps, data_iter=data_iter)
 
-  step = int(state.step)
-  while step < d.total_steps:
-    if local is None:
-      local = next(data_iter)
-    inputs = compiled['inputs'](state, teacher, sharding.global_batch(local, mesh))
+  def step_fn(state, step, batch):
+    """The host picks the step kinds of schedule position `step`; they share its inputs."""
+    inputs = compiled['inputs'](state, teacher, batch)
     metrics = {}
     for kind, adv in _plan(d, step):
       state, m = compiled[(kind, adv)](state, teacher, inputs)
       metrics.update(m)
-    local = None
-    step += 1
-    reporter.record(step, metrics)
-    if step % d.checkpoint_every == 0 or step == d.total_steps:
-      checkpoints.save(manager, state, data_iter)   # batches of steps < `step` consumed
-  manager.wait_until_finished()
+    return state, metrics
+
+  state, step, reporter = loop.run_steps(
+      step_fn, state, section=d, reporter_cls=observe.Reporter, workdir=workdir,
+      global_batch=config.data.batch_size, flops=flops, data_iter=data_iter, local=local,
+      mesh=mesh, manager=manager)
   reporter.close()
 
   out = workdir / 'export'

@@ -12,7 +12,6 @@ checkpoint or initialize in shards -> jit the pure step with donation -> loop (l
 -> final checkpoint, inference export (EMA merged), loss curve.
 """
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -30,7 +29,7 @@ def train(config, workdir: str) -> None:
   import numpy as np
 
   from axturbo.models import audiox
-  from axturbo.runtime import checkpoints, observe, optim, sharding
+  from axturbo.runtime import checkpoints, loop, observe, optim, sharding
   from axturbo.train import observe as train_observe, state as state_lib, step as step_lib
 
   t = config.train
@@ -60,32 +59,19 @@ def train(config, workdir: str) -> None:
 
   # The jitted step, compiled once ahead of time (and its FLOPs read for MFU); a finished run
   # that is only re-exported compiles nothing.
-  local, flops = None, None
+  local, flops, compiled = None, None, None
   if int(state.step) < t.total_steps:
     step_fn = step_lib.jit_train_step(model, tx, config, mesh, shardings)
     local = next(data_iter)
-    t0 = time.perf_counter()
-    logging.info('compiling the train step')
-    compiled = sharding.compile_step(step_fn, abstract, sharding.abstract_batch(local, mesh),
-                                     mesh, rules, config.mesh.activation_constraints)
-    logging.info('compiled the train step in %.1f s', time.perf_counter() - t0)
+    compiled = loop.compile_logged('the train step', lambda: sharding.compile_step(
+        step_fn, abstract, sharding.abstract_batch(local, mesh), mesh, rules,
+        config.mesh.activation_constraints))
     flops = observe.compiled_flops(compiled)
-  reporter = train_observe.Reporter(workdir, t.log_every, config.data.batch_size, flops,
-                                    t.peak_flops_per_device, first_step=int(state.step),
-                                    total_steps=t.total_steps, data_iter=data_iter)
-
-  step = int(state.step)
-  while step < t.total_steps:
-    if local is None:
-      local = next(data_iter)
-    state, metrics = compiled(state, sharding.global_batch(local, mesh))
-    local = None
-    step += 1
-    reporter.record(step, metrics)
-    if step % t.checkpoint_every == 0 or step == t.total_steps:
-      # The iterator has produced exactly the batches of steps < `step`.
-      checkpoints.save(manager, state, data_iter)
-  manager.wait_until_finished()
+  state, step, reporter = loop.run_steps(
+      lambda state, _, batch: compiled(state, batch), state, section=t,
+      reporter_cls=train_observe.Reporter, workdir=workdir,
+      global_batch=config.data.batch_size, flops=flops, data_iter=data_iter, local=local,
+      mesh=mesh, manager=manager)
   curve = reporter.close()
 
   if t.export_ema or not t.ema.enabled:

@@ -1,0 +1,54 @@
+"""What train.py and distill.py share once their state is ready: the ahead-of-time compile and
+the resumable step loop (step, report, checkpoint)."""
+import time
+from typing import Any, Callable
+
+from absl import logging
+
+from axturbo.runtime import checkpoints, sharding
+
+
+def compile_logged(what: str, compile_fn: Callable[[], Any]) -> Any:
+  """compile_fn() between a start and an end log line: at full size compiling takes minutes
+  with nothing else on the console."""
+  t0 = time.perf_counter()
+  logging.info('compiling %s', what)
+  compiled = compile_fn()
+  logging.info('compiled %s in %.1f s', what, time.perf_counter() - t0)
+  return compiled
+
+
+def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any, *, section,
+              reporter_cls: type, workdir, global_batch: int, flops: float | None, data_iter,
+              local: dict | None, mesh, manager) -> tuple[Any, int, Any]:
+  """Steps from `state.step` to `section.total_steps`, a line every `section.log_every` steps
+  and a checkpoint every `section.checkpoint_every` and at the last step.
+
+  Args:
+    step_fn: (state, steps done before this one, global batch) -> (state, metrics).
+    section: config.train or config.distill (total_steps, log_every, checkpoint_every,
+      peak_flops_per_device).
+    reporter_cls: the trainer's `observe.Reporter` subclass.
+    flops: FLOPs of one step per device (for MFU), or None.
+    local: this host's next batch if already drawn (compiling read its shapes), else None.
+
+  Returns:
+    (state, steps done, the reporter): the reporter is left open for the caller to read its
+    history and close it; every checkpoint save has finished.
+  """
+  step = int(state.step)
+  reporter = reporter_cls(workdir, section.log_every, global_batch, flops,
+                          section.peak_flops_per_device, first_step=step,
+                          total_steps=section.total_steps, data_iter=data_iter)
+  while step < section.total_steps:
+    if local is None:
+      local = next(data_iter)
+    state, metrics = step_fn(state, step, sharding.global_batch(local, mesh))
+    local = None
+    step += 1
+    reporter.record(step, metrics)
+    if step % section.checkpoint_every == 0 or step == section.total_steps:
+      # The iterator has produced exactly the batches of steps < `step`.
+      checkpoints.save(manager, state, data_iter)
+  manager.wait_until_finished()
+  return state, step, reporter
