@@ -349,3 +349,26 @@ def test_prepared_dataset_computes_the_missing_sync_features(sync_ckpt, tmp_path
     ex.check_size(1.0, 16, 64)
   with pytest.raises(FileNotFoundError, match='not an axturbo checkpoint'):
     sync.SyncExtractor.from_checkpoint(tmp_path / 'tfds')
+
+
+@pytest.mark.e2e
+def test_prepare_command_line_computes_sync_features(sync_ckpt, tmp_path):
+  from tests import media_files, script_runs
+  ckpt, _, video, _ = sync_ckpt
+  wav = media_files.write_wav(tmp_path / 'v.wav', media_files.tone(1.0, 16000), 16000)
+  (tmp_path / 'm.jsonl').write_text(json.dumps(
+      {'path': str(wav), 'video_path': str(video), 'caption': 'a dog',
+       'type': 'video_condition-audio'}) + '\n')
+  run = lambda *a: subprocess.run(
+      [sys.executable, '-m', 'scripts.prepare', '--config=tests/micro_train_config.py',
+       '--config.model.video.num_frames=5', '--config.data.source=manifest',
+       f'--config.data.manifest={tmp_path / "m.jsonl"}', '--name=s',
+       f'--data_dir={tmp_path / "tfds"}', f'--sync_checkpoint={ckpt}', *a],
+      cwd=REPO, env=script_runs.env(tmp_path), capture_output=True, text=True, timeout=600)
+  r = run('--config.model.video.sync_len=16')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert '1 train examples (0 files skipped, sync features of 1 videos computed)' in r.stdout
+  r = run()   # the micro config's 4 sync tokens: not what this extractor makes for 1 s
+  assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1].startswith(f'error: {ckpt}: the Synchformer makes '
+                                                      '(16, 32) features for 1 s')
