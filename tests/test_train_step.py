@@ -196,6 +196,7 @@ def test_checkpoint_restores_onto_another_mesh_with_data_state(tmp_path):
   np.testing.assert_array_equal(next(fresh_it)['audio'], expected_next['audio'])
 
 
+@pytest.mark.slow   # initialises the whole train state on an 8-device mesh (~30 s on 2 cores)
 def test_nonfinite_state_is_never_checkpointed(tmp_path):
   config, *_ = _setup()
   _, init, _ = _stepper((2, 4, 1))
