@@ -204,3 +204,12 @@ def test_prepare_command_line(tmp_path):
   assert f'--config.data.tfds_name=axturbo_events/tiny --config.data.tfds_data_dir={tmp_path}' \
       in r.stdout
   assert 'axturbo_events/tiny train: 100%' in r.stderr   # the progress bar
+
+
+def test_sync_batches_keep_order_and_hold_back_little():
+  """The builder's batching of examples for the Synchformer: in order, cut after `size` videos
+  or `max_items` examples; one example a batch when there is no extractor (size 0)."""
+  batches = tfds_builders._batches  # pylint: disable=protected-access
+  assert list(batches(range(3), lambda x: True, 0)) == [[0], [1], [2]]
+  assert list(batches(range(7), lambda x: x % 2 == 1, 2)) == [[0, 1, 2, 3], [4, 5, 6]]
+  assert [len(b) for b in batches(range(150), lambda x: False, 8)] == [64, 64, 22]

@@ -236,7 +236,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     stream = convert_all(items, convert, seed, self.fail_fast, self.workers)
     with bar:
       for batch in _batches(stream, lambda r: manifest.SYNC_FRAMES in (r[1] or {}),
-                            self.sync_batch):
+                            self.sync_batch if self.sync_extractor is not None else 0):
         synced += self._fill_sync([example for _, example, _ in batch])
         for index, example, message in batch:
           bar.update()
@@ -262,14 +262,15 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return len(need)
 
 
-def _batches(stream, counts, size: int):
-  """Lists of consecutive `stream` items, cut after the `size`-th item for which `counts` is
-  true (and at the end): the order is kept, and at most `size` counted items wait."""
+def _batches(stream, counts, size: int, max_items: int = 64):
+  """Lists of consecutive `stream` items in order, cut after the `size`-th item for which
+  `counts` is true, after `max_items` items (so few counted items hold back little) and at the
+  end; size 0: one item a list."""
   batch, n = [], 0
   for item in stream:
     batch.append(item)
     n += bool(counts(item))
-    if n >= size:
+    if n >= size or len(batch) >= max_items:
       yield batch
       batch, n = [], 0
   if batch:
