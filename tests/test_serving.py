@@ -56,6 +56,7 @@ def test_video_tokens_match_generator(setup):
   np.testing.assert_allclose(got[0], want.waveform, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow   # compiles whole generation pipelines
 def test_cache_and_batch_rows(setup):
   _, _, _, pipe = setup
   first = pipe(['a bell'], seed=1)
@@ -66,6 +67,7 @@ def test_cache_and_batch_rows(setup):
   np.testing.assert_allclose(both[1], first[0], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow   # compiles whole generation pipelines
 def test_bf16_weights_are_stored_in_bf16(setup):
   m, params, _, _ = setup
   pipe = serving.Pipeline(m, params, dtype='bfloat16', tokenizer=tokenizers.ByteTokenizer(8))
@@ -75,6 +77,7 @@ def test_bf16_weights_are_stored_in_bf16(setup):
   assert wave.dtype == np.float32 and np.isfinite(wave).all()
 
 
+@pytest.mark.slow   # compiles whole generation pipelines
 def test_unrolled_trunk_loop_is_the_same_network(setup):
   m, params, _, pipe = setup
   unrolled = serving.Pipeline(m, params, dtype='float32', unroll_layers=True,
