@@ -189,6 +189,12 @@ def test_bad_files_are_skipped_and_counted_in_the_dataset_info(media, tmp_path):
   assert builder.info.metadata['skipped_messages'] == {'train': want}
   with pytest.raises(audio_io.BadSampleError, match='corrupt.wav'):
     _build(c, 'bad_fail_fast', tmp_path / 'tfds', fail_fast=True)
+  # A dataset built before the sync_checkpoint setting existed is still reused (as '').
+  [meta] = (tmp_path / 'tfds').glob('axturbo_manifest/bad/*/metadata.json')
+  info = json.loads(meta.read_text())
+  del info['settings']['sync_checkpoint']
+  meta.write_text(json.dumps(info))
+  assert _build(c, 'bad', tmp_path / 'tfds').info.splits['train'].num_examples == 2
 
 
 @pytest.mark.e2e

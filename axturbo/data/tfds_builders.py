@@ -375,7 +375,10 @@ def build(config, name: str, data_dir: str = '', overwrite: bool = False, **opti
   if builder.is_prepared() and not overwrite:
     built = dict(builder.info.metadata.get('settings', {}))
     want = settings_of(builder.builder_config)
-    differ = {k: (built.get(k), v) for k, v in want.items() if built.get(k) != v}
+    # A setting added after a dataset was built reads as its default there (sync_checkpoint '').
+    default = {f.name: f.default for f in dataclasses.fields(builder.builder_config)}
+    built = {k: built.get(k, default.get(k)) for k in want}
+    differ = {k: (built[k], v) for k, v in want.items() if built[k] != v}
     if differ:
       raise ValueError(f'{builder.name}/{name} in {builder.data_dir} was built from other '
                        f'settings ({{setting: (built, asked)}}: {differ}); rebuild it with '
