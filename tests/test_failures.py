@@ -2,7 +2,6 @@
 half-write, outputs that are never overwritten, teacher/student mix-ups refused, non-finite
 weights and outputs caught, and one console line for each user error."""
 import json
-import pathlib
 import shutil
 import subprocess
 import sys

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from axturbo.convert import synchformer as convert
-from axturbo.convert.common import ConversionError, StateDict
+from axturbo.convert.common import ConversionError
 from axturbo.data.video_io import fit_length
 from axturbo.models import synchformer as sf
 from tests.fixture_io import load_fixture, rel_err, write_hf_folder

@@ -25,7 +25,6 @@ Differences from the official pipeline, all deliberate and switchable:
     (`axturbo.generation.longform`).
 """
 import dataclasses
-import json
 import pathlib
 import time
 from typing import Any, Sequence

@@ -24,6 +24,7 @@ import numpy as np
 
 from axturbo.models import frame_codec
 
+
 def hz_to_mel(f: np.ndarray) -> np.ndarray:
   """Slaney mel scale: linear (200/3 Hz per mel) below 1 kHz, logarithmic above."""
   f = np.asarray(f, np.float64)
