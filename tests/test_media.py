@@ -113,6 +113,25 @@ def test_audio_errors(tmp_path):
     media.prepare_audio(np.full((10, 2), np.nan), 16000, 16000)
 
 
+def test_undecodable_audio_is_quiet_from_reader_threads(tmp_path):
+  # The pipeline decodes in threads; librosa's fallback warnings reached the console after a
+  # run's one-line error when each thread toggled the process-wide filters.
+  import concurrent.futures
+  import warnings
+  from axturbo.data import audio_io
+  bad = tmp_path / 'bad.wav'
+  bad.write_bytes(b'RIFF' + bytes(range(256)))
+
+  def load(_):
+    with pytest.raises(audio_io.BadSampleError, match='bad.wav: cannot decode audio'):
+      audio_io.load_audio(str(bad))
+  with warnings.catch_warnings(record=True) as seen:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+      list(pool.map(load, range(32)))
+  assert not [w for w in seen if 'PySoundFile' in str(w.message)
+              or 'audioread' in str(w.message)], [str(w.message) for w in seen]
+
+
 def test_media_errors_are_bad_sample_errors(tmp_path):
   from axturbo.data import audio_io
   assert issubclass(media.MediaError, audio_io.BadSampleError)

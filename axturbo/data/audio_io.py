@@ -8,7 +8,6 @@ works on (C, N) tensors. Every decode error is raised as `BadSampleError` naming
 pipeline can skip and count the sample (or stop, with `data.fail_fast`).
 """
 import os
-import warnings
 
 import numpy as np
 
@@ -27,7 +26,7 @@ def check_finite(x: np.ndarray, what: str, path: str) -> np.ndarray:
 def load_audio(path: str) -> tuple[np.ndarray, int]:
   """Decodes an audio file -> ((N, C) float32, sample_rate).
 
-  libsndfile (wav/flac/ogg/mp3) first; librosa's audioread backend for the containers it lacks
+  libsndfile (wav/flac/ogg/mp3) first; audioread (librosa's backend) for the containers it lacks
   (m4a/aac/...) and as a fallback whenever libsndfile fails. Raises BadSampleError for a
   missing, unreadable, truncated, empty or non-finite file.
   """
@@ -35,13 +34,13 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
     raise BadSampleError(f'{path}: audio file does not exist')
   ext = os.path.splitext(path)[1].lower()
   if ext in _LIBROSA_ONLY:
-    audio, sr = _load_with_librosa(path)
+    audio, sr = _load_with_audioread(path)
   else:
     import soundfile  # libsndfile >= 1.1 also reads mp3
     try:
       audio, sr = soundfile.read(path, dtype='float32', always_2d=True)
     except Exception as e:  # pylint: disable=broad-except
-      audio, sr = _load_with_librosa(path, f'soundfile: {type(e).__name__}: {e}; ')
+      audio, sr = _load_with_audioread(path, f'soundfile: {type(e).__name__}: {e}; ')
   if ext == '.wav':
     declared = _wav_declared_frames(path)
     # libsndfile silently returns what is there when the data chunk is cut short.
@@ -56,17 +55,20 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
 _LIBROSA_ONLY = ('.m4a', '.aac', '.mp4', '.wma')
 
 
-def _load_with_librosa(path, earlier: str = ''):
+def _load_with_audioread(path, earlier: str = ''):
+  """audioread directly, not through `librosa.load`: librosa warns on each fall back, and
+  silencing that with `warnings.catch_warnings` is not thread-safe (the pipeline decodes in
+  reader threads, so the warnings leaked to the console, even after a run's one-line error)."""
   try:
-    import librosa
-    with warnings.catch_warnings():  # librosa warns on every fall back to audioread
-      warnings.simplefilter('ignore')
-      audio, sr = librosa.load(path, sr=None, mono=False)
+    import audioread
+    with audioread.audio_open(path) as f:
+      sr, channels = f.samplerate, f.channels
+      pcm = b''.join(f)   # 16-bit little-endian PCM, channels interleaved
   except Exception as e:  # pylint: disable=broad-except
     raise BadSampleError(f'{path}: cannot decode audio ({earlier}'
-                         f'librosa: {type(e).__name__}: {e})') from e
-  audio = np.asarray(audio, np.float32)
-  return (audio[:, None] if audio.ndim == 1 else audio.T), sr
+                         f'audioread: {type(e).__name__}: {e})') from e
+  audio = np.frombuffer(pcm, '<i2').astype(np.float32) / 32768.0
+  return audio.reshape(-1, channels), int(sr)
 
 
 def _wav_declared_frames(path):
