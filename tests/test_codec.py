@@ -153,7 +153,7 @@ def test_codec_selection_and_config_checks():
     audiox.check_model_config(m)
   m = tiny.model_config()
   m.audio_samples = 32768 + 64
-  with pytest.raises(ValueError, match='not a multiple of model.mel.hop=256'):
+  with pytest.raises(ValueError, match='not a multiple of model.mel.hop=512'):
     audiox.check_model_config(m)
   m = patch_config()
   m.trunk.embed_dim = 128

@@ -126,7 +126,7 @@ def test_video_rows_and_sync_rate():
   x = np.arange(5)[:, None]
   np.testing.assert_array_equal(longform.take_rows(x, 3, 4, pad='edge')[:, 0], [3, 4, 4, 4])
   np.testing.assert_array_equal(longform.take_rows(x, 3, 4, pad='zero')[:, 0], [3, 4, 0, 0])
-  w = longform.plan_windows(16000 * 30, 128, 64, 256)[3]        # tiny: starts at 3.072 s
+  w = longform.plan_windows(16000 * 30, 64, 32, 512)[3]         # tiny: starts at 3.072 s
   assert longform.first_frame(w, 16000, 5) == 15
   m = micro_train_config.get_config().model
   assert longform.sync_rate(m) == m.video.sync_len * m.video_fps / m.video.num_frames
@@ -168,7 +168,7 @@ def test_long_benchmark_clips_and_segments():
     assert len(segs) == len(c['events'])
     for (start, caption), (cat, s, _) in zip(segs, c['events']):
       assert start <= s and caption == f'A single {cat} sound.'
-  windows = long_clips.plan(16000, 128, 256, 8.2, None)
+  windows = long_clips.plan(16000, 64, 512, 8.2, None)
   positions = [w.new_start for w in windows[1:]]
   assert long_clips.seam_events(clips[0], positions) <= len(clips[0]['events'])
 

@@ -28,8 +28,8 @@ def codec():
 def test_tiny_config_uses_the_mel_codec(codec):
   m = tiny.model_config()
   assert isinstance(codec, mel_codec.MelCodec)
-  assert codec_lib.latent_shape(m, N) == (128, 64) == (m.trunk.seq_len, m.trunk.io_channels)
-  assert codec_lib.hop_length(m) == 256
+  assert codec_lib.latent_shape(m, N) == (64, 128) == (m.trunk.seq_len, m.trunk.io_channels)
+  assert codec_lib.hop_length(m) == 512
   assert codec.init(jax.random.key(0), jnp.zeros((1, N, 2))) == {}
 
 
@@ -55,8 +55,8 @@ def test_encode_matches_a_numpy_reference(codec):
   x = np.random.default_rng(1).uniform(-0.5, 0.5, size=(1, N, 2)).astype(np.float32)
   z = np.asarray(codec.apply({}, jnp.asarray(x), method='encode'))
   mono = x[0].mean(-1)
-  mag = np.abs(librosa.stft(mono, n_fft=512, hop_length=256, center=True, pad_mode='reflect'))
-  mel = librosa.filters.mel(sr=16000, n_fft=512, n_mels=64) @ mag[:, :128]
+  mag = np.abs(librosa.stft(mono, n_fft=1024, hop_length=512, center=True, pad_mode='reflect'))
+  mel = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=128) @ mag[:, :64]
   want = (np.log(mel + codec.eps) - codec.mean) / codec.std
   np.testing.assert_allclose(z[0], want.T, atol=2e-4)
 
