@@ -33,7 +33,7 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
   if not os.path.isfile(path):
     raise BadSampleError(f'{path}: audio file does not exist')
   ext = os.path.splitext(path)[1].lower()
-  if ext in _LIBROSA_ONLY:
+  if ext in _AUDIOREAD_ONLY:
     audio, sr = _load_with_audioread(path)
   else:
     import soundfile  # libsndfile >= 1.1 also reads mp3
@@ -52,7 +52,7 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
   return check_finite(audio, 'audio', path), int(sr)
 
 
-_LIBROSA_ONLY = ('.m4a', '.aac', '.mp4', '.wma')
+_AUDIOREAD_ONLY = ('.m4a', '.aac', '.mp4', '.wma')
 
 
 def _load_with_audioread(path, earlier: str = ''):
