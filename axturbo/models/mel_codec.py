@@ -186,9 +186,19 @@ class MelCodec(frame_codec.FrameCodec):
     mel = jnp.abs(stft(mono, self.n_fft, self.hop)) @ jnp.asarray(self.basis()).T
     return ((jnp.log(mel + self.eps) - self.mean) / self.std).astype(self.dtype)
 
+  def log_mel_ceiling(self) -> float:
+    """120 dB above the loudest mel value of a signal in [-1, 1] (no STFT bin exceeds the Hann
+    window's sum, n_fft / 2). Far above anything a trained model makes, and low enough that exp
+    and the NNLS products stay finite in float32."""
+    loudest = self.n_fft / 2 * self.basis().sum(axis=1).max()
+    return float(np.log(loudest * 1e6))
+
   def _decode(self, latents: jax.Array) -> jax.Array:
-    """The same signal in both channels."""
-    log_mel = latents.astype(jnp.float32) * self.std + self.mean
+    """The same signal in both channels. Log-mel values are clipped at `log_mel_ceiling`, so
+    that every finite latent decodes to finite audio (exp of an untrained model's latents
+    overflowed the NNLS fit to NaN)."""
+    log_mel = jnp.minimum(latents.astype(jnp.float32) * self.std + self.mean,
+                          self.log_mel_ceiling())
     mel = jnp.maximum(jnp.exp(log_mel) - self.eps, 0.0)
     magnitude = nonnegative_magnitude(mel, self.basis(), self.nnls_iters)
     mono = griffin_lim(magnitude, self.n_fft, self.hop, self.gl_iters)
