@@ -4,7 +4,7 @@
 codec with a Griffin-Lim decoder, docs/latent_codec.md), audio prompts as long and through the
 same codec, 10 video frames of 32x32 at 5 fps, a word-level tokenizer over the embedded
 captions' closed vocabulary (no vocabulary file), and towers small enough to train on 2 CPU
-cores in ~12 minutes (docs/training.md has the measured runs).
+cores in 10-16 minutes (docs/training.md has the measured runs).
 """
 import ml_collections as mlc
 
