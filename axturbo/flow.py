@@ -81,15 +81,19 @@ def cfg_velocity(apply_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array
 # Time grids. Concrete arrays, so that a rollout can index them with Python ints under jit;
 # computed by jnp.linspace in float32 so that every sampler keeps the grid it was measured on.
 
-def time_grid(num_steps: int) -> np.ndarray:
-  """linspace(1, 0, num_steps + 1) in float32: the Euler solver's and the student's times."""
+def time_grid(num_steps: int, shift: float = 1.0) -> np.ndarray:
+  """shift_times(linspace(1, 0, num_steps + 1), shift) in float32: the Euler solver's and the
+  student's times. shift 1 is the official grid; a model trained with `model.time_shift` s > 1
+  is sampled on the grid shifted the same way, spending its steps near noise where it trained
+  (as SD3 samples). Shifted grids keep 2 steps a sub-grid of 4, so one student serves 1, 2, 4."""
   with jax.ensure_compile_time_eval():
-    return np.asarray(jnp.linspace(1.0, 0.0, num_steps + 1))
+    return np.asarray(shift_times(jnp.linspace(1.0, 0.0, num_steps + 1), shift))
 
 
-def student_timesteps(num_steps: int = OFFICIAL_STUDENT_STEPS) -> np.ndarray:
-  """The student's grid [1, ..., 1/num_steps]: `time_grid` without the final 0."""
-  return time_grid(num_steps)[:-1]
+def student_timesteps(num_steps: int = OFFICIAL_STUDENT_STEPS, shift: float = 1.0
+                      ) -> np.ndarray:
+  """The student's grid [1, ..., t_{num_steps - 1}]: `time_grid` without the final 0."""
+  return time_grid(num_steps, shift)[:-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,9 +127,9 @@ TIMESTEP_SAMPLERS = {'uniform': sample_times, 'logit_normal': logit_normal_times
 def shift_times(t: jax.Array, shift: float) -> jax.Array:
   """t' = s t / (1 + (s - 1) t), the timestep shift of SD3 (Esser et al. 2024, §5.3.2).
 
-  s > 1 moves training time towards noise (t = 1), where a sample's content is decided; s = 1
-  is the identity (the official teacher). Keeps 0 and 1 fixed and the order of times.
+  s > 1 moves time towards noise (t = 1), where a sample's content is decided; s = 1 is the
+  identity (the official model). Keeps 0 and 1 fixed and the order of times.
   """
   if shift <= 0:
-    raise ValueError(f'train.timestep_shift must be > 0, got {shift}')
+    raise ValueError(f'model.time_shift must be > 0, got {shift}')
   return shift * t / (1.0 + (shift - 1.0) * t)

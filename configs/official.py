@@ -7,7 +7,8 @@ import ml_collections as mlc
 
 
 def model_config() -> mlc.ConfigDict:
-  """Network sizes of the released model. Every field is a field of one Flax module."""
+  """Network sizes of the released model. Every field is a field of one Flax module, but
+  `time_shift`, which travels with the weights because training and sampling must agree on it."""
   m = mlc.ConfigDict()
   m.sample_rate = 44100
   m.audio_samples = 485100       # 11 s generated; 236 latent frames
@@ -15,6 +16,9 @@ def model_config() -> mlc.ConfigDict:
   m.video_fps = 5
   m.cond_dim = 768
   m.dtype = 'float32'            # compute dtype of every network; params stay float32
+  # flow.shift_times of the time axis: training draws t shifted, and the Euler solver, the
+  # student and its distillation step on the shifted grid. > 1 spends both near noise; 1 = official.
+  m.time_shift = 1.0
 
   m.codec = 'oobleck'            # latent codec of the target audio: 'oobleck' (m.vae) | 'patch' | 'mel'
   m.vae = mlc.ConfigDict(dict(channels=128, c_mults=(1, 2, 4, 8, 16), strides=(2, 4, 4, 8, 8),
@@ -129,7 +133,6 @@ def train_config() -> mlc.ConfigDict:
                               update_after_step=1))
   t.cfg_dropout_prob = 0.1         # whole post-MAF condition zeroed per sample
   t.timestep_sampler = 'uniform'   # stratified uniform (official: scrambled Sobol); 'logit_normal'
-  t.timestep_shift = 1.0           # flow.shift_times: > 1 trains more near noise (1 = official)
   # Loop, checkpoints, observability.
   t.log_every = 50
   t.checkpoint_every = 10_000      # official defaults.ini
@@ -144,7 +147,7 @@ def distill_config() -> mlc.ConfigDict:
   """Student distillation (distill.py): the official DMD + GAN settings (docs/official.md)
   plus optimizers, EMA and the loop."""
   d = mlc.ConfigDict()
-  d.num_steps = 4                  # student grid linspace(1, 0, 5)[:-1]
+  d.num_steps = 4                  # student grid flow.time_grid(4, model.time_shift)[:-1]
   d.index_probs = (0.25, 0.25, 0.25, 0.25)   # rollout target index
   d.guidance_scale = 6.0           # teacher CFG in the real score
   d.normalizer = 'audiox'          # or 'dmd2'

@@ -2,6 +2,7 @@
 MMDiT trunk and discriminator heads at a tiny size (docs/official.md, "Distillation"; test
 the Gaussian toy, is tests/test_dmd_toy.py).
 """
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -398,6 +399,27 @@ def test_bf16_networks_give_fp32_gradient_within_5_percent():
 
 
 # 18, index sampler, 22 -----------------------------------------------------------------------
+def test_time_shift_moves_the_dmd_and_fake_times_and_the_student_grid():
+  cfg = _cfg()
+  key = jax.random.key(4)
+  plain = _jit(lambda k: obj.draw_step_randomness(k, (B, T, C), cfg))(key)
+  shifted = _jit(lambda k: obj.draw_step_randomness(k, (B, T, C), cfg, 3.0))(key)
+  for name in ('t_dmd', 't_fake'):  # the same uniform draw, through SD3's shift
+    u = np.asarray(plain[name], np.float64)
+    np.testing.assert_allclose(shifted[name], 3 * u / (1 + 2 * u), rtol=1e-6)
+  for name in ('noise', 'renoise', 'index', 't_d_real', 'eps_dmd'):
+    np.testing.assert_array_equal(shifted[name], plain[name])
+  # The rollout target at index 1 is the x0 estimate from the grid's second time: 0.9, not 0.75.
+  _, _, nets, teacher, _, data = _setup()
+  seen = []
+  velocity = lambda p, z, t, c: (jax.debug.callback(seen.append, t), nets.velocity(p, z, t, c))[1]
+  for shift, want in ((1.0, 0.75), (3.0, 0.9)):
+    seen.clear()
+    n = dataclasses.replace(nets, velocity=velocity, time_shift=shift)
+    jax.block_until_ready(obj.student_sample(n, teacher, data['cond'], plain, 1, cfg))
+    np.testing.assert_allclose([float(np.asarray(t)[0]) for t in seen], [1.0, want], rtol=1e-6)
+
+
 def test_random_draws():
   d = _draws()
   for name in ('t_d_real', 't_d_fake'):

@@ -47,3 +47,14 @@ def test_cfg_and_student_grid():
   np.testing.assert_allclose(flow.classifier_free_guidance(c, u, 6.0), 6 * c - 5 * u, rtol=1e-5)
   np.testing.assert_allclose(flow.student_timesteps(4), [1.0, 0.75, 0.5, 0.25])
   np.testing.assert_allclose(flow.student_timesteps(1), [1.0])
+
+
+def test_shifted_grid():
+  # shift 1 is exactly the official linspace (float32 parity with the released sampler).
+  np.testing.assert_array_equal(flow.time_grid(4, 1.0), np.linspace(1, 0, 5, dtype=np.float32))
+  np.testing.assert_allclose(flow.student_timesteps(4, 3.0), [1.0, 0.9, 0.75, 0.5], rtol=1e-6)
+  # 1 and 2 steps stay sub-grids of 4 (one student serves all three) at any shift.
+  for s in (0.5, 3.0, 6.0):
+    four = flow.time_grid(4, s)
+    np.testing.assert_array_equal(flow.time_grid(2, s), four[::2])
+    np.testing.assert_array_equal(flow.time_grid(1, s), four[::4])

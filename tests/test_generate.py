@@ -1,5 +1,7 @@
 """Every generation task on a tiny random checkpoint (configs/tiny.py), and clear input errors."""
+import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from axturbo.generation import generate
 from axturbo.generation import media
+from axturbo.runtime import checkpoints
 from configs import tiny
 from tests import media_files
 
@@ -138,6 +141,20 @@ def test_teacher_sampler_with_cfg(gen):
   assert out.meta['nfe'] == 4 and out.meta['cfg_scale'] == 3.0
   assert np.isfinite(out.waveform).all()
   assert gen.resolve_sampler('teacher', None, None) == ('teacher', 250, 6.0)
+
+
+def test_samplers_step_on_the_checkpoints_time_grid(gen, tiny_checkpoint, tmp_path):
+  # A checkpoint written before model.time_shift existed was trained on the unshifted axis.
+  old = tmp_path / 'old'
+  shutil.copytree(tiny_checkpoint, old)
+  config = json.loads((old / checkpoints.CONFIG_FILE).read_text())
+  del config['time_shift']
+  (old / checkpoints.CONFIG_FILE).write_text(json.dumps(config))
+  legacy = generate.Generator.load(old)
+  assert (gen.time_shift, legacy.time_shift) == (tiny.model_config().time_shift, 1.0) == (3.0, 1.0)
+  for kw in (dict(steps=2), dict(sampler='teacher', steps=2, cfg_scale=3.0)):
+    shifted, plain = (g.generate('birds', seed=0, **kw)[0].latents for g in (gen, legacy))
+    assert np.abs(shifted - plain).max() > 1e-3, kw
 
 
 def test_bad_inputs_give_clear_errors(gen, files, tmp_path):

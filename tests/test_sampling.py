@@ -39,17 +39,25 @@ def test_student_recovers_point_mass_exactly(steps):
   np.testing.assert_allclose(out, x_star, atol=1e-5)
 
 
+def _grid(steps, shift):
+  """SD3's shifted linspace, written out in float64."""
+  u = np.linspace(1.0, 0.0, steps + 1)
+  return shift * u / (1 + (shift - 1) * u)
+
+
+@pytest.mark.parametrize('shift', [1.0, 3.0])
 @pytest.mark.parametrize('steps', [1, 2, 4])
-def test_student_matches_official_loop(steps):
+def test_student_matches_official_loop(steps, shift):
   noise = _rand(3, (B, T, C))
   renoise = _rand(4, (steps - 1, B, T, C))
-  ts = np.linspace(1.0, 0.0, steps + 1)
+  ts = _grid(steps, shift)
   z = noise.astype(np.float64)
   for i in range(steps):  # the official sample_dmd loop
     x0 = z - ts[i] * _toy_velocity_np(z, ts[i])
     if i < steps - 1:
       z = ts[i + 1] * renoise[i] + (1 - ts[i + 1]) * x0
-  got = sampling.sample_student(_toy_velocity, jnp.asarray(noise), jnp.asarray(renoise), steps)
+  got = sampling.sample_student(_toy_velocity, jnp.asarray(noise), jnp.asarray(renoise), steps,
+                               shift=shift)
   np.testing.assert_allclose(got, x0, rtol=1e-5, atol=1e-5)
 
 
@@ -72,18 +80,19 @@ def test_student_checks_renoise_shape():
     sampling.sample_student(_toy_velocity, jnp.zeros((B, T, C)), jnp.zeros((2, B, T, C)), 4)
 
 
-@pytest.mark.parametrize('cfg', [1.0, 6.0])
-def test_euler_matches_loop_with_cfg(cfg):
+@pytest.mark.parametrize('cfg,shift', [(1.0, 1.0), (6.0, 1.0), (6.0, 3.0)])
+def test_euler_matches_loop_with_cfg(cfg, shift):
   steps = 5
   noise = _rand(8, (B, T, C))
   cond = _rand(9, (B, L, D)) + 0.5
-  ts = np.linspace(1.0, 0.0, steps + 1)
+  ts = _grid(steps, shift)
   z = noise.astype(np.float64)
   for i in range(steps):
     v_c = _toy_velocity_np(z, ts[i], cond)
     v_u = _toy_velocity_np(z, ts[i], np.zeros_like(cond))
     z = z + (ts[i + 1] - ts[i]) * (v_u + cfg * (v_c - v_u))
-  got = jax.jit(lambda n, c: sampling.sample_euler(_toy_velocity, n, c, steps, cfg))(noise, cond)
+  got = jax.jit(lambda n, c: sampling.sample_euler(_toy_velocity, n, c, steps, cfg,
+                                                   shift=shift))(noise, cond)
   np.testing.assert_allclose(got, z, rtol=1e-5, atol=1e-5)
 
 

@@ -10,8 +10,9 @@ differentiates, and `axturbo.distill.objectives` composes these functions into t
 objectives with the stop-gradients in place.
 
 Official behaviour this reproduces (docs/official.md, "Distillation"):
-  * student rollout over t = [1, .75, .5, .25] with fresh-noise re-noising, gradient through the
-    target step only; the target index is one draw per step (official: uniform over 4);
+  * student rollout over t = [1, .75, .5, .25] (here also that grid shifted by
+    `model.time_shift`) with fresh-noise re-noising, gradient through the target step only;
+    the target index is one draw per step (official: uniform over 4);
   * DMD gradient with the AudioX normalizer mean|z_t - x0_T| + 1e-8 (== t * mean|v_T|), or the
     DMD2 normalizer mean|x - x0_T|; applied through the stop-gradient MSE;
   * fake model trained by flow matching on stop-gradient student samples;

@@ -35,14 +35,16 @@ class Networks:
   velocity(params, z (B, T, C), t (B,), cond) -> v (B, T, C).
   readouts(params, z, t, cond, num_blocks) -> (K, B, T, C), one pass (teacher only).
   heads(params, feats (K, B, T, C)) -> mean-over-heads logits (B, T', 1).
+  time_shift: the models' `time_shift`; the student steps on `flow.time_grid(N, time_shift)`.
   """
   velocity: Callable[..., jax.Array]
   readouts: Callable[..., jax.Array]
   heads: Callable[..., jax.Array]
   fuse: Callable[[Params, Any], jax.Array] = lambda params, features: features
+  time_shift: float = 1.0
 
 
-def audiox_networks(model, heads_module) -> Networks:
+def audiox_networks(model, heads_module, time_shift: float = 1.0) -> Networks:
   """`Networks` for an `AudioX` model; features = dict(text=, video=, audio=), the (frozen)
   conditioner outputs that each network's own MAF fuses."""
   def fuse(p, f):
@@ -51,7 +53,7 @@ def audiox_networks(model, heads_module) -> Networks:
       velocity=lambda p, z, t, c: model.apply({'params': p}, z, t, c, method='velocity'),
       readouts=lambda p, z, t, c, k: model.apply({'params': p}, z, t, c, k, method='readouts'),
       heads=lambda p, feats: heads_module.apply({'params': p}, feats),
-      fuse=fuse)
+      fuse=fuse, time_shift=time_shift)
 
 
 # Independent streams; fold_in by a fixed id keeps each stream stable when another one is added.
@@ -59,13 +61,15 @@ _STREAMS = ('index', 'noise', 'renoise', 't_dmd', 'eps_dmd', 't_fake', 'eps_fake
             't_d_real', 'eps_d_real', 't_d_fake', 'eps_d_fake')
 
 
-def draw_step_randomness(key: jax.Array, x_shape: tuple[int, ...], c: mlc.ConfigDict
-                         ) -> dict[str, jax.Array]:
+def draw_step_randomness(key: jax.Array, x_shape: tuple[int, ...], c: mlc.ConfigDict,
+                         time_shift: float = 1.0) -> dict[str, jax.Array]:
   """Every random input of one step, for a latent batch of shape (B, T, C).
 
   'index' () int32 (one per global batch: identical on every device); 'noise' (B, T, C);
   'renoise' (N-1, B, T, C); times (B,) for 't_dmd', 't_fake' (stratified U over t_dmd_range /
-  [0, 1)) and 't_d_real', 't_d_fake' (U[0, disc_max_t)); an eps of x_shape for each time.
+  [0, 1), then `flow.shift_times(., time_shift)`: the teacher's training distribution, where
+  its score is learnt, and the one the fake model trains on, as the teacher did) and
+  't_d_real', 't_d_fake' (U[0, disc_max_t)); an eps of x_shape for each time.
   """
   k = {name: jax.random.fold_in(key, i) for i, name in enumerate(_STREAMS)}
   b = x_shape[0]
@@ -74,16 +78,18 @@ def draw_step_randomness(key: jax.Array, x_shape: tuple[int, ...], c: mlc.Config
   return dict(
       index=dmd.sample_target_index(k['index'], c.index_probs),
       noise=normal('noise'), renoise=normal('renoise', (c.num_steps - 1,) + tuple(x_shape)),
-      t_dmd=flow.sample_times(k['t_dmd'], b, lo, hi), eps_dmd=normal('eps_dmd'),
-      t_fake=flow.sample_times(k['t_fake'], b), eps_fake=normal('eps_fake'),
+      t_dmd=flow.shift_times(flow.sample_times(k['t_dmd'], b, lo, hi), time_shift),
+      eps_dmd=normal('eps_dmd'),
+      t_fake=flow.shift_times(flow.sample_times(k['t_fake'], b), time_shift),
+      eps_fake=normal('eps_fake'),
       t_d_real=dmd.sample_discriminator_times(k['t_d_real'], b, c.disc_max_t),
       eps_d_real=normal('eps_d_real'),
       t_d_fake=dmd.sample_discriminator_times(k['t_d_fake'], b, c.disc_max_t),
       eps_d_fake=normal('eps_d_fake'))
 
 
-def _timesteps(c):
-  return flow.student_timesteps(c.num_steps)
+def _timesteps(nets, c):
+  return flow.student_timesteps(c.num_steps, nets.time_shift)
 
 
 def student_sample(nets: Networks, student_params: Params, features: Any,
@@ -93,7 +99,7 @@ def student_sample(nets: Networks, student_params: Params, features: Any,
   cond = nets.fuse(p, features)
   fn = lambda z, t, cc: nets.velocity(p, z, t, cc)
   return sg(dmd.student_rollout(fn, draws['noise'], cond, target_index, draws['renoise'],
-                                _timesteps(c)))
+                                _timesteps(nets, c)))
 
 
 def student_objective(student_params: Params, teacher_params: Params, fake_params: Params,
@@ -114,7 +120,7 @@ def student_objective(student_params: Params, teacher_params: Params, fake_param
   cond_t, cond_f = sg(nets.fuse(tp, features)), sg(nets.fuse(fp, features))
   student_fn = lambda z, t, cc: nets.velocity(student_params, z, t, cc)
   x0 = dmd.student_rollout(student_fn, draws['noise'], cond_s, target_index, draws['renoise'],
-                           _timesteps(c))
+                           _timesteps(nets, c))
   t = draws['t_dmd']
   z = flow.renoise(sg(x0), draws['eps_dmd'], t)   # Eq. (6); only feeds the detached target
   v_t = dmd.teacher_velocity(lambda *a: nets.velocity(tp, *a), z, t, cond_t, c.guidance_scale)

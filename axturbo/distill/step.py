@@ -55,8 +55,9 @@ def student_step(state: DistillState, teacher: Any, inputs: dict, *, model: audi
   """One student update (Eq. 15); fake, heads and teacher are inputs only. A non-finite loss or
   gradient norm leaves the student, its optimizer state and the EMA untouched."""
   d = config.distill
-  nets = obj.audiox_networks(model, build_heads(config.model))
-  draws = obj.draw_step_randomness(_keys(state)['draws'], inputs['x_real'].shape, d)
+  nets = obj.audiox_networks(model, build_heads(config.model), config.model.time_shift)
+  draws = obj.draw_step_randomness(_keys(state)['draws'], inputs['x_real'].shape, d,
+                                   nets.time_shift)
   (loss, aux), grads = jax.value_and_grad(obj.student_objective, has_aux=True)(
       state.student, teacher, state.fake, state.heads, nets, inputs['features'], draws,
       draws['index'], d)
@@ -90,9 +91,9 @@ def fake_step(state: DistillState, teacher: Any, inputs: dict, *, model: audiox.
   """One fake-model + discriminator update (Eqs. 11-13) on a stop-gradient student rollout and
   the batch's real latents; the student and EMA are inputs only."""
   d = config.distill
-  nets = obj.audiox_networks(model, build_heads(config.model))
+  nets = obj.audiox_networks(model, build_heads(config.model), config.model.time_shift)
   features, x_real = inputs['features'], inputs['x_real']
-  draws = obj.draw_step_randomness(_keys(state)['draws'], x_real.shape, d)
+  draws = obj.draw_step_randomness(_keys(state)['draws'], x_real.shape, d, nets.time_shift)
   x0 = obj.student_sample(nets, state.student, features, draws, draws['index'], d)
   (loss, aux), grads = jax.value_and_grad(obj.fake_objective, has_aux=True)(
       (state.fake, state.heads), teacher, nets, features, x0, x_real, draws, d)

@@ -28,8 +28,8 @@ CondVelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def check_student_steps(steps: int) -> None:
-  """The student was distilled for 4 steps on the grid linspace(1, 0, steps + 1); 1 and 2 steps
-  are sub-grids of the same schedule family; any other count is refused."""
+  """The student was distilled for 4 steps on `flow.time_grid(4, shift)`; 1 and 2 steps are
+  sub-grids of the same schedule family; any other count is refused."""
   if steps not in STUDENT_STEPS:
     raise ValueError(f'the student sampler supports steps in {STUDENT_STEPS}, got {steps}')
 
@@ -52,18 +52,20 @@ def _check_known(noise, known, known_mask):
 
 
 def sample_student(velocity_fn: VelocityFn, noise: jax.Array, renoise: jax.Array | None,
-                   steps: int, *, known: jax.Array | None = None,
+                   steps: int, *, shift: float = 1.0, known: jax.Array | None = None,
                    known_mask: jax.Array | None = None) -> jax.Array:
   """Few-step denoise-renoise sampling (official `sample_dmd`; Eq. 5 then Eq. 6).
 
-  With t_i = linspace(1, 0, steps + 1)[i]: v = f(z, t_i); x0 = z - t_i v (Eq. 5); unless i is the
-  last step, z = t_{i+1} eps_i + (1 - t_{i+1}) x0 (Eq. 6). Returns the last x0. NFE = steps.
+  With t_i = flow.time_grid(steps, shift)[i] (official: shift 1, linspace(1, 0, steps + 1)):
+  v = f(z, t_i); x0 = z - t_i v (Eq. 5); unless i is the last step,
+  z = t_{i+1} eps_i + (1 - t_{i+1}) x0 (Eq. 6). Returns the last x0. NFE = steps.
 
   Args:
     velocity_fn: (B, T, C), (B,) -> (B, T, C).
     noise: initial z at t = 1, (B, T, C).
     renoise: fresh noise for each re-noising, (steps - 1, B, T, C); None only when steps == 1.
     steps: 1, 2 or 4.
+    shift: the model's `time_shift` (the grid the student was distilled on).
     known, known_mask: optional (B, T, C) latents and (B, T, 1) bool; where the mask is set, each
       x0 estimate is replaced by `known`, so the result equals `known` there exactly.
 
@@ -78,7 +80,7 @@ def sample_student(velocity_fn: VelocityFn, noise: jax.Array, renoise: jax.Array
   if renoise is None or renoise.shape != want:
     raise ValueError(f'renoise must be (steps - 1, B, T, C) = {want}, '
                      f'got {None if renoise is None else renoise.shape}')
-  ts = flow.time_grid(steps)
+  ts = flow.time_grid(steps, shift)
   # The last transition re-noises to t = 0, i.e. z = 0 * eps + 1 * x0 = x0 exactly, so one
   # uniform scan body covers every step (the padding noise is multiplied by exactly 0).
   eps = jnp.concatenate([renoise.astype(jnp.float32), jnp.zeros((1,) + noise.shape, jnp.float32)])
@@ -95,9 +97,11 @@ def sample_student(velocity_fn: VelocityFn, noise: jax.Array, renoise: jax.Array
 
 
 def sample_euler(velocity_fn: CondVelocityFn, noise: jax.Array, cond: jax.Array, steps: int,
-                 cfg_scale: float = flow.OFFICIAL_CFG_SCALE, *, known: jax.Array | None = None,
-                 known_mask: jax.Array | None = None) -> jax.Array:
-  """Euler ODE solve on linspace(1, 0, steps + 1) with classifier-free guidance.
+                 cfg_scale: float = flow.OFFICIAL_CFG_SCALE, *, shift: float = 1.0,
+                 known: jax.Array | None = None, known_mask: jax.Array | None = None
+                 ) -> jax.Array:
+  """Euler ODE solve on `flow.time_grid(steps, shift)` (official: shift 1, linspace(1, 0,
+  steps + 1)) with classifier-free guidance.
 
   Each step: v = v_u + s (v_c - v_u) with v_u at all-zero conditioning, conditional and null
   rows batched as [cond, null] (one network call per step; NFE = 2 * steps, or steps at s = 1);
@@ -109,6 +113,7 @@ def sample_euler(velocity_fn: CondVelocityFn, noise: jax.Array, cond: jax.Array,
     cond: post-fusion conditioning (B, L, D).
     steps: number of Euler steps (>= 1).
     cfg_scale: guidance scale (official default 6; exactly 1 disables the null pass).
+    shift: the model's `time_shift` (the shift it was trained with).
     known, known_mask: optional (B, T, C) latents and (B, T, 1) bool; after each step the masked
       frames are set to the straight path t * noise + (1 - t) * known, so they end at `known`.
 
@@ -118,7 +123,7 @@ def sample_euler(velocity_fn: CondVelocityFn, noise: jax.Array, cond: jax.Array,
   if steps < 1:
     raise ValueError(f'steps must be >= 1, got {steps}')
   _check_known(noise, known, known_mask)
-  ts = flow.time_grid(steps)
+  ts = flow.time_grid(steps, shift)
   b = noise.shape[0]
   noise = noise.astype(jnp.float32)
 

@@ -134,7 +134,11 @@ def load_model_config(directory: str | pathlib.Path) -> mlc.ConfigDict:
   path = pathlib.Path(directory) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f'{directory}: not an axturbo checkpoint (no {CONFIG_FILE})')
-  return mlc.ConfigDict(_read_json_object(path))
+  config = _read_json_object(path)
+  # Checkpoints written before `time_shift` existed were all trained and distilled on the
+  # unshifted time axis.
+  config.setdefault('time_shift', 1.0)
+  return mlc.ConfigDict(config)
 
 
 def load_meta(directory: str | pathlib.Path) -> dict:

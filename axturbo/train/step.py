@@ -61,7 +61,8 @@ def condition(model: audiox.AudioX, params: Any, batch: dict, key: jax.Array,
 
 
 def loss_fn(trainable: Any, frozen: Any, batch: dict, key: jax.Array, *,
-            model: audiox.AudioX, t: mlc.ConfigDict) -> tuple[jax.Array, dict]:
+            model: audiox.AudioX, t: mlc.ConfigDict, time_shift: float
+            ) -> tuple[jax.Array, dict]:
   """The teacher objective for one batch; differentiable in `trainable` only.
 
   Work that depends only on `frozen` (e.g. a frozen T5 or the VAE) is not differentiated.
@@ -74,7 +75,7 @@ def loss_fn(trainable: Any, frozen: Any, batch: dict, key: jax.Array, *,
   x0 = jax.lax.stop_gradient(model.apply({'params': params}, batch['audio'], rng=k_lat,
                                          method='encode_latents'))
   times = flow.shift_times(flow.TIMESTEP_SAMPLERS[t.timestep_sampler](k_t, x0.shape[0]),
-                           t.timestep_shift)
+                           time_shift)
   noise = jax.random.normal(k_eps, x0.shape, jnp.float32)
 
   def velocity(z_t, tt):
@@ -91,7 +92,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: audiox.
   t = config.train
   trainable, frozen = optim.split_params(state.params, t.trainable)
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      trainable, frozen, batch, rng, model=model, t=t)
+      trainable, frozen, batch, rng, model=model, t=t, time_shift=config.model.time_shift)
 
   def next_ema(new_trainable):
     covered, _ = optim.split_params(optim.merge_params(new_trainable, frozen), t.ema.subtrees,
