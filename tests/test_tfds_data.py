@@ -80,6 +80,20 @@ def test_events_dataset_replays_the_embedded_pipeline(events):
   assert 'tensorflow' not in sys.modules
 
 
+def test_splits_over_the_writers_memory_buffer_need_no_tensorflow(events, tmp_path, monkeypatch):
+  """TFDS spills a split larger than its buffer (1 GiB) to bucket files, through TensorFlow's
+  gfile unless the builder gives it another; a 2 kB buffer spills these 40 clips."""
+  from tensorflow_datasets.core import shuffle
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 2048)
+  c, data_dir, _ = events
+  _build(c, 'tiny', tmp_path)
+  spilled, kept = (_tfds(c, 'axturbo_events/tiny', d) for d in (tmp_path, data_dir))
+  _assert_same(_batches(spilled, n=5), _batches(kept, n=5))
+  _assert_same(_batches(spilled, 'heldout', process_index=0, process_count=1),
+               _batches(kept, 'heldout', process_index=0, process_count=1))
+  assert 'tensorflow' not in sys.modules
+
+
 def test_events_dataset_reads_with_plain_tfds_and_keeps_annotations(events):
   import tensorflow_datasets as tfds
   c, data_dir, _ = events

@@ -23,7 +23,9 @@ Builders are not registered with TFDS (nothing happens on import): build by call
 through `tfds.data_source(name, data_dir=...)`, which finds the files without this module.
 No TensorFlow is needed to build or read (docs/training.md).
 """
+import contextlib
 import dataclasses
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -384,9 +386,41 @@ def build(config, name: str, data_dir: str = '', overwrite: bool = False, **opti
                        f'settings ({{setting: (built, asked)}}: {differ}); rebuild it with '
                        '--overwrite or choose another --name')
   mode = tfds.download.GenerateMode
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS))
+  with _spill_without_tensorflow():
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS))
   return builder
+
+
+class _EpathGfile:
+  """The part of TensorFlow that TFDS's shuffle buckets use (`tf.io.gfile`, `tf.errors`),
+  on etils.epath, which reads and writes the same local and cloud paths."""
+
+  class io:  # pylint: disable=invalid-name
+    class gfile:  # pylint: disable=invalid-name
+      GFile = staticmethod(lambda path, mode='r': epath.Path(path).open(mode))
+      exists = staticmethod(lambda path: epath.Path(path).exists())
+      remove = staticmethod(lambda path: epath.Path(path).unlink())
+
+  class errors:  # pylint: disable=invalid-name
+    class ResourceExhaustedError(OSError):
+      message = ''
+
+
+@contextlib.contextmanager
+def _spill_without_tensorflow():
+  """TFDS's writer holds a split in memory up to 1 GiB, then spills it to bucket files through
+  `tf.io.gfile`: without TensorFlow a larger split (the tiny config's 4096 clips already) failed
+  half-way with ModuleNotFoundError. Where TensorFlow is missing, the buckets use epath."""
+  from tensorflow_datasets.core import shuffle
+  if importlib.util.find_spec('tensorflow') is not None:
+    yield
+    return
+  saved, shuffle.tf = shuffle.tf, _EpathGfile
+  try:
+    yield
+  finally:
+    shuffle.tf = saved
 
 
 def summary(builder: _Builder) -> str:
