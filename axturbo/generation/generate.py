@@ -75,7 +75,6 @@ class Generator:
     if kind not in KINDS:
       raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
     self.config = model_config
-    self.time_shift = model_config.time_shift
     self.model = audiox.build_model(model_config)
     self.params = jax.tree.map(jnp.asarray, nn.unbox(params))
     self.kind, self.source = kind, source
@@ -166,12 +165,12 @@ class Generator:
 
   def _student_fn(self, params, cond, noise, renoise, known, known_mask, *, steps):
     vf = lambda z, t: self.model.apply({'params': params}, z, t, cond, method='velocity')
-    return sampling.sample_student(vf, noise, renoise, steps, shift=self.time_shift, known=known,
-                                   known_mask=known_mask)
+    return sampling.sample_student(vf, noise, renoise, steps, shift=self.config.time_shift,
+                                   known=known, known_mask=known_mask)
 
   def _teacher_fn(self, params, cond, noise, known, known_mask, *, steps, cfg_scale):
     vf = lambda z, t, c: self.model.apply({'params': params}, z, t, c, method='velocity')
-    return sampling.sample_euler(vf, noise, cond, steps, cfg_scale, shift=self.time_shift,
+    return sampling.sample_euler(vf, noise, cond, steps, cfg_scale, shift=self.config.time_shift,
                                  known=known, known_mask=known_mask)
 
   def silent_prompt_tokens(self) -> jax.Array:

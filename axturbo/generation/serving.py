@@ -94,7 +94,6 @@ class Pipeline:
     if unroll_layers:
       m.trunk.scan_unroll = m.trunk.depth
     self.config = m
-    self.time_shift = m.time_shift
     self.model = audiox.build_model(m)
     self.decoder = codec_lib.build_codec(m, dtype=_DTYPES[decode_dtype])
     self.matmul_precision = matmul_precision
@@ -163,11 +162,11 @@ class Pipeline:
     if sampler == 'student':
       noise, renoise = draw_noise(seeds, self.latent_shape, steps - 1)
       vf = lambda z, t: apply({'params': params}, z, t, cond, method='velocity')
-      z = sampling.sample_student(vf, noise, renoise, steps, shift=self.time_shift)
+      z = sampling.sample_student(vf, noise, renoise, steps, shift=self.config.time_shift)
     else:
       noise, _ = draw_noise(seeds, self.latent_shape, 0)
       vf = lambda z, t, c: apply({'params': params}, z, t, c, method='velocity')
-      z = sampling.sample_euler(vf, noise, cond, steps, cfg_scale, shift=self.time_shift)
+      z = sampling.sample_euler(vf, noise, cond, steps, cfg_scale, shift=self.config.time_shift)
     wave = self.decoder.apply({'params': params.get('vae', {})}, z, method='decode')
     return wave[:, :self.output_samples].astype(jnp.float32), z
 
