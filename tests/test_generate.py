@@ -151,8 +151,9 @@ def test_samplers_step_on_the_checkpoints_time_grid(gen, tiny_checkpoint, tmp_pa
   del config['time_shift']
   (old / checkpoints.CONFIG_FILE).write_text(json.dumps(config))
   legacy = generate.Generator.load(old)
+  assert tiny.model_config().time_shift != 1.0
   assert ((gen.config.time_shift, legacy.config.time_shift)
-          == (tiny.model_config().time_shift, 1.0) == (3.0, 1.0))
+          == (tiny.model_config().time_shift, 1.0))
   for kw in (dict(steps=2), dict(sampler='teacher', steps=2, cfg_scale=3.0)):
     shifted, plain = (g.generate('birds', seed=0, **kw)[0].latents for g in (gen, legacy))
     assert np.abs(shifted - plain).max() > 1e-3, kw
