@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from axturbo.data import embedded
 from axturbo.data import tokenizers
 from axturbo.data import pipeline
 from axturbo.data import tasks
@@ -95,6 +96,24 @@ def test_captions_are_tokenized_with_the_config_tokenizer():
   assert {ids.tobytes() for ids in b['input_ids']} <= all_ids
 
 
+def test_caption_styles_weight_training_captions_only():
+  c = _config()
+  c.data.task_probs = {t: float(t == 'text_to_audio') for t in tasks.TASKS}
+  c.data.caption_styles = dict(category=0.0, count=1.0, order=0.0, timestamp=0.0)
+  tok = tokenizers.build_tokenizer(c.model.text)
+  clips = embedded.EmbeddedDataset('train', 16, 16000, 2.0)
+  count_ids = {tok(x['captions']['count']).input_ids[0].tobytes() for x in clips}
+  b = next(pipeline.make_iterator(c, process_index=0, process_count=1, seed=3))
+  assert {ids.tobytes() for ids in b['input_ids']} <= count_ids
+  train, _ = pipeline.base_source(c, 'train')
+  held, _ = pipeline.base_source(c, 'heldout')
+  assert {train.clips[i]['caption_style'] for i in range(16)} == {'count'}
+  # Held-out clips keep the uniform mix they are scored on.
+  uniform = embedded.EmbeddedDataset('heldout', 10, 16000, 2.0)
+  assert [held.clips[i]['caption'] for i in range(10)] == [x['caption'] for x in uniform]
+  assert len({held.clips[i]['caption_style'] for i in range(10)}) > 1
+
+
 def test_restore_replays_bit_identical_batches():
   c = _config()
   it = pipeline.make_iterator(c, process_index=0, process_count=1)
@@ -160,6 +179,10 @@ def test_config_errors_name_the_key():
   c = _config()
   c.data.task_probs = {'speech': 1.0}
   with pytest.raises(ValueError, match='speech'):
+    pipeline.make_iterator(c, process_index=0, process_count=1)
+  c = _config()
+  c.data.caption_styles.count = -1.0
+  with pytest.raises(ValueError, match='data.caption_styles'):
     pipeline.make_iterator(c, process_index=0, process_count=1)
   with pytest.raises(ValueError, match='divisible'):
     pipeline.make_iterator(_config(), process_index=0, process_count=3)

@@ -143,6 +143,29 @@ def test_caption_styles_and_content():
   assert forced['caption'] == forced['captions']['timestamp']
 
 
+def test_caption_style_weights():
+  uniform = embedded.caption_style_probs(dict(category=2, count=2, order=2, timestamp=2))
+  assert uniform is None  # the original draw: existing datasets keep their captions
+  probs = embedded.caption_style_probs(dict(count=3, order=1))
+  assert probs == (0.0, 0.75, 0.25, 0.0)
+  base, weighted = _clips(n=80), _clips(n=80, caption_probs=probs)
+  for a, b in zip(base, weighted):
+    # Only the drawn style moves: events, audio, video and every caption text stay.
+    assert a['captions'] == b['captions'] and a['events'] == b['events']
+    assert np.array_equal(a['waveform'], b['waveform'])
+    assert np.array_equal(a['video'], b['video'])
+    assert np.array_equal(a['inpaint_span'], b['inpaint_span'])
+  styles = [c['caption_style'] for c in weighted]
+  assert set(styles) == {'count', 'order'} and 45 <= styles.count('count') <= 75, styles
+  with pytest.raises(ValueError, match="unknown styles \\['speech'\\]"):
+    embedded.caption_style_probs(dict(speech=1.0))
+  for bad in (dict(count=-1.0, order=2.0), dict(count=0.0)):
+    with pytest.raises(ValueError, match='data.caption_styles'):
+      embedded.caption_style_probs(bad)
+  with pytest.raises(ValueError, match='caption_probs'):
+    embedded.make_clip(0, caption_probs=(0.5, 0.5))
+
+
 def test_heldout_prompts_disjoint_from_train():
   for size in range(1, 6):
     train, held = embedded.allowed_sets('train', size), embedded.allowed_sets('heldout', size)

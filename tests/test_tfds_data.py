@@ -125,6 +125,23 @@ def test_other_shapes_settings_and_missing_datasets_are_refused(events):
   # The same name asked for from other settings: refused, not silently reused.
   with pytest.raises(ValueError, match=r"'num_clips': \(32, 16\)"):
     _build(_config(num_clips=16, heldout_clips=8), 'tiny', data_dir)
+  count_only = dict(category=0.0, count=1.0, order=0.0, timestamp=0.0)
+  with pytest.raises(ValueError, match=r"'caption_probs': \(\(\), \(0.0, 1.0, 0.0, 0.0\)\)"):
+    _build(_config(num_clips=32, heldout_clips=8, caption_styles=count_only), 'tiny', data_dir)
+
+
+def test_events_dataset_keeps_the_training_caption_mix(tmp_path):
+  c = _config(num_clips=8, heldout_clips=4, batch_size=4,
+              caption_styles=dict(category=0.0, count=1.0, order=0.0, timestamp=0.0))
+  builder = _build(c, 'counts', tmp_path)
+  assert tuple(builder.info.metadata['settings']['caption_probs']) == (0.0, 1.0, 0.0, 0.0)
+  r = _tfds(c, 'axturbo_events/counts', tmp_path)
+  _assert_same(_batches(r, n=2, process_index=0, process_count=1),
+               _batches(c, n=2, process_index=0, process_count=1))
+  _assert_same(_batches(r, 'heldout', process_index=0, process_count=1),
+               _batches(c, 'heldout', process_index=0, process_count=1))
+  # Rebuilding from the same settings reuses it (the JSON list reads as the tuple).
+  _build(c, 'counts', tmp_path)
 
 
 @pytest.fixture(scope='module')

@@ -163,9 +163,25 @@ def _validate(seed, split, sample_rate, duration_s, fps, max_events, fraction):
   return ticks
 
 
+def caption_style_probs(weights) -> tuple[float, ...] | None:
+  """{style: weight} (data.caption_styles) -> probabilities in CAPTION_STYLES order, or None
+  when uniform: make_clip then keeps its original draw, so uniform clips stay bit-identical."""
+  weights = dict(weights)
+  unknown = sorted(set(weights) - set(CAPTION_STYLES))
+  if unknown:
+    raise ValueError(f'data.caption_styles: unknown styles {unknown}; known: {CAPTION_STYLES}')
+  w = np.array([weights.get(s, 0.0) for s in CAPTION_STYLES], np.float64)
+  if not (np.all(w >= 0) and w.sum() > 0):
+    raise ValueError(f'data.caption_styles must be weights >= 0 with a positive sum, got '
+                     f'{weights}')
+  if np.all(w == w[0]):
+    return None
+  return tuple(float(x) for x in w / w.sum())
+
+
 def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
               video_size=32, caption_style=None, max_events=MAX_EVENTS,
-              continuation_fraction=0.5):
+              continuation_fraction=0.5, caption_probs=None):
   """Builds one deterministic clip (see the module docstring).
 
   Args:
@@ -176,6 +192,8 @@ def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
     fps: integer video frame rate.
     video_size: frame height = width (pixels), >= 8.
     caption_style: None (drawn from CAPTION_STYLES) or one of CAPTION_STYLES.
+    caption_probs: None (uniform) or the probabilities of CAPTION_STYLES when drawn
+      (`caption_style_probs`).
     max_events: upper bound on the number of events, in [1, 5].
     continuation_fraction: length of the continuation prompt / duration.
 
@@ -194,6 +212,11 @@ def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
                     continuation_fraction)
   if caption_style is not None and caption_style not in CAPTION_STYLES:
     raise ValueError(f'caption_style must be None or one of {CAPTION_STYLES}')
+  if caption_probs is not None and (len(caption_probs) != len(CAPTION_STYLES)
+                                    or not np.isclose(sum(caption_probs), 1.0)
+                                    or min(caption_probs) < 0):
+    raise ValueError(f'caption_probs must be {len(CAPTION_STYLES)} probabilities summing to 1, '
+                     f'got {caption_probs}')
   seq = np.random.SeedSequence([int(seed), SPLITS.index(split), 0xA0D10])
   r_events, r_audio, r_video, r_text, r_prompt = (
       np.random.default_rng(s) for s in seq.spawn(5))
@@ -206,7 +229,12 @@ def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
     wave[s:e] = ev.render_event(cat, int(e - s), sample_rate, r_audio)
   frames = video.render_video(evts, ticks, int(fps), video_size, r_video, TIME_STEP_S)
   captions = _captions(evts, r_text)
-  style = caption_style or CAPTION_STYLES[int(r_text.integers(len(CAPTION_STYLES)))]
+  if caption_style:
+    style = caption_style
+  elif caption_probs is None:
+    style = CAPTION_STYLES[int(r_text.integers(len(CAPTION_STYLES)))]
+  else:
+    style = CAPTION_STYLES[int(r_text.choice(len(CAPTION_STYLES), p=caption_probs))]
   span_len = int(r_prompt.integers(max(1, ticks // 5), max(1, 2 * ticks // 5) + 1))
   span_start = int(r_prompt.integers(0, ticks - span_len + 1))
   span = np.array([_to_samples(span_start, sample_rate),

@@ -39,8 +39,8 @@ SPLITS = ('train', 'heldout')
 DATA_FIELDS = (
     'source', 'batch_size', 'seed', 'shuffle', 'num_workers', 'read_threads', 'read_buffer',
     'fail_fast', 'max_skip_fraction', 'manifest', 'heldout_manifest', 'root', 'tfds_name',
-    'tfds_data_dir', 'num_clips', 'heldout_clips', 'duration_s', 'task_probs', 'random_crop',
-    'crop_grid_s', 'phase_flip_p', 'inpaint_ratio', 'continuation_ratio')
+    'tfds_data_dir', 'num_clips', 'heldout_clips', 'duration_s', 'task_probs', 'caption_styles',
+    'random_crop', 'crop_grid_s', 'phase_flip_p', 'inpaint_ratio', 'continuation_ratio')
 # A train stream that fails this many samples in a row is broken, not noisy: stop.
 MAX_CONSECUTIVE_SKIPS = 1000
 # `data.max_skip_fraction` is judged only after this many samples (a fraction of 3 is noise).
@@ -80,6 +80,7 @@ def check_data_config(d, split: str = 'train') -> None:
       raise ValueError(f'config.data.{key} must be (lo, hi) with 0 < lo <= hi <= 1, got '
                        f'{tuple(d[key])}')
   tasks.task_probabilities(d.task_probs)
+  embedded.caption_style_probs(d.caption_styles)
 
 
 def embedded_duration(m, d) -> float:
@@ -94,12 +95,13 @@ def embedded_duration(m, d) -> float:
 class EmbeddedSource:
   """Random-access base examples of the procedural dataset (data/embedded.py), no files."""
 
-  def __init__(self, split, num_clips, m, duration_s):
+  def __init__(self, split, num_clips, m, duration_s, caption_probs=None):
     if duration_s * m.sample_rate > m.audio_samples:
       raise ValueError(f'config.data.duration_s={duration_s} s does not fit '
                        f'model.audio_samples={m.audio_samples} at {m.sample_rate} Hz')
     self.clips = embedded.EmbeddedDataset(split, num_clips, m.sample_rate, duration_s,
-                                          fps=m.video_fps, video_size=m.clip.image_size)
+                                          fps=m.video_fps, video_size=m.clip.image_size,
+                                          caption_probs=caption_probs)
     self.m = m
 
   def __len__(self):
@@ -137,7 +139,10 @@ def base_source(config, split: str):
   m, d = config.model, config.data
   if d.source == 'embedded':
     num = d.num_clips if split == 'train' else d.heldout_clips
-    return EmbeddedSource(split, num, m, embedded_duration(m, d)), None
+    # The caption mix weights training only; held-out clips keep the uniform mix they are
+    # scored on.
+    probs = embedded.caption_style_probs(d.caption_styles) if split == 'train' else None
+    return EmbeddedSource(split, num, m, embedded_duration(m, d), probs), None
   if d.source == 'tfds':
     return tfds_source.TfdsSource(d.tfds_name, d.tfds_data_dir, split, m), None
   path = d.manifest if split == 'train' else d.heldout_manifest

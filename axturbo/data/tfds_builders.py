@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from axturbo.data import audio_io
+from axturbo.data import embedded
 from axturbo.data import manifest
 from axturbo.data import pipeline
 from axturbo.data import tfds_source
@@ -85,6 +86,7 @@ class EventsConfig(ShapesConfig):
   num_clips: int = 0
   heldout_clips: int = 0       # 0 = no heldout split
   duration_s: float = 0.0
+  caption_probs: tuple = ()    # the train split's caption-style probabilities; () = uniform
 
 
 def shapes_of(c: ShapesConfig) -> dict:
@@ -324,7 +326,9 @@ class AxturboEvents(_Builder, skip_registration=True):
     c = self.builder_config
     m = model_view(shapes_of(c))
     sizes = {'train': c.num_clips, 'heldout': c.heldout_clips}
-    return {split: (pipeline.EmbeddedSource(split, n, m, c.duration_s).clips, EventsExample(m))
+    probs = {'train': tuple(c.caption_probs) or None, 'heldout': None}
+    return {split: (pipeline.EmbeddedSource(split, n, m, c.duration_s, probs[split]).clips,
+                    EventsExample(m))
             for split, n in sizes.items() if n}
 
 
@@ -341,6 +345,7 @@ def builder_config(config, name: str, sync_checkpoint: str = '') -> ShapesConfig
     duration = pipeline.embedded_duration(m, d)
     return EventsConfig(name=name, num_clips=int(d.num_clips),
                         heldout_clips=int(d.heldout_clips), duration_s=duration,
+                        caption_probs=embedded.caption_style_probs(d.caption_styles) or (),
                         description=f'{duration:g} s clips', **shapes)
   if d.source != 'manifest':
     raise ValueError(f"config.data.source={d.source!r}: a dataset is built from 'embedded' or "
@@ -380,6 +385,7 @@ def build(config, name: str, data_dir: str = '', overwrite: bool = False, **opti
     # A setting added after a dataset was built reads as its default there (sync_checkpoint '').
     default = {f.name: f.default for f in dataclasses.fields(builder.builder_config)}
     built = {k: built.get(k, default.get(k)) for k in want}
+    built = {k: tuple(v) if isinstance(v, list) else v for k, v in built.items()}  # from JSON
     differ = {k: (built[k], v) for k, v in want.items() if built[k] != v}
     if differ:
       raise ValueError(f'{builder.name}/{name} in {builder.data_dir} was built from other '
