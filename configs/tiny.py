@@ -68,10 +68,16 @@ def data_config() -> mlc.ConfigDict:
   # What `python -m scripts.prepare --config configs/tiny.py` builds from the embedded clips,
   # and what --config.data.source=tfds then reads.
   d.tfds_name = 'axturbo_events/tiny'
-  # Weighted towards what the event benchmark asks for (text, video, inpainting, continuation).
+  # Weighted towards what the event benchmark asks for: text first (its counts are the hardest
+  # thing it asks), then video, inpainting and continuation.
   d.task_probs = mlc.ConfigDict(dict(
-      text_to_audio=0.45, video_to_audio=0.25, text_video_to_audio=0.05, inpaint=0.15,
-      continuation=0.1, audio_to_audio=0.0, all=0.0))
+      text_to_audio=0.65, video_to_audio=0.2, text_video_to_audio=0.05, inpaint=0.05,
+      continuation=0.05, audio_to_audio=0.0, all=0.0))
+  # Count captions are the hardest to follow. With the four styles drawn uniformly the teacher
+  # counted 24-25 % of 131 held-out count clips; with this mix 45.8 % (a second seed 24.4 %)
+  # and order 39.2 -> 63.1 %, for timestamps 74.6 -> 65.8 % (docs/training.md, twelfth
+  # series). Held-out clips stay uniform.
+  d.caption_styles = mlc.ConfigDict(dict(category=0.15, count=0.45, order=0.3, timestamp=0.1))
   return d
 
 

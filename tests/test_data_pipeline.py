@@ -88,7 +88,7 @@ def test_each_task_keeps_exactly_its_modalities(task):
 def test_captions_are_tokenized_with_the_config_tokenizer():
   c = _config()
   c.data.task_probs = {t: float(t == 'text_to_audio') for t in tasks.TASKS}
-  src = pipeline.EmbeddedSource('train', 16, c.model, 2.0)
+  src, _ = pipeline.base_source(c, 'train')
   b = next(pipeline.make_iterator(c, process_index=0, process_count=1, seed=3))
   tok = tokenizers.build_tokenizer(c.model.text)
   assert isinstance(tok, tokenizers.WordTokenizer)
