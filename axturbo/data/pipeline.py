@@ -93,9 +93,15 @@ def embedded_duration(m, d) -> float:
 
 
 class EmbeddedSource:
-  """Random-access base examples of the procedural dataset (data/embedded.py), no files."""
+  """Random-access base examples of the procedural dataset (data/embedded.py), no files.
+
+  `caption_probs` (`embedded.caption_style_probs`) weights the caption styles of the train
+  split only: held-out clips keep the uniform mix they are scored on.
+  """
 
   def __init__(self, split, num_clips, m, duration_s, caption_probs=None):
+    if split != 'train':
+      caption_probs = None
     if duration_s * m.sample_rate > m.audio_samples:
       raise ValueError(f'config.data.duration_s={duration_s} s does not fit '
                        f'model.audio_samples={m.audio_samples} at {m.sample_rate} Hz')
@@ -139,10 +145,8 @@ def base_source(config, split: str):
   m, d = config.model, config.data
   if d.source == 'embedded':
     num = d.num_clips if split == 'train' else d.heldout_clips
-    # The caption mix weights training only; held-out clips keep the uniform mix they are
-    # scored on.
-    probs = embedded.caption_style_probs(d.caption_styles) if split == 'train' else None
-    return EmbeddedSource(split, num, m, embedded_duration(m, d), probs), None
+    return EmbeddedSource(split, num, m, embedded_duration(m, d),
+                          embedded.caption_style_probs(d.caption_styles)), None
   if d.source == 'tfds':
     return tfds_source.TfdsSource(d.tfds_name, d.tfds_data_dir, split, m), None
   path = d.manifest if split == 'train' else d.heldout_manifest

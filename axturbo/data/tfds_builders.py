@@ -326,8 +326,8 @@ class AxturboEvents(_Builder, skip_registration=True):
     c = self.builder_config
     m = model_view(shapes_of(c))
     sizes = {'train': c.num_clips, 'heldout': c.heldout_clips}
-    probs = {'train': tuple(c.caption_probs) or None, 'heldout': None}
-    return {split: (pipeline.EmbeddedSource(split, n, m, c.duration_s, probs[split]).clips,
+    probs = tuple(c.caption_probs) or None
+    return {split: (pipeline.EmbeddedSource(split, n, m, c.duration_s, probs).clips,
                     EventsExample(m))
             for split, n in sizes.items() if n}
 
