@@ -1,20 +1,17 @@
 r"""The official AudioX-Turbo PyTorch code, timed the way benchmarks/gpu_suite.py times ours.
 
-  python -m benchmarks.official_reference --official .official --out DIR \
+  python -m benchmarks.official_reference [--official DIR] --out DIR \
       [--size official|micro] [--sections t2a,throughput,teacher,v2a] [--precisions fp32,bf16]
       [--runs 20] [--warmup 3] [--device cuda]
 
-The official code is not part of this repository. Put a copy of NoizAI/AudioX-Turbo at commit
-af50898 in a folder git ignores (`.official/` is in .gitignore):
+The official code is not part of this repository. Point `--official` (default: $AXTURBO_OFFICIAL,
+else `.official/`, which .gitignore ignores) at a copy of NoizAI/AudioX-Turbo at commit af50898:
 
-  git -C <clone> archive af50898 audiox_turbo configs | tar -x -C .official
+  git -C <clone> archive af50898 audiox_turbo configs | tar -x -C <folder>
 
-plus, in `.official/stubs/`, stand-ins for the packages that its modules import but that the
-released inference path never calls (dac's weight-norm convolutions are on the path and must be
-the real `weight_norm(nn.Conv1d(...))`; alias_free_torch, vector_quantize_pytorch, einops_exts,
-x_transformers, k_diffusion and dac's quantizer/discriminator are import-only), and in
-`.official/stubs/cpu_only/` torchaudio/torchvision stand-ins that are used only where those
-packages are missing (the GPU image has both). docs/benchmarks.md lists what each stub holds.
+Its modules import packages that the released inference path never calls; stand-ins for them,
+written for this repository, live in `benchmarks/official_stubs/` (its README lists them) and
+join `sys.path` after the installed packages, so real ones win.
 
 What runs is the released inference code, unmodified: `create_model_from_config` on
 `configs/audiox_turbo_infer_4step.json` (without its VAE checkpoint path: weights are random),
@@ -37,6 +34,7 @@ into DIR/official.json after each setting.
 import argparse
 import contextlib
 import json
+import os
 import pathlib
 import sys
 import time
@@ -45,19 +43,21 @@ import traceback
 from benchmarks import gpu_suite   # its configs/official.py sizes and its timing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+STUBS = ROOT / 'benchmarks' / 'official_stubs'
 PROMPT = 'A dog barks twice, then a bell rings over distant traffic.'
 SECTIONS = ('t2a', 'throughput', 'teacher', 'v2a')
 
 
 def add_official_to_path(official: pathlib.Path) -> None:
-  """The official package first; stubs after the installed packages, so real ones win."""
+  """The official package first; our stand-ins after the installed packages, so real ones win."""
   import importlib.util
   if not (official / 'audiox_turbo').is_dir():
-    sys.exit(f'error: no audiox_turbo/ package in {official} (see this script\'s docstring)')
+    sys.exit(f'error: no audiox_turbo/ package in {official} (--official or $AXTURBO_OFFICIAL; '
+             'see this script\'s docstring)')
   sys.path.insert(0, str(official))
-  sys.path.append(str(official / 'stubs'))
+  sys.path.append(str(STUBS))
   if any(importlib.util.find_spec(m) is None for m in ('torchaudio', 'torchvision')):
-    sys.path.append(str(official / 'stubs' / 'cpu_only'))
+    sys.path.append(str(STUBS / 'cpu_only'))
 
 
 def patch_hub(m) -> None:
@@ -275,7 +275,7 @@ class _Null:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--official', default=str(ROOT / '.official'))
+  p.add_argument('--official', default=os.environ.get('AXTURBO_OFFICIAL', str(ROOT / '.official')))
   p.add_argument('--out', required=True)
   p.add_argument('--size', default='official', choices=('official', 'micro'))
   p.add_argument('--sections', default=','.join(SECTIONS))

@@ -8,6 +8,7 @@ compile on 2 cores, so only their inputs and FLOP model are checked; run the res
   python -m benchmarks.gpu_suite --out /tmp/s --size micro --runs 2 --warmup 1 --batches 2 \
       --teacher_steps 2 --train_runs 2 --train_batch 2 --distill_batch 2
 """
+import importlib
 import importlib.util
 import json
 import pathlib
@@ -82,3 +83,43 @@ def test_random_batch_matches_the_pipeline_batches():
   assert set(batch) == set(example)
   for k, v in example.items():
     assert batch[k].shape == (3,) + np.shape(v) and batch[k].dtype == np.asarray(v).dtype, k
+
+
+@pytest.fixture
+def official_stubs(monkeypatch):
+  """benchmarks/official_stubs on sys.path; the stand-in modules are forgotten afterwards."""
+  import sys
+  before = set(sys.modules)
+  stubs = _PATH.parent / 'official_stubs'
+  monkeypatch.syspath_prepend(str(stubs))
+  yield
+  for name in set(sys.modules) - before:
+    del sys.modules[name]
+
+
+def test_official_stubs_compute_what_they_stand_for(official_stubs):
+  """The stand-ins on the official inference path compute the real layers; the others raise."""
+  torch = pytest.importorskip('torch', reason='the official-code stand-ins are torch modules')
+  layers = importlib.import_module('dac.nn.layers')
+  tv_spec = importlib.util.spec_from_file_location(
+      'stub_torchvision_transforms', _PATH.parent / 'official_stubs' / 'cpu_only' / 'torchvision'
+      / 'transforms.py')
+  tv = importlib.util.module_from_spec(tv_spec)
+  tv_spec.loader.exec_module(tv)
+  x = torch.linspace(-3, 3, 2 * 3 * 5).reshape(2, 3, 5)
+  snake = layers.Snake1d(3)
+  with torch.no_grad():
+    snake.alpha.copy_(torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1))
+    a = np.array([0.5, 1.0, 2.0]).reshape(1, 3, 1)
+    want = x.numpy() + np.sin(a * x.numpy()) ** 2 / (a + 1e-9)
+    np.testing.assert_allclose(snake(x).numpy(), want, rtol=1e-6, atol=1e-6)
+  conv = layers.WNConv1d(3, 4, 3)
+  assert hasattr(conv, 'weight_g') or hasattr(conv, 'parametrizations')  # weight-normed
+  img = torch.rand(2, 3, 4, 4)
+  out = tv.Compose([tv.Normalize(mean=[0.1, 0.2, 0.3], std=[0.5, 0.25, 2.0])])(img)
+  want = (img.numpy() - np.array([0.1, 0.2, 0.3]).reshape(3, 1, 1)) / np.array(
+      [0.5, 0.25, 2.0]).reshape(3, 1, 1)
+  np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
+  x_transformers = importlib.import_module('x_transformers')
+  with pytest.raises(NotImplementedError, match='x_transformers.Encoder is an import-only'):
+    x_transformers.Encoder(dim=8)

@@ -1,0 +1,3 @@
+from _unused import unused
+
+ResidualVectorQuantize = unused('dac.nn.quantize', 'ResidualVectorQuantize')
