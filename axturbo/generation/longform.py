@@ -5,13 +5,15 @@
 
 A planner over `Generator.generate`: it cuts each request's clip into windows, turns every
 window into one-window requests (`window_requests`) and calls `gen.generate` once per window;
-`Generator.generate` itself knows nothing of long clips. The model makes one window of `Generator.output_samples` (10 s official, 2.048 s tiny). A longer
-clip is cut into windows that overlap by `overlap` samples (default: half a window); window k
-starts at k * (window - overlap). Window 0 is an ordinary generation. Window k >= 1 is the
-continuation task the model was trained on: its audio prompt is the last `overlap` samples of
-window k-1's decoded output, left-padded as in training, and the model writes the window that
-begins with that audio. Windows run one after another (each needs its predecessor's audio); the
-clips of a batch run together.
+`Generator.generate` itself knows nothing of long clips.
+
+The model makes one window of `Generator.output_samples` (10 s official, 2.048 s tiny). A
+longer clip is cut into windows that overlap by `overlap` samples (default: half a window);
+window k starts at k * (window - overlap). Window 0 is an ordinary generation. Window k >= 1 is
+the continuation task the model was trained on: its audio prompt is the last `overlap` samples
+of window k-1's decoded output, left-padded as in training, and the model writes the window
+that begins with that audio. Windows run one after another (each needs its predecessor's
+audio); the clips of a batch run together.
 
 Two joins (`LongOptions.join`), measured against each other in docs/results.md:
   'latent'     keep_unmasked with the previous window's own latents: window k's first overlap

@@ -250,7 +250,7 @@ class SamplerOptions:
     """Every field set: sampler None -> `kind`, then that sampler's default steps and cfg."""
     sampler = self.sampler or kind
     if sampler == 'student':
-      checked = dataclasses.replace(self, sampler=sampler)   # the student's rules, on the fields given
+      checked = dataclasses.replace(self, sampler=sampler)  # the student's rules, given fields
       return dataclasses.replace(checked, steps=self.steps or 4, cfg_scale=1.0)
     if sampler == 'teacher':
       return dataclasses.replace(
