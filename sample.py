@@ -39,6 +39,7 @@ A duration shorter than a window generates one window and trims it.
   python sample.py --checkpoint ckpt/ --prompt "rain on a roof" --duration 60 --out out/
   python sample.py --checkpoint ckpt/ --captions_file captions.txt --duration 60 --out out/
 """
+import dataclasses
 import sys
 
 from absl import app
@@ -103,7 +104,9 @@ def _jobs() -> list[dict]:
 def main(argv):
   del argv
   from axturbo.eval import seams
+  from axturbo.generation import InputOptions, SamplerOptions
   from axturbo.generation import jobs
+  from axturbo.generation import longform
   from axturbo.generation import media
   if not _CHECKPOINT.value or not _OUT.value:
     sys.exit('error: --checkpoint and --out are required (see --help)')
@@ -112,33 +115,33 @@ def main(argv):
   try:
     todo = _jobs()
     long, segments = _long_options()
+    inputs = InputOptions(prompt_pad=_PROMPT_PAD.value, official_image_scaling=_IMAGE_QUIRK.value,
+                          sample_prompt_posterior=_POSTERIOR.value, no_sync=_NO_SYNC.value,
+                          allow_unconditional=_UNCONDITIONAL.value)
     out = jobs.writable_dir(_OUT.value)
     first = jobs.first_free_index(out)
     gen = jobs.load_generator(_CHECKPOINT.value)
-    sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
-                                              _STEPS.value, _CFG.value)
+    options = gen.resolve(SamplerOptions(sampler='teacher' if _TEACHER.value else None,
+                                         steps=_STEPS.value, cfg_scale=_CFG.value,
+                                         seed=_SEED.value))
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   if first:
     logging.info('%s already holds outputs; numbering the new ones from %04d', out, first)
-  logging.info('%s checkpoint, %s sampler, %d steps, cfg %.2f, %d prompt(s)', gen.kind, sampler,
-               steps, cfg, len(todo))
+  logging.info('%s checkpoint, %s sampler, %d steps, cfg %.2f, %d prompt(s)', gen.kind,
+               options.sampler, options.steps, options.cfg_scale, len(todo))
   bar = jobs.Progress(len(todo), unit='prompt')
   for start in range(0, len(todo), _BATCH_SIZE.value):
     chunk = todo[start:start + _BATCH_SIZE.value]
-    per = {k: [job[k] for job in chunk] for k in jobs.JOB_KEYS}
+    chunk_options = dataclasses.replace(options, seed=_SEED.value + start)
     try:
-      results = gen.generate(
-          per['text'] if segments is None else '', **long,
-          video=per['video'], audio=per['audio'], image=per['image'],
-          sync=per['sync'], inpaint=per['inpaint'], continuation=per['continuation'],
-          keep_unmasked=[_KEEP.value and (j['inpaint'] is not None or j['continuation'])
-                         for j in chunk],
-          steps=steps, cfg_scale=cfg, sampler=sampler, seed=_SEED.value + start,
-          allow_unconditional=_UNCONDITIONAL.value,
-          official_image_scaling=_IMAGE_QUIRK.value,
-          sample_prompt_posterior=_POSTERIOR.value, prompt_pad=_PROMPT_PAD.value,
-          no_sync=_NO_SYNC.value)
+      requests = [jobs.job_request(job, keep_unmasked=_KEEP.value,
+                                   duration_s=_DURATION.value, segments=segments)
+                  for job in chunk]
+      if long is None:
+        results = gen.generate(requests, chunk_options, inputs=inputs)
+      else:
+        results = longform.generate_long(gen, requests, chunk_options, long=long, inputs=inputs)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:  # incl. media.MediaError
       where = f'prompts {start}..{start + len(chunk) - 1}: ' if len(todo) > 1 else ''
       sys.exit(f'error: {where}{e}')
@@ -163,8 +166,9 @@ def main(argv):
   bar.close()
 
 
-def _long_options() -> tuple[dict, list | None]:
-  """(Generator.generate keyword arguments of a long clip, segments or None); ValueErrors."""
+def _long_options():
+  """(LongOptions of a long clip or None, its segments or None); ValueErrors."""
+  from axturbo.generation import LongOptions
   from axturbo.generation import jobs
   if _CAPTIONS.value and (_PROMPT.value or _BATCH_FILE.value):
     raise ValueError('--captions_file gives the captions; leave out --prompt and --batch_file')
@@ -175,13 +179,9 @@ def _long_options() -> tuple[dict, list | None]:
         raise ValueError(f'--{name} applies to long clips; give --duration too')
     if _NORMALIZE.value == 'window':
       raise ValueError('--normalize window applies to long clips; give --duration too')
-    return {}, None
+    return None, None
   segments = jobs.parse_captions_file(_CAPTIONS.value) if _CAPTIONS.value else None
-  long = dict(duration_s=_DURATION.value, overlap_s=_OVERLAP.value, tail_s=_TAIL.value,
-              join=_JOIN.value)
-  if segments is not None:
-    long['segments'] = segments
-  return long, segments
+  return LongOptions(overlap_s=_OVERLAP.value, tail_s=_TAIL.value, join=_JOIN.value), segments
 
 
 def _dashes_to_underscores(argv: list[str]) -> list[str]:

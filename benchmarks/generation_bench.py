@@ -16,6 +16,7 @@ results at each stage boundary; decoding includes the copy to the host). The tab
 Real-time factor = total wall time / seconds of audio generated (batch included); < 1 is faster
 than real time.
 """
+import dataclasses
 import json
 import pathlib
 import statistics
@@ -54,14 +55,16 @@ def measure(gen, sampler: str, steps: int, cfg_scale: float, batch: int, runs: i
     dict with sampler, steps, cfg_scale, nfe, the STAGES medians, 'rtf' (median total / seconds
     of audio in the batch), 'audio_s' (seconds per clip) and 'runs'.
   """
-  texts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
-  kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale if sampler == 'teacher' else None)
+  from axturbo.generation import Request, SamplerOptions
+  requests = [Request(text=PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
+  options = SamplerOptions(sampler=sampler, steps=steps,
+                           cfg_scale=cfg_scale if sampler == 'teacher' else None)
   for i in range(warmup):
-    gen.generate(texts, seed=seed + i, **kwargs)
+    gen.generate(requests, dataclasses.replace(options, seed=seed + i))
   stages = {k: [] for k in STAGES}
   meta = None
   for i in range(runs):
-    meta = gen.generate(texts, seed=seed + warmup + i, **kwargs)[0].meta
+    meta = gen.generate(requests, dataclasses.replace(options, seed=seed + warmup + i))[0].meta
     if meta['includes_compilation']:
       raise RuntimeError('a timed run compiled; raise --warmup')
     for k in STAGES:

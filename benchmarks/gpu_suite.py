@@ -293,6 +293,7 @@ class Suite:
     """Times pipe end to end; returns (row, (waveform, latents) of the first call)."""
     import jax
     import numpy as np
+    from axturbo.generation import SamplerOptions
     first = {}
     frames = None
     if video is not None:
@@ -302,7 +303,8 @@ class Suite:
     def call(i):
       texts = [PROMPT if cached else f'{PROMPT} #{i}.{j}' for j in range(batch)]
       vt = None if frames is None else pipe.video_tokens(frames)
-      wave, lat = pipe.generate_arrays(texts, video_tokens=vt, seed=0, **gen)
+      wave, lat = pipe.generate_arrays(texts, video_tokens=vt,
+                                       options=SamplerOptions(seed=0, **gen))
       wave = np.asarray(wave)   # the waveform on the host ends every timed call
       if not first:
         first['out'] = (wave, np.asarray(jax.device_get(lat)))
@@ -366,6 +368,7 @@ class Suite:
     import numpy as np
     from axturbo.data import tokenizers
     from axturbo.generation import generate
+    from axturbo.generation import Request, SamplerOptions
     for dtype in ('float32', 'bfloat16'):
       m = self.m.copy_and_resolve_references()
       m.dtype = dtype
@@ -374,7 +377,7 @@ class Suite:
       stages = []
 
       def call(i, gen=gen, stages=stages):
-        [res] = gen.generate(f'{PROMPT} #{i}', seed=0)
+        [res] = gen.generate(Request(text=f'{PROMPT} #{i}'), SamplerOptions(seed=0))
         stages.append(res.meta['latency_s'])
       stats = time_calls(call, self.args.runs, self.args.warmup)
       timed = stages[-self.args.runs:]

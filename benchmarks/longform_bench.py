@@ -1,4 +1,4 @@
-r"""Latency of a long clip (default 60 s), per window and in total: `Generator.generate(duration_s)`.
+r"""Latency of a long clip (default 60 s), per window and in total: `longform.generate_long`.
 
   python -m benchmarks.longform_bench --checkpoint out/quickstart/student/export \
       [--duration 60] [--tail 0.16] [--join latent] [--runs 3] [--samplers student:4,teacher:25]
@@ -13,6 +13,7 @@ next window's prompt); window 0 has no audio prompt and is listed apart. Join: t
 of the whole clip ('latent') or the crossfades ('crossfade'). Total: wall time of the call. Medians
 over the runs (per-window figures: medians over all windows >= 1 of all runs).
 """
+import dataclasses
 import json
 import pathlib
 import statistics
@@ -56,15 +57,17 @@ def parse_settings(values) -> list[tuple[str, int]]:
 
 def measure(gen, sampler: str, steps: int, cfg_scale: float, runs: int) -> dict:
   """Medians of `runs` timed long clips after one untimed one (module docstring)."""
-  kwargs = dict(duration_s=_DURATION.value, overlap_s=_OVERLAP.value, tail_s=_TAIL.value,
-                join=_JOIN.value, sampler=sampler, steps=steps,
-                cfg_scale=cfg_scale if sampler == 'teacher' else None)
-  texts = [PROMPT] * _BATCH.value
-  gen.generate(texts, seed=_SEED.value, **kwargs)
+  from axturbo.generation import LongOptions, Request, SamplerOptions, generate_long
+  long = LongOptions(overlap_s=_OVERLAP.value, tail_s=_TAIL.value, join=_JOIN.value)
+  options = SamplerOptions(sampler=sampler, steps=steps,
+                           cfg_scale=cfg_scale if sampler == 'teacher' else None)
+  requests = [Request(text=PROMPT, duration_s=_DURATION.value)] * _BATCH.value
+  generate_long(gen, requests, dataclasses.replace(options, seed=_SEED.value), long=long)
   first, later, join, total = [], {k: [] for k in STAGES}, [], []
   meta = None
   for i in range(runs):
-    meta = gen.generate(texts, seed=_SEED.value + 1 + i, **kwargs)[0].meta
+    meta = generate_long(gen, requests, dataclasses.replace(options, seed=_SEED.value + 1 + i),
+                         long=long)[0].meta
     if meta['includes_compilation']:
       raise RuntimeError('a timed clip compiled a window; nothing should compile after the first')
     first.append(meta['windows'][0]['latency_s']['total_s'])

@@ -1,7 +1,7 @@
 """AudioX-Turbo at the released size (docs/official.md; loads the official weights).
 
-  python sample.py --config configs/official.py ...
-  python -m axturbo.convert --config configs/official.py ...
+  python -m axturbo.convert --config configs/official.py ... --out /ckpt/audiox_turbo
+  python sample.py --checkpoint /ckpt/audiox_turbo ...   # the checkpoint carries this config
 """
 import ml_collections as mlc
 

@@ -149,10 +149,10 @@ def test_sigkill_resume_is_bit_exact_and_export_generates(tmp_path, teacher_dir)
 
   meta = json.loads((ref / 'export' / checkpoints.META_FILE).read_text())
   assert meta['kind'] == 'student' and meta['step'] == STEPS and meta['ema']
-  from axturbo.generation.generate import Generator
+  from axturbo.generation import Generator, Request, SamplerOptions
   gen = Generator.load(ref / 'export')
   assert gen.kind == 'student'
-  out = gen.generate(['a tone of class 3'], steps=4, seed=0)[0]
+  out = gen.generate([Request(text='a tone of class 3')], SamplerOptions(steps=4, seed=0))[0]
   assert out.meta['steps'] == 4 and out.meta['nfe'] == 4
   assert out.waveform.shape == (gen.output_samples, 2) and np.all(np.isfinite(out.waveform))
   assert np.std(out.waveform) > 0

@@ -16,6 +16,7 @@ import soundfile
 from axturbo.generation import generate
 from axturbo.generation import inputs
 from axturbo.generation import media
+from axturbo.generation import Request
 from axturbo.models import audiox
 from axturbo.runtime import checkpoints
 from tests import micro_train_config
@@ -175,8 +176,8 @@ def test_cut_audio_prompt_is_stated(caplog):
   m = micro_train_config.get_config().model
   long = np.zeros((m.prompt_samples * 3, 2), np.float32)
   with caplog.at_level('WARNING'):
-    inputs.prepare_item(m, 0, 'x', None, None, long, None, None, False, False, False, 'left',
-                        output_samples=m.audio_samples, latent_frames=m.trunk.seq_len, hop=16)
+    inputs.prepare_item(Request(text='x', audio=long), where='prompt 0', layout=inputs.Layout(
+        m, output_samples=m.audio_samples, latent_frames=m.trunk.seq_len, hop=16))
   assert 'the audio prompt lasts 0.05 s; the model reads its first 0.02 s' in caplog.text
 
 

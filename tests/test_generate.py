@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from axturbo.generation import generate
+from axturbo.generation import InputOptions, Request, SamplerOptions
 from axturbo.generation import media
 from axturbo.runtime import checkpoints
 from configs import tiny
@@ -52,8 +53,9 @@ def test_load_reads_kind_and_tokenizer(gen):
 @pytest.mark.slow
 def test_text_to_audio_shapes_determinism_and_per_prompt_seeds(gen):
   m = gen.config
-  a = gen.generate(['a dog barks', 'rain on a roof'], seed=3)
-  b = gen.generate(['a dog barks', 'rain on a roof'], seed=3)
+  pair = [Request(text='a dog barks'), Request(text='rain on a roof')]
+  a = gen.generate(pair, SamplerOptions(seed=3))
+  b = gen.generate(pair, SamplerOptions(seed=3))
   assert len(a) == 2
   for r in a:
     assert r.waveform.shape == (gen.output_samples, 2) and r.waveform.dtype == np.float32
@@ -61,9 +63,10 @@ def test_text_to_audio_shapes_determinism_and_per_prompt_seeds(gen):
     assert np.isfinite(r.waveform).all() and r.sample_rate == 16000
   np.testing.assert_array_equal(a[0].waveform, b[0].waveform)
   assert not np.allclose(a[0].latents, a[1].latents)
-  alone = gen.generate('rain on a roof', seed=4)[0]  # prompt 1 of the batch used seed 3 + 1
+  # prompt 1 of the batch used seed 3 + 1
+  alone = gen.generate(Request(text='rain on a roof'), SamplerOptions(seed=4))[0]
   np.testing.assert_allclose(alone.latents, a[1].latents, rtol=1e-4, atol=1e-4)
-  other = gen.generate('rain on a roof', seed=5)[0]
+  other = gen.generate(Request(text='rain on a roof'), SamplerOptions(seed=5))[0]
   assert not np.allclose(other.latents, alone.latents)
   meta = a[1].meta
   assert (meta['seed'], meta['steps'], meta['nfe'], meta['sampler']) == (4, 4, 4, 'student')
@@ -72,23 +75,24 @@ def test_text_to_audio_shapes_determinism_and_per_prompt_seeds(gen):
 
 
 def test_student_step_counts(gen):
-  one = gen.generate('wind', steps=1, seed=0)[0]
+  one = gen.generate(Request(text='wind'), SamplerOptions(steps=1, seed=0))[0]
   assert one.meta['nfe'] == 1 and one.waveform.shape == (gen.output_samples, 2)
   with pytest.raises(ValueError, match=r'steps in \(1, 2, 4\)'):
-    gen.generate('wind', steps=3)
+    gen.generate(Request(text='wind'), SamplerOptions(steps=3))
   with pytest.raises(ValueError, match='no classifier-free guidance'):
-    gen.generate('wind', cfg_scale=6.0)
+    gen.generate(Request(text='wind'), SamplerOptions(cfg_scale=6.0))
 
 
 def test_video_image_and_mixed_conditioning(gen, files):
-  text_only = gen.generate('engine', seed=1)[0]
-  video = gen.generate('engine', video=str(files['video']), seed=1)[0]
+  text_only = gen.generate(Request(text='engine'), SamplerOptions(seed=1))[0]
+  video = gen.generate(Request(text='engine', video=str(files['video'])), SamplerOptions(seed=1))[0]
   assert video.meta['inputs']['video'] == str(files['video'])
   assert not np.allclose(video.latents, text_only.latents)
-  image = gen.generate('engine', image=str(files['image']), seed=1)[0]
+  image = gen.generate(Request(text='engine', image=str(files['image'])), SamplerOptions(seed=1))[0]
   assert image.meta['inputs']['image'] == str(files['image'])
   assert not np.allclose(image.latents, video.latents)
-  empty_text = gen.generate('', image=str(files['image']), seed=1)[0]  # allowed, as officially
+  # allowed, as officially
+  empty_text = gen.generate(Request(image=str(files['image'])), SamplerOptions(seed=1))[0]
   assert not np.allclose(empty_text.latents, image.latents)
   # The shortcut for "no video at all" equals running the video conditioner on zero frames.
   f, s = gen.config.video.num_frames, gen.config.clip.image_size
@@ -106,8 +110,8 @@ def test_audio_prompt_silent_cache_matches_conditioner(gen):
 
 def test_inpainting_keeps_unmasked_latents(gen, files):
   m = gen.config
-  out = gen.generate('a tone', audio=str(files['audio']), inpaint=(0.5, 1.25),
-                     keep_unmasked=True, seed=2)[0]
+  out = gen.generate(Request(text='a tone', audio=str(files['audio']), inpaint=(0.5, 1.25),
+                             keep_unmasked=True), SamplerOptions(seed=2))[0]
   assert out.waveform.shape == (gen.output_samples, 2)
   assert out.meta['inputs']['inpaint_s'] == [0.5, 1.25]
   given = media.load_audio(files['audio'], m.sample_rate)[:m.audio_samples].copy()
@@ -118,13 +122,14 @@ def test_inpainting_keeps_unmasked_latents(gen, files):
   kept = (frames * hop >= 20000) | ((frames + 1) * hop <= 8000)
   np.testing.assert_array_equal(out.latents[kept], known[kept])
   assert not np.allclose(out.latents[~kept], known[~kept])
-  free = gen.generate('a tone', audio=str(files['audio']), inpaint=(0.5, 1.25), seed=2)[0]
+  free = gen.generate(Request(text='a tone', audio=str(files['audio']), inpaint=(0.5, 1.25)),
+                      SamplerOptions(seed=2))[0]
   assert not np.allclose(free.latents[kept], known[kept])  # the official way regenerates all
 
 
 def test_continuation_output_is_the_whole_clip(gen, files):
-  out = gen.generate('music', audio=str(files['mono_short']), continuation=True,
-                     keep_unmasked=True, seed=0)[0]
+  out = gen.generate(Request(text='music', audio=str(files['mono_short']), continuation=True,
+                             keep_unmasked=True), SamplerOptions(seed=0))[0]
   assert out.waveform.shape == (gen.output_samples, 2)
   given = media.load_audio(files['mono_short'], gen.config.sample_rate)
   n_kept = given.shape[0] // gen.hop
@@ -133,14 +138,16 @@ def test_continuation_output_is_the_whole_clip(gen, files):
   known = np.asarray(gen._encode(gen.params, padded[None]))[0]
   np.testing.assert_array_equal(out.latents[:n_kept], known[:n_kept])
   with pytest.raises(ValueError, match='nothing to continue'):
-    gen.generate('music', audio=str(files['long']), continuation=True)
+    gen.generate(Request(text='music', audio=str(files['long']), continuation=True))
 
 
 def test_teacher_sampler_with_cfg(gen):
-  out = gen.generate('birds', sampler='teacher', steps=2, cfg_scale=3.0, seed=0)[0]
+  out = gen.generate(Request(text='birds'),
+                     SamplerOptions(sampler='teacher', steps=2, cfg_scale=3.0, seed=0))[0]
   assert out.meta['nfe'] == 4 and out.meta['cfg_scale'] == 3.0
   assert np.isfinite(out.waveform).all()
-  assert gen.resolve_sampler('teacher', None, None) == ('teacher', 250, 6.0)
+  assert gen.resolve(SamplerOptions(sampler='teacher')) == SamplerOptions(
+      sampler='teacher', steps=250, cfg_scale=6.0)
 
 
 def test_samplers_step_on_the_checkpoints_time_grid(gen, tiny_checkpoint, tmp_path):
@@ -155,29 +162,30 @@ def test_samplers_step_on_the_checkpoints_time_grid(gen, tiny_checkpoint, tmp_pa
   assert ((gen.config.time_shift, legacy.config.time_shift)
           == (tiny.model_config().time_shift, 1.0))
   for kw in (dict(steps=2), dict(sampler='teacher', steps=2, cfg_scale=3.0)):
-    shifted, plain = (g.generate('birds', seed=0, **kw)[0].latents for g in (gen, legacy))
+    shifted, plain = (g.generate(Request(text='birds'), SamplerOptions(seed=0, **kw))[0].latents
+                      for g in (gen, legacy))
     assert np.abs(shifted - plain).max() > 1e-3, kw
 
 
 def test_bad_inputs_give_clear_errors(gen, files, tmp_path):
   with pytest.raises(media.MediaError, match='missing.mp4: video file does not exist'):
-    gen.generate('x', video=str(tmp_path / 'missing.mp4'))
+    gen.generate(Request(text='x', video=str(tmp_path / 'missing.mp4')))
   with pytest.raises(media.MediaError, match='bad.mp4: cannot decode video'):
-    gen.generate('x', video=str(files['bad_video']))
+    gen.generate(Request(text='x', video=str(files['bad_video'])))
   with pytest.raises(media.MediaError, match='not a readable image'):
-    gen.generate('x', image=str(files['bad_image']))
+    gen.generate(Request(text='x', image=str(files['bad_image'])))
   with pytest.raises(media.MediaError, match=r'\(F >= 1, H, W, 3\)'):
-    gen.generate('x', video=np.zeros((4, 32, 32), np.uint8))
+    gen.generate(Request(text='x', video=np.zeros((4, 32, 32), np.uint8)))
   with pytest.raises(ValueError, match='empty text and no video'):
-    gen.generate('   ')
+    gen.generate(Request(text='   '))
   with pytest.raises(ValueError, match='inpaint span'):
-    gen.generate('x', audio=str(files['mono_short']), inpaint=(0.2, 0.9))
+    gen.generate(Request(text='x', audio=str(files['mono_short']), inpaint=(0.2, 0.9)))
   with pytest.raises(ValueError, match='needs an audio input'):
-    gen.generate('x', inpaint=(0.1, 0.2))
+    gen.generate(Request(text='x', inpaint=(0.1, 0.2)))
   with pytest.raises(ValueError, match='video or an image, not both'):
-    gen.generate('x', video=str(files['video']), image=str(files['image']))
-  with pytest.raises(ValueError, match='list of 3 values for 2 prompts'):
-    gen.generate(['a', 'b'], audio=[None, None, None])
+    gen.generate(Request(text='x', video=str(files['video']), image=str(files['image'])))
+  with pytest.raises(ValueError, match='no requests given'):
+    gen.generate([])
   with pytest.raises(FileNotFoundError, match='not an axturbo checkpoint'):
     generate.Generator.load(tmp_path)
 
@@ -198,7 +206,8 @@ def test_batch_file_and_saved_outputs(gen, files, tmp_path):
     jobs.parse_batch_file(bad)
   with pytest.raises(ValueError, match='START:END'):
     jobs.parse_span('2.0-4.5')
-  results = gen.generate(['a dog barks', 'rain on a roof'], seed=3)  # compiled already
+  results = gen.generate([Request(text='a dog barks'), Request(text='rain on a roof')],
+                         SamplerOptions(seed=3))  # compiled already
   results[1].waveform = results[1].waveform * 10
   stems = [jobs.output_stem(0, 'A dog barks!'), jobs.output_stem(1, '')]
   assert stems == ['0000_a-dog-barks', '0001_untitled']

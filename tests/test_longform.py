@@ -17,6 +17,7 @@ import pytest
 from axturbo.eval import long_clips
 from axturbo.eval import seams
 from axturbo.generation import generate
+from axturbo.generation import LongOptions, Request, SamplerOptions, generate_long
 from axturbo.generation import jobs
 from axturbo.generation import longform
 from axturbo.models import audiox
@@ -186,14 +187,13 @@ def micro_gen():
 
 
 def _spy(gen, monkeypatch):
-  """Records every window's generate() keyword arguments and results; runs the real method."""
+  """Records every window's generate() arguments and results; runs the real method."""
   calls = []
   real = gen.generate
 
-  def spy(text, **kwargs):
-    out = real(text, **kwargs)
-    if kwargs.get('duration_s') is None:
-      calls.append((text, kwargs, out))
+  def spy(requests, options=None, **kwargs):
+    out = real(requests, options, **kwargs)
+    calls.append((requests, dict(kwargs, options=options), out))
     return out
   monkeypatch.setattr(gen, 'generate', spy)
   return calls
@@ -203,19 +203,20 @@ def _spy(gen, monkeypatch):
 def test_latent_join_hands_over_prompts_and_keeps_seams_exact(micro_gen, monkeypatch):
   gen = micro_gen
   calls = _spy(gen, monkeypatch)
-  [r] = gen.generate('a dog barks', duration_s=0.05, seed=3)     # 800 samples: 6 windows
+  dog = Request(text='a dog barks', duration_s=0.05)
+  [r] = generate_long(gen, dog, SamplerOptions(seed=3))     # 800 samples: 6 windows
   windows = longform.windows_from_records(r.meta['windows'])
   assert len(calls) == len(windows) == r.meta['num_windows'] == 6
   assert r.waveform.shape == (800, 2) and r.meta['duration_s'] == 0.05
-  for (_, kw, prev), (_, kw_next, out), w in zip(calls, calls[1:], windows[1:]):
+  for (_, kw, prev), (reqs_next, kw_next, out), w in zip(calls, calls[1:], windows[1:]):
     # window k's prompt is window k-1's decoded tail, exactly
-    np.testing.assert_array_equal(kw_next['audio'][0],
+    np.testing.assert_array_equal(reqs_next[0].audio,
                                   prev[0].waveform[w.length - w.overlap:w.length])
-    assert kw_next['continuation'] and kw_next['prompt_pad'] == 'left'
+    assert reqs_next[0].continuation and kw_next['inputs'].prompt_pad == 'left'
     # its first overlap frames are window k-1's last ones, bit for bit
     o, u = w.overlap // HOP, w.length // HOP
     np.testing.assert_array_equal(out[0].latents[:o], prev[0].latents[u - o:u])
-    assert kw_next['seed'] == 3 + w.index * longform.WINDOW_SEED_STRIDE
+    assert kw_next['options'].seed == 3 + w.index * longform.WINDOW_SEED_STRIDE
   joined = longform.join_latents([c[2][0].latents for c in calls], windows, HOP)
   np.testing.assert_array_equal(r.latents, joined)
   np.testing.assert_array_equal(r.waveform, gen.decode(joined[None])[0, :800])
@@ -225,11 +226,12 @@ def test_latent_join_hands_over_prompts_and_keeps_seams_exact(micro_gen, monkeyp
     np.testing.assert_allclose(r.waveform[w.new_start:w.stop],
                                out[0].waveform[w.new_start - w.start:w.stop - w.start],
                                rtol=0, atol=1e-6)
-  again = gen.generate('a dog barks', duration_s=0.05, seed=3)[0]
+  again = generate_long(gen, dog, SamplerOptions(seed=3))[0]
   np.testing.assert_array_equal(again.waveform, r.waveform)
-  other = gen.generate('a dog barks', duration_s=0.05, seed=4)[0]
+  other = generate_long(gen, dog, SamplerOptions(seed=4))[0]
   assert not np.allclose(other.waveform, r.waveform)
-  first = gen.generate('a dog barks', seed=3)[0]       # window 0 is the one-window generation
+  # window 0 is the one-window generation
+  first = gen.generate(Request(text='a dog barks'), SamplerOptions(seed=3))[0]
   np.testing.assert_array_equal(calls[0][2][0].latents, first.latents)
 
 
@@ -241,34 +243,39 @@ def test_crossfade_batch_segments_video_and_short_clips(micro_gen, monkeypatch):
   frames = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), np.uint8)
   sync = np.random.default_rng(1).standard_normal((60, m.video.sync_dim)).astype(np.float32)
   segments = [[(0, 'rain'), (0.02, 'thunder')], [(0, 'wind')]]
-  out = gen.generate('', segments=segments, duration_s=0.04, join='crossfade', overlap_s=0.004,
-                     video=frames, sync=[sync, None], seed=7)
+  crossfade = LongOptions(join='crossfade', overlap_s=0.004)
+  out = generate_long(gen, [Request(segments=segments[0], duration_s=0.04, video=frames, sync=sync),
+                            Request(segments=segments[1], duration_s=0.04, video=frames)],
+                      SamplerOptions(seed=7), long=crossfade)
   windows = longform.windows_from_records(out[0].meta['windows'])
   assert len(windows) == 3 and out[0].meta['overlap_s'] == 0.004
   assert [w['caption'] for w in out[0].meta['windows']] == ['rain', 'thunder', 'thunder']
   assert [w['caption'] for w in out[1].meta['windows']] == ['wind'] * 3
   rate = longform.sync_rate(m)
-  for (texts, kw, res), w in zip(calls, windows):
+  for (reqs, kw, res), w in zip(calls, windows):
     first = longform.first_frame(w, m.sample_rate, m.video_fps)
-    np.testing.assert_array_equal(kw['video'][0], longform.take_rows(frames, first,
-                                                                     m.video.num_frames,
-                                                                     pad='edge'))
-    np.testing.assert_array_equal(kw['sync'][0], longform.take_rows(
+    np.testing.assert_array_equal(reqs[0].video, longform.take_rows(frames, first,
+                                                                    m.video.num_frames,
+                                                                    pad='edge'))
+    np.testing.assert_array_equal(reqs[0].sync, longform.take_rows(
         sync, int(round(w.start / m.sample_rate * rate)), m.video.sync_len, pad='zero'))
-    assert not kw['sync'][1].any()                # no features: zeros for every window
-    assert 'known_latents' not in kw               # the crossfade samples whole windows
+    assert not reqs[1].sync.any()                 # no features: zeros for every window
+    assert kw['known_latents'] is None            # the crossfade samples whole windows
   for k, w in enumerate(windows):   # each window alone after its overlap
     own = calls[k][2][1].waveform
     stop = w.stop - (windows[k + 1].overlap if k + 1 < len(windows) else 0)
     np.testing.assert_array_equal(out[1].waveform[w.new_start:stop],
                                   own[w.new_start - w.start:stop - w.start])
-  alone = gen.generate('', segments=segments[1], duration_s=0.04, join='crossfade',
-                       overlap_s=0.004, video=frames, seed=8)[0]
+  alone = generate_long(gen, Request(segments=segments[1], duration_s=0.04, video=frames),
+                        SamplerOptions(seed=8), long=crossfade)[0]
   np.testing.assert_allclose(alone.waveform, out[1].waveform, rtol=1e-4, atol=1e-4)
-  short = gen.generate('rain', duration_s=0.01, seed=2)[0]      # shorter than a window
+  # shorter than a window
+  short = generate_long(gen, Request(text='rain', duration_s=0.01), SamplerOptions(seed=2))[0]
   assert short.meta['num_windows'] == 1 and short.waveform.shape == (160, 2)
-  np.testing.assert_array_equal(short.waveform, gen.generate('rain', seed=2)[0].waveform[:160])
-  teacher = gen.generate('rain', duration_s=0.03, sampler='teacher', steps=2, seed=2)[0]
+  np.testing.assert_array_equal(
+      short.waveform, gen.generate(Request(text='rain'), SamplerOptions(seed=2))[0].waveform[:160])
+  teacher = generate_long(gen, Request(text='rain', duration_s=0.03),
+                          SamplerOptions(sampler='teacher', steps=2, seed=2))[0]
   assert teacher.meta['sampler'] == 'teacher' and np.isfinite(teacher.waveform).all()
 
 
@@ -285,11 +292,12 @@ def test_bad_long_requests_give_one_line_errors(micro_gen):
       (dict(duration_s=0.05, inpaint=(0.0, 0.01), audio=np.zeros(256)), 'inpainting'),
       (dict(duration_s=0.05, audio=np.zeros(64)), 'set continuation=True')]:
     text = '' if 'segments' in kwargs else 'rain'
+    long = {k: kwargs.pop(k) for k in ('join',) if k in kwargs}
     with pytest.raises(ValueError, match=re.escape(needle)) as e:
-      gen.generate(text, **kwargs)
+      generate_long(gen, Request(text=text, **kwargs), long=LongOptions(**long))
     assert '\n' not in str(e.value)
   with pytest.raises(ValueError, match='text or segments, not both'):
-    gen.generate('rain', segments=[(0, 'a')], duration_s=0.05)
+    Request(text='rain', segments=[(0, 'a')], duration_s=0.05)
 
 
 @pytest.mark.e2e

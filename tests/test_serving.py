@@ -10,6 +10,7 @@ import pytest
 
 from axturbo.data import tokenizers
 from axturbo.generation import generate, serving
+from axturbo.generation import Request, SamplerOptions
 from axturbo.models import audiox
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'gpu_suite.py'
@@ -38,8 +39,9 @@ def setup():
 def test_float32_pipeline_equals_generator(setup, sampler, steps):
   _, _, gen, pipe = setup
   texts = ['a bell', 'rain on a roof']
-  want = gen.generate(texts, seed=5, sampler=sampler, steps=steps)
-  got = pipe(texts, seed=5, sampler=sampler, steps=steps)
+  options = SamplerOptions(seed=5, sampler=sampler, steps=steps)
+  want = gen.generate([Request(text=t) for t in texts], options)
+  got = pipe([Request(text=t) for t in texts], options)
   assert got.shape == (2,) + want[0].waveform.shape
   for i in range(2):
     np.testing.assert_allclose(got[i], want[i].waveform, rtol=1e-5, atol=1e-6)
@@ -51,19 +53,20 @@ def test_video_tokens_match_generator(setup):
   v, c = m.video, m.clip
   frames = np.random.default_rng(0).integers(0, 256, (1, v.num_frames, c.image_size,
                                                       c.image_size, 3), dtype=np.uint8)
-  [want] = gen.generate('a bell', video=frames[0], seed=2)
-  got = pipe('a bell', video=frames, seed=2)
+  [want] = gen.generate(Request(text='a bell', video=frames[0]), SamplerOptions(seed=2))
+  got = pipe(Request(text='a bell', video=frames[0]), SamplerOptions(seed=2))
   np.testing.assert_allclose(got[0], want.waveform, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow   # compiles whole generation pipelines
 def test_cache_and_batch_rows(setup):
   _, _, _, pipe = setup
-  first = pipe(['a bell'], seed=1)
+  first = pipe([Request(text='a bell')], SamplerOptions(seed=1))
   assert 'a bell' in pipe._cache
-  again = pipe(['a bell'], seed=1)          # cached T5 tokens
+  again = pipe([Request(text='a bell')], SamplerOptions(seed=1))   # cached T5 tokens
   np.testing.assert_array_equal(first, again)
-  both = pipe(['x', 'a bell'], seed=0)      # prompt i uses seed + i (batch-size rounding only)
+  # prompt i uses seed + i (batch-size rounding only)
+  both = pipe([Request(text='x'), Request(text='a bell')], SamplerOptions(seed=0))
   np.testing.assert_allclose(both[1], first[0], rtol=1e-4, atol=1e-6)
 
 
@@ -73,7 +76,7 @@ def test_bf16_weights_are_stored_in_bf16(setup):
   pipe = serving.Pipeline(m, params, dtype='bfloat16', tokenizer=tokenizers.ByteTokenizer(8))
   dtypes = {k: {x.dtype for x in jax.tree.leaves(v)} for k, v in pipe.params.items()}
   assert dtypes['trunk'] == {jnp.dtype(jnp.bfloat16)} and dtypes['vae'] == {jnp.dtype('float32')}
-  wave = pipe('a bell', seed=0)
+  wave = pipe(Request(text='a bell'), SamplerOptions(seed=0))
   assert wave.dtype == np.float32 and np.isfinite(wave).all()
 
 
@@ -82,5 +85,6 @@ def test_unrolled_trunk_loop_is_the_same_network(setup):
   m, params, _, pipe = setup
   unrolled = serving.Pipeline(m, params, dtype='float32', unroll_layers=True,
                               tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
-  np.testing.assert_allclose(unrolled('a bell', seed=4), pipe('a bell', seed=4), rtol=1e-5,
+  bell, seed = Request(text='a bell'), SamplerOptions(seed=4)
+  np.testing.assert_allclose(unrolled(bell, seed), pipe(bell, seed), rtol=1e-5,
                              atol=1e-6)

@@ -259,6 +259,7 @@ def sync_ckpt(tmp_path_factory):
 def test_generator_computes_sync_features_from_the_video(sync_ckpt):
   from axturbo.data import video_io
   from axturbo.generation import generate
+  from axturbo.generation import InputOptions, Request, SamplerOptions
   ckpt, extractor, video, _ = sync_ckpt
   gen = generate.Generator.load(ckpt)
   feats = gen.sync_features(str(video))
@@ -267,14 +268,15 @@ def test_generator_computes_sync_features_from_the_video(sync_ckpt):
                          method='encode_frames')[0]
   assert feats.shape == (16, 32) and np.abs(feats).max() > 0.1
   np.testing.assert_allclose(feats, want, rtol=1e-6, atol=1e-6)
-  [with_sync] = gen.generate('', video=str(video), steps=1)
-  [no_sync] = gen.generate('', video=str(video), steps=1, no_sync=True)
+  clip, one_step = Request(video=str(video)), SamplerOptions(steps=1)
+  [with_sync] = gen.generate(clip, one_step)
+  [no_sync] = gen.generate(clip, one_step, inputs=InputOptions(no_sync=True))
   assert with_sync.meta['inputs']['sync'] == 'synchformer'
   assert no_sync.meta['inputs']['sync'] == 'zeros (no_sync)'
   # A .sync.npy beside the video is precomputed features: it wins over the extractor.
   np.save(video.with_name('clip.sync.npy'), np.ones((16, 32), np.float32))
   try:
-    [cached] = gen.generate('', video=str(video), steps=1)
+    [cached] = gen.generate(clip, one_step)
   finally:
     video.with_name('clip.sync.npy').unlink()
   assert cached.meta['inputs']['sync'].endswith('clip.sync.npy')

@@ -36,6 +36,11 @@ from axturbo.data import embedded
 from axturbo.data import pipeline
 from axturbo.eval import event_scores
 from axturbo.eval import events
+from axturbo.generation import longform
+from axturbo.generation.request import InputOptions
+from axturbo.generation.request import LongOptions
+from axturbo.generation.request import Request as GenerationRequest
+from axturbo.generation.request import SamplerOptions
 
 TASKS = ('t2a', 'v2a', 'tv2a', 'inpaint', 'continuation')
 REGION_MARGIN_S = 0.05
@@ -51,7 +56,8 @@ METRICS = {
 
 @dataclasses.dataclass
 class Request:
-  """One generation of the benchmark: `inputs` are `Generator.generate` keyword arguments."""
+  """One generation of the benchmark: `inputs` are `axturbo.generation.Request` fields
+  (`model_generator` makes the Request)."""
   task: str
   clip: int
   inputs: dict
@@ -95,21 +101,20 @@ def make_requests(clips: Sequence[dict], tasks: Sequence[str] = TASKS) -> list[R
 
 # ---------------------------------------------------------------------------- generators
 
-def model_generator(gen, *, sampler: str, steps: int, cfg_scale: float, batch_size: int = 8,
-                    seed: int = 0, keep_unmasked: bool = False, progress=None,
-                    overlap_s: float | None = None, tail_s: float = 0.0,
-                    join: str = 'latent') -> GenerateFn:
-  """Runs `gen.generate` over requests, `batch_size` at a time.
+def model_generator(gen, options: SamplerOptions, *, batch_size: int = 8,
+                    keep_unmasked: bool = False, progress=None,
+                    long: LongOptions | None = None) -> GenerateFn:
+  """Runs `gen.generate` over requests, `batch_size` at a time, with sampler `options`.
 
-  Clip i of every task uses noise seed `seed + i`, whatever the batch size (the requests of a
-  task must come in clip order, as `make_requests` builds them). A short last batch is padded
-  with copies of its last request so every call has the same compiled shape. Inpainting
-  prompts are right-padded to the prompt length, so that the span stays on the clip's
-  timeline (as in training, `data.tasks.inpaint_prompt`); continuation prompts are
+  Clip i of every task uses noise seed `options.seed + i`, whatever the batch size (the
+  requests of a task must come in clip order, as `make_requests` builds them). A short last
+  batch is padded with copies of its last request so every call has the same compiled shape.
+  Inpainting prompts are right-padded to the prompt length, so that the span stays on the
+  clip's timeline (as in training, `data.tasks.inpaint_prompt`); continuation prompts are
   left-padded (the official convention, also used in training).
   `progress`: an object with `update(n)` (a tqdm bar), or None.
   Long clips (`axturbo.eval.long_clips`): a task whose requests carry 'duration_s' is generated
-  window by window with `overlap_s`, `tail_s` and `join`, its text from 'segments' when they
+  window by window (`longform.generate_long` with `long`), its text from 'segments' when they
   carry them.
   """
   if batch_size < 1:
@@ -122,36 +127,38 @@ def model_generator(gen, *, sampler: str, steps: int, cfg_scale: float, batch_si
       by_task.setdefault(r.task, []).append(k)
     for task, idx in by_task.items():
       size = min(batch_size, len(idx))
+      inputs = InputOptions(allow_unconditional=True,
+                            prompt_pad='right' if task == 'inpaint' else 'left')
       for start in range(0, len(idx), size):
         chunk = idx[start:start + size]
         padded = chunk + [chunk[-1]] * (size - len(chunk))
-        reqs = [requests[k] for k in padded]
-        per = {key: [r.inputs.get(key) for r in reqs]
-               for key in ('video', 'audio', 'inpaint', 'sync')}
-        edit = task in ('inpaint', 'continuation')
-        long = {}
-        if 'duration_s' in reqs[0].inputs:
-          long = dict(duration_s=reqs[0].inputs['duration_s'], overlap_s=overlap_s,
-                      tail_s=tail_s, join=join)
-        if 'segments' in reqs[0].inputs:
-          long['segments'] = [r.inputs['segments'] for r in reqs]
-        results = gen.generate(
-            '' if 'segments' in long else [r.inputs['text'] for r in reqs],
-            video=per['video'], audio=per['audio'],
-            sync=(per['sync'] if long else  # long clips: no features means zeros per window
-                  [_sync(gen.config, v, s) for v, s in zip(per['video'], per['sync'])]),
-            inpaint=per['inpaint'], continuation=[bool(r.inputs.get('continuation'))
-                                                  for r in reqs],
-            keep_unmasked=keep_unmasked and edit, steps=steps, cfg_scale=cfg_scale,
-            sampler=sampler, seed=seed + requests[chunk[0]].clip,
-            allow_unconditional=True, prompt_pad='right' if task == 'inpaint' else 'left',
-            **long)
+        reqs = [_generation_request(gen.config, requests[k].inputs,
+                                    keep_unmasked=keep_unmasked and task in ('inpaint',
+                                                                             'continuation'))
+                for k in padded]
+        opts = dataclasses.replace(options, seed=options.seed + requests[chunk[0]].clip)
+        if reqs[0].duration_s is None:
+          results = gen.generate(reqs, opts, inputs=inputs)
+        else:
+          results = longform.generate_long(gen, reqs, opts, long=long, inputs=inputs)
         for k, res in zip(chunk, results):
           waves[k] = res.waveform
         if progress is not None:
           progress.update(len(chunk))
     return waves
   return run
+
+
+def _generation_request(m, inputs: dict, *, keep_unmasked: bool) -> GenerationRequest:
+  """A benchmark request's `inputs` -> the `axturbo.generation.Request` to generate."""
+  long = inputs.get('duration_s') is not None
+  return GenerationRequest(
+      text='' if inputs.get('segments') is not None else inputs['text'],
+      video=inputs.get('video'), audio=inputs.get('audio'), inpaint=inputs.get('inpaint'),
+      # long clips: no features means zeros per window
+      sync=(inputs.get('sync') if long else _sync(m, inputs.get('video'), inputs.get('sync'))),
+      continuation=bool(inputs.get('continuation')), keep_unmasked=keep_unmasked,
+      duration_s=inputs.get('duration_s'), segments=inputs.get('segments'))
 
 
 def _sync(m, video, sync):

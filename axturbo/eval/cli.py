@@ -33,6 +33,8 @@ from absl import logging
 
 from axturbo.eval import benchmark
 from axturbo.generation import jobs
+from axturbo.generation.request import LongOptions
+from axturbo.generation.request import SamplerOptions
 
 _SUITE = flags.DEFINE_enum('suite', 'events', ['events', 'manifest', 'table', 'long'],
                           'What to run.')
@@ -76,16 +78,21 @@ def _load(path: str, kind: str | None = None):
   return jobs.load_generator(path, kind)
 
 
+def _sampler_options(gen) -> SamplerOptions:
+  """--teacher, --steps, --cfg and --seed, with the checkpoint kind's defaults."""
+  return gen.resolve(SamplerOptions(sampler='teacher' if _TEACHER.value else None,
+                                    steps=_STEPS.value, cfg_scale=_CFG.value, seed=_SEED.value))
+
+
 def _events() -> tuple[dict, str]:
   from axturbo.eval import efficiency
   gen = _load(_CHECKPOINT.value)
-  sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
-                                            _STEPS.value, _CFG.value)
+  options = _sampler_options(gen)
+  sampler, steps, cfg = options.sampler, options.steps, options.cfg_scale
   clips = benchmark.heldout_clips(gen.config, _CLIPS.value, _DURATION.value)
   requests = benchmark.make_requests(clips, _TASKS.value)
   bar = jobs.Progress(len(requests), f'{sampler} {steps} steps')
-  generate_fn = benchmark.model_generator(gen, sampler=sampler, steps=steps, cfg_scale=cfg,
-                                          batch_size=_BATCH.value, seed=_SEED.value,
+  generate_fn = benchmark.model_generator(gen, options, batch_size=_BATCH.value,
                                           keep_unmasked=_KEEP.value, progress=bar)
   result = benchmark.run_events(clips, generate_fn, gen.config.sample_rate, _TASKS.value)
   bar.close()
@@ -104,8 +111,8 @@ def _long() -> tuple[dict, str]:
   from axturbo.eval import efficiency
   from axturbo.eval import long_clips
   gen = _load(_CHECKPOINT.value)
-  sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
-                                            _STEPS.value, _CFG.value)
+  options = _sampler_options(gen)
+  sampler, steps, cfg = options.sampler, options.steps, options.cfg_scale
   m, frames = gen.config, gen.output_samples // gen.hop
   tasks = _TASKS.value if flags.FLAGS['tasks'].present else list(long_clips.LONG_TASKS)
   # Clip lengths in generated windows, so that every --overlap_s / --tail_s scores the same clips.
@@ -117,10 +124,9 @@ def _long() -> tuple[dict, str]:
   long = long_clips.long_clips(m, _CLIPS.value, duration)
   short = benchmark.heldout_clips(m, _CLIPS.value, short_s)
   bar = jobs.Progress(_CLIPS.value * len(tasks), f'{sampler} {steps} steps')
-  generate_fn = benchmark.model_generator(gen, sampler=sampler, steps=steps, cfg_scale=cfg,
-                                          batch_size=_BATCH.value, seed=_SEED.value,
-                                          progress=bar, overlap_s=_OVERLAP.value,
-                                          tail_s=_TAIL.value, join=_JOIN.value)
+  generate_fn = benchmark.model_generator(
+      gen, options, batch_size=_BATCH.value, progress=bar,
+      long=LongOptions(overlap_s=_OVERLAP.value, tail_s=_TAIL.value, join=_JOIN.value))
   result = long_clips.run_long(long, short, generate_fn, windows, m.sample_rate, tasks)
   bar.close()
   header = {'suite': 'long', 'checkpoint': str(_CHECKPOINT.value), 'kind': gen.kind,
@@ -148,15 +154,14 @@ def _manifest() -> tuple[dict, str]:
                      'with --cnn14_variant 16k, from zenodo.org/record/3987831) to compute '
                      'FD / KL / IS')
   gen = _load(_CHECKPOINT.value)
-  sampler, steps, cfg = gen.resolve_sampler('teacher' if _TEACHER.value else None,
-                                            _STEPS.value, _CFG.value)
+  options = _sampler_options(gen)
+  sampler, steps, cfg = options.sampler, options.steps, options.cfg_scale
   embed = manifest_suite.cnn14_embedder(_CNN14.value, _CNN14_VARIANT.value,
                                         gen.config.sample_rate)
   clips, requests = manifest_suite.load_references(_MANIFEST.value, _ROOT.value, gen.config,
                                                    gen.output_samples, _CLIPS.value)
   bar = jobs.Progress(len(requests), f'{sampler} {steps} steps')
-  waves = benchmark.model_generator(gen, sampler=sampler, steps=steps, cfg_scale=cfg,
-                                    batch_size=_BATCH.value, seed=_SEED.value,
+  waves = benchmark.model_generator(gen, options, batch_size=_BATCH.value,
                                     progress=bar)(requests)
   bar.close()
   result = {'suite': 'manifest', 'checkpoint': str(_CHECKPOINT.value), 'manifest': _MANIFEST.value,

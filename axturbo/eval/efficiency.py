@@ -16,6 +16,8 @@ import jax
 import numpy as np
 
 from axturbo.generation import sampling
+from axturbo.generation.request import Request
+from axturbo.generation.request import SamplerOptions
 from axturbo.eval import benchmark
 
 DEFAULT_TEACHER_STEPS = (4, 25, 50)
@@ -80,7 +82,9 @@ def latency_stats(times: Sequence[float], duration_s: float) -> dict:
 def measure_latency(gen, sampler: str, steps: int, cfg_scale: float, *, runs: int = 20,
                     warmup: int = 5, text: str = 'a dog barks', seed: int = 0) -> dict:
   """Table II latency of `gen` at batch size 1 (see the module docstring), plus NFE."""
-  fn = lambda: gen.generate(text, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed)
+  request = Request(text=text)
+  options = SamplerOptions(sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed)
+  fn = lambda: gen.generate(request, options)
   duration = gen.output_samples / gen.config.sample_rate
   out = latency_stats(time_runs(fn, runs, warmup), duration)
   out.update(nfe=nfe(sampler, steps, cfg_scale), duration_s=duration)
@@ -117,9 +121,9 @@ def run_table(generators: dict, rows: Sequence[RowConfig], clips: Sequence[dict]
                              warmup=warmup, text=clips[0]['caption'], seed=seed)
     n = len(benchmark.make_requests(clips, tasks))
     bar = progress_factory(n, f'{row.label}, {row.steps} steps') if progress_factory else None
-    generate_fn = benchmark.model_generator(gen, sampler=row.sampler, steps=row.steps,
-                                            cfg_scale=row.cfg_scale, batch_size=batch_size,
-                                            seed=seed, progress=bar)
+    options = SamplerOptions(sampler=row.sampler, steps=row.steps, cfg_scale=row.cfg_scale,
+                             seed=seed)
+    generate_fn = benchmark.model_generator(gen, options, batch_size=batch_size, progress=bar)
     scores = benchmark.run_events(clips, generate_fn, gen.config.sample_rate, tasks)
     if bar is not None:
       bar.close()

@@ -6,7 +6,7 @@ longest event of a training clip (the model has never made a longer one). Their 
 anywhere, so many cross a window seam (`seam_events` counts them).
 
 Tasks (requests for `benchmark.model_generator`, which runs them through
-`Generator.generate(duration_s=...)`):
+`longform.generate_long`):
   long_t2a       one caption, the clip's own, for every window; Cat on every clip, Cnt / Ord / TS
                  on the clips whose caption style asks for them (as the t2a task).
   long_segments  segments: one per event, starting halfway between it and the previous event
@@ -108,7 +108,7 @@ def seam_events(clip: dict, seam_samples: Sequence[int]) -> int:
 
 def plan(sample_rate: int, window_frames: int, hop: int, duration_s: float,
          overlap_s: float | None, tail_s: float = 0.0) -> list[longform.Window]:
-  """The windows `Generator.generate(duration_s=...)` uses (`Generator.output_samples // hop`
+  """The windows `longform.generate_long` uses (`Generator.output_samples // hop`
   frames per generated window)."""
   samples, used, overlap = longform.check_duration(
       duration_s, overlap_s, tail_s, sample_rate=sample_rate, window_frames=window_frames,

@@ -1,28 +1,33 @@
-"""Generation API: `Generator.load(checkpoint_dir).generate(text=..., video=..., audio=...)`.
+"""Generation API: `Generator.load(checkpoint_dir).generate(requests, options)`.
 
-One call runs a batch of prompts through conditioning (text, video, audio prompt, fusion), a
-sampler (`axturbo.generation.sampling`) and the VAE decoder, each stage a jitted function
-compiled once per input shape. Results carry the waveform at `model.sample_rate`, the latents and
-a metadata dict.
+    from axturbo.generation import Generator, Request, SamplerOptions
+    gen = Generator.load('ckpt/')
+    [clip] = gen.generate(Request(text='Thunder rolls, then rain.'), SamplerOptions(seed=0))
+
+The values (`Request`, `SamplerOptions`, `InputOptions`, `LongOptions`) are defined and checked
+in `axturbo.generation.request`. One call generates a batch of requests of one model window
+each: conditioning (text, video, audio prompt, fusion), a sampler
+(`axturbo.generation.sampling`) and the VAE decoder, each stage a jitted function compiled once
+per input shape. Results carry the waveform at `model.sample_rate`, the latents and a metadata
+dict. Clips of any length are a planner over this call (`axturbo.generation.longform`).
 
 Tasks (docs/official.md, "Inputs and tasks"): whatever is missing takes the official default —
 text "", an all-zero video (-> the learned `empty_visual_feat`), zero sync features, a silent
 audio prompt. Work whose result is known is skipped: no CLIP pass when no prompt has a video
 (the tokens are `empty_visual_feat` broadcast), and the silent-prompt tokens are computed once.
 
-Differences from the official pipeline, all deliberate and switchable:
+Differences from the official pipeline, all deliberate and switchable (`InputOptions`):
   * The audio prompt uses the VAE posterior MEAN (deterministic); the official conditioner
     samples the posterior even for silence. `sample_prompt_posterior=True` samples it.
-  * Inpainting is, officially, only "zero the span in the audio prompt". `keep_unmasked=True`
-    additionally pins the latent frames outside the span to the VAE latents (posterior mean) of
-    the given audio throughout sampling, so they come out exactly preserved (frames that overlap
-    the span's edges are regenerated). For continuation it pins the frames covered by the given
-    audio, placed at the start of the output.
+  * Inpainting is, officially, only "zero the span in the audio prompt".
+    `Request.keep_unmasked=True` additionally pins the latent frames outside the span to the
+    VAE latents (posterior mean) of the given audio throughout sampling, so they come out
+    exactly preserved (frames that overlap the span's edges are regenerated). For
+    continuation it pins the frames covered by the given audio, placed at the start of the
+    output.
   * An empty text prompt is accepted when a video, image or audio conditions the output (the
     official default for missing text is ""); with no condition at all it is refused unless
     `allow_unconditional=True`.
-  * `duration_s` asks for clips of any length: windows on the continuation task, joined
-    (`axturbo.generation.longform`).
 """
 import dataclasses
 import pathlib
@@ -41,6 +46,10 @@ from axturbo.data import tokenizers
 from axturbo.generation import inputs
 from axturbo.generation import media
 from axturbo.generation import sampling
+from axturbo.generation.request import as_requests
+from axturbo.generation.request import InputOptions
+from axturbo.generation.request import Request
+from axturbo.generation.request import SamplerOptions
 from axturbo.generation import sync as sync_lib
 from axturbo.models import audiox
 from axturbo.runtime import checkpoints
@@ -56,15 +65,6 @@ class Result:
   sample_rate: int
   latents: np.ndarray
   meta: dict
-
-
-def _per_item(value, n: int, name: str) -> list:
-  """A list gives one value per prompt; any other value is shared by all prompts."""
-  if isinstance(value, list):
-    if len(value) != n:
-      raise ValueError(f'{name}: got a list of {len(value)} values for {n} prompts')
-    return value
-  return [value] * n
 
 
 class Generator:
@@ -108,6 +108,7 @@ class Generator:
     self.hop = decoded.shape[1] // m.trunk.seq_len
     # The official output is cropped to the prompt window (10 s of an 11 s generation).
     self.output_samples = min(m.prompt_samples, decoded.shape[1])
+    self.layout = inputs.Layout(m, self.output_samples, m.trunk.seq_len, self.hop)
 
   # ------------------------------------------------------------------------------ loading
 
@@ -221,97 +222,65 @@ class Generator:
 
   # ------------------------------------------------------------------------------ generate
 
-  def resolve_sampler(self, sampler: str | None, steps: int | None, cfg_scale: float | None
-                      ) -> tuple[str, int, float]:
-    """(sampler, steps, cfg_scale) with the defaults of the checkpoint kind; bad values raise."""
-    sampler = sampler or self.kind
-    if sampler == 'student':
-      steps = 4 if steps is None else int(steps)
-      sampling.check_student_steps(steps)
-      if cfg_scale not in (None, 1, 1.0):
-        raise ValueError(f'the student sampler uses no classifier-free guidance (cfg_scale 1); '
-                         f'got cfg_scale={cfg_scale}; use the teacher sampler for CFG')
-      return sampler, steps, 1.0
-    if sampler == 'teacher':
-      steps = flow.OFFICIAL_TEACHER_STEPS if steps is None else int(steps)
-      if steps < 1:
-        raise ValueError(f'steps must be >= 1, got {steps}')
-      cfg = flow.OFFICIAL_CFG_SCALE if cfg_scale is None else float(cfg_scale)
-      if not np.isfinite(cfg) or cfg < 0:
-        raise ValueError(f'cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}')
-      return sampler, steps, cfg
-    raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
+  def resolve(self, options: SamplerOptions | None = None) -> SamplerOptions:
+    """`options` with the defaults of the checkpoint kind filled in (sampler, steps, cfg)."""
+    return (options or SamplerOptions()).resolved(self.kind)
 
-  def generate(self, text: str | Sequence[str] = '', *, video=None, sync=None, audio=None,
-               image=None, inpaint=None, continuation=False, keep_unmasked=False,
-               duration_s: float | None = None, segments=None, overlap_s: float | None = None,
-               tail_s: float = 0.0, join: str = 'latent', known_latents=None,
-               steps: int | None = None, cfg_scale: float | None = None,
-               sampler: str | None = None, seed: int = 0, allow_unconditional: bool = False,
-               official_image_scaling: bool = False, sample_prompt_posterior: bool = False,
-               prompt_pad: str = 'left', no_sync: bool = False) -> list[Result]:
-    """Generates one clip per text prompt.
+  def generate(self, requests: Request | Sequence[Request],
+               options: SamplerOptions | None = None, *, inputs: InputOptions | None = None,
+               known_latents=None) -> list[Result]:
+    """Generates one clip of one model window per request.
 
     Args:
-      text: a prompt or a list of B prompts ("" is the official default for no text).
-      video, sync, audio, image, inpaint, continuation, keep_unmasked: a list gives one value
-        per prompt, any other value is shared. video: a file path or (F, H, W, 3) frames in
-        [0, 255]; sync: (S, Ds) array or .npy/.pth path (default: `<video stem>.sync.npy`, else
-        zeros); audio: a file path or an (N,) / (N, C) array at model.sample_rate; image: a path
-        or (H, W, 3) array; inpaint: (start_s, end_s) span of `audio` to regenerate;
-        continuation: `audio` is the beginning, the output is the whole clip.
-      duration_s, segments, overlap_s, tail_s, join: a clip of `duration_s` seconds, any
-        length, made window by window (`longform.generate_long`: segments [(start_s, caption),
-        ...] instead of text, windows overlapping by `overlap_s`, the last `tail_s` of each
-        unused, joined by 'latent' or 'crossfade').
+      requests: a `Request` or a list of B (`axturbo.generation.request`); none may carry a
+        duration_s (long clips: `longform.generate_long`).
+      options: sampler, steps, cfg_scale and seed (default: the checkpoint kind's sampler);
+        request i uses seed + i, so it can be reproduced alone.
+      inputs: how conditions are read (official quirks, no_sync, allow_unconditional).
       known_latents: (known (B, T, C), mask (B, T) bool): latent frames to pin, instead of
-        those keep_unmasked encodes from the audio (the long-form join pins the previous
+        those keep_unmasked encodes from the audio (the long-clip planner pins the previous
         window's own latents).
-      steps: student 1, 2 or 4 (default 4); teacher any (default 250, official).
-      cfg_scale: teacher only (default 6, official).
-      sampler: 'student' (denoise-renoise) or 'teacher' (Euler + CFG); default: the checkpoint's
-        kind.
-      seed: prompt i uses seed + i, so it can be reproduced alone.
-      official_image_scaling: reproduce the official [0, 1]-image quirk.
-      sample_prompt_posterior: sample the prompt VAE posterior like the official code (its noise
-        is then drawn for the whole batch from `seed`).
-      prompt_pad: 'left' (official) or 'right' padding of short audio prompts.
-      no_sync: zero sync features for every video (else: `sync`, the video's `.sync.npy`, the
-        checkpoint's Synchformer, zeros, in that order).
 
     Returns:
-      B `Result`s, in prompt order.
+      B `Result`s, in request order.
     """
-    if duration_s is not None or segments is not None:
-      from axturbo.generation import longform  # its windows call back into this method
-      return longform.generate_long(
-          self, text, duration_s=duration_s, segments=segments, overlap_s=overlap_s,
-          tail_s=tail_s, join=join, video=video, sync=sync, image=image, audio=audio,
-          inpaint=inpaint, continuation=continuation, keep_unmasked=keep_unmasked, steps=steps,
-          cfg_scale=cfg_scale, sampler=sampler, seed=seed, prompt_pad=prompt_pad,
-          allow_unconditional=allow_unconditional, official_image_scaling=official_image_scaling,
-          sample_prompt_posterior=sample_prompt_posterior, no_sync=no_sync)
     t_start = time.perf_counter()
-    sampler, steps, cfg_scale = self.resolve_sampler(sampler, steps, cfg_scale)
-    texts = [text] if isinstance(text, str) else list(text)
-    if not texts:
-      raise ValueError('no prompts given')
-    n = len(texts)
-    args = [_per_item(v, n, name) for v, name in (
-        (video, 'video'), (sync, 'sync'), (audio, 'audio'), (image, 'image'),
-        (inpaint, 'inpaint'), (continuation, 'continuation'), (keep_unmasked, 'keep_unmasked'))]
-    items = [inputs.prepare_item(
-        self.config, i, texts[i], *(a[i] for a in args), official_image_scaling, prompt_pad,
-        output_samples=self.output_samples, latent_frames=self.latent_shape[0], hop=self.hop,
-        no_sync=no_sync, extract_sync=self.sync_features if self.extractor else None)
-        for i in range(n)]
+    requests = as_requests(requests)
+    opts = self.resolve(options)
+    inputs_opts = inputs or InputOptions()
+    items = self._prepare(requests, inputs_opts)
+    t_inputs = time.perf_counter()
+    cond = jax.block_until_ready(self._condition(items, opts, inputs_opts))
+    t_cond = time.perf_counter()
+    z, known = self._sample(cond, items, opts, known_latents)
+    t_sample = time.perf_counter()
+    waves = np.asarray(self._decode(self.params, z))[:, :self.output_samples].astype(np.float32)
+    t_end = time.perf_counter()
+    z = np.asarray(z)
+    self._check_finite(waves, z, opts)
+    latency = {'inputs_s': t_inputs - t_start, 'conditioning_s': t_cond - t_inputs,
+               'sampling_s': t_sample - t_cond, 'decoding_s': t_end - t_sample,
+               'total_s': t_end - t_start}
+    metas = self._metas(items, opts, inputs_opts, latency=latency, pinned=known is not None)
+    return [Result(waves[i], self.config.sample_rate, z[i], meta)
+            for i, meta in enumerate(metas)]
+
+  def _prepare(self, requests: list[Request], options: InputOptions) -> list[inputs.Item]:
+    """Loads every request's inputs; refuses unconditional ones unless allowed."""
+    items = [inputs.prepare_item(r, layout=self.layout, options=options, where=f'prompt {i}',
+                                 extract_sync=self.sync_features if self.extractor else None)
+             for i, r in enumerate(requests)]
     for i, it in enumerate(items):
-      if it.record.get('unconditional') and not allow_unconditional:
+      if it.record.get('unconditional') and not options.allow_unconditional:
         raise ValueError(f'prompt {i}: empty text and no video, image or audio; give a condition '
                          'or allow unconditional generation (allow_unconditional=True)')
-    t_inputs = time.perf_counter()
+    return items
 
-    p = self.params
+  def _condition(self, items: list[inputs.Item], opts: SamplerOptions,
+                 options: InputOptions) -> jax.Array:
+    """The fused conditioning tokens (B, L, D) of the batch."""
+    p, n = self.params, len(items)
+    texts = [it.text for it in items]
     unknown = getattr(self.tokenizer, 'unknown', lambda _: [])(texts)
     if unknown:  # a closed-vocabulary encoder reads these as one UNK token each
       logging.warning('words outside the text encoder vocabulary (read as unknown): %s',
@@ -327,63 +296,67 @@ class Generator:
       f, s = self.config.video.num_frames, self.config.clip.image_size
       frames = np.stack([np.zeros((f, s, s, 3), np.float32) if it.frames is None
                          else it.frames.astype(np.float32) for it in items])
-      video_tokens = self._video(p, jnp.asarray(frames), jnp.asarray(np.stack([it.sync for it in items])))
+      video_tokens = self._video(p, jnp.asarray(frames),
+                                 jnp.asarray(np.stack([it.sync for it in items])))
     else:
       video_tokens = self.empty_video_tokens(n).astype(text_tokens.dtype)
-    if any(it.prompt is not None for it in items) or sample_prompt_posterior:
+    if any(it.prompt is not None for it in items) or options.sample_prompt_posterior:
       prompts = np.stack([np.zeros((self.config.prompt_samples, 2), np.float32)
                           if it.prompt is None else it.prompt for it in items])
-      rng = jax.random.fold_in(jax.random.PRNGKey(seed), _PROMPT_RNG_TAG)
+      rng = jax.random.fold_in(jax.random.PRNGKey(opts.seed), _PROMPT_RNG_TAG)
       audio_tokens = self._prompt(p, jnp.asarray(prompts), rng=rng,
-                                  deterministic=not sample_prompt_posterior)
+                                  deterministic=not options.sample_prompt_posterior)
     else:
       silent = self.silent_prompt_tokens()
       audio_tokens = jnp.broadcast_to(silent, (n,) + silent.shape[1:])
-    cond = jax.block_until_ready(self._fuse(p, text_tokens, video_tokens, audio_tokens))
-    t_cond = time.perf_counter()
+    return self._fuse(p, text_tokens, video_tokens, audio_tokens)
 
+  def _sample(self, cond: jax.Array, items: list[inputs.Item], opts: SamplerOptions,
+              known_latents) -> tuple[jax.Array, jax.Array | None]:
+    """(latents (B, T, C), the pinned latents or None), blocking until sampled."""
+    n = len(items)
     known, known_mask = (self._known_latents(items) if known_latents is None
                          else _pinned(known_latents, n, self.latent_shape))
-    keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(n)])
-    noise, renoise = self._noises(keys, shape=self.latent_shape, renoises=steps - 1)
-    if sampler == 'student':
-      z = self._student(p, cond, noise, renoise, known, known_mask, steps=steps)
+    keys = jnp.stack([jax.random.PRNGKey(opts.seed + i) for i in range(n)])
+    noise, renoise = self._noises(keys, shape=self.latent_shape, renoises=opts.steps - 1)
+    if opts.sampler == 'student':
+      z = self._student(self.params, cond, noise, renoise, known, known_mask, steps=opts.steps)
     else:
-      z = self._teacher(p, cond, noise, known, known_mask, steps=steps, cfg_scale=cfg_scale)
-    z = jax.block_until_ready(z)
-    t_sample = time.perf_counter()
-    waves = np.asarray(self._decode(p, z))[:, :self.output_samples].astype(np.float32)
-    t_end = time.perf_counter()
-    z = np.asarray(z)
+      z = self._teacher(self.params, cond, noise, known, known_mask, steps=opts.steps,
+                        cfg_scale=opts.cfg_scale)
+    return jax.block_until_ready(z), known
+
+  def _check_finite(self, waves: np.ndarray, z: np.ndarray, opts: SamplerOptions) -> None:
+    n = waves.shape[0]
     finite = (np.isfinite(waves).reshape(n, -1).all(axis=1)
               & np.isfinite(z).reshape(n, -1).all(axis=1))
     bad = np.flatnonzero(~finite).tolist()
     if bad:
       raise FloatingPointError(f'{self.source}: non-finite audio for prompt(s) {bad} '
-                               f'({sampler} sampler, {steps} steps, cfg {cfg_scale:g})')
+                               f'({opts.sampler} sampler, {opts.steps} steps, cfg '
+                               f'{opts.cfg_scale:g})')
 
-    shape_key = (n, sampler, steps, cfg_scale, tuple(it.frames is None for it in items),
-                 tuple(it.prompt is None for it in items), known is None)
+  def _metas(self, items: list[inputs.Item], opts: SamplerOptions, options: InputOptions, *,
+             latency: dict, pinned: bool) -> list[dict]:
+    """Each result's meta: inputs, sampler, seed, NFE, latency, real-time factor."""
+    n = len(items)
+    shape_key = (n, opts.sampler, opts.steps, opts.cfg_scale,
+                 tuple(it.frames is None for it in items),
+                 tuple(it.prompt is None for it in items), not pinned)
     first_call = shape_key not in self._seen_shapes
     self._seen_shapes.add(shape_key)
     duration = self.output_samples / self.config.sample_rate
-    latency = {'inputs_s': t_inputs - t_start, 'conditioning_s': t_cond - t_inputs,
-               'sampling_s': t_sample - t_cond, 'decoding_s': t_end - t_sample,
-               'total_s': t_end - t_start}
-    nfe = (sampling.student_nfe(steps) if sampler == 'student'
-           else sampling.euler_nfe(steps, cfg_scale))
-    results = []
-    for i, it in enumerate(items):
-      meta = {'index': i, 'seed': seed + i, 'kind': self.kind, 'sampler': sampler,
-              'steps': steps, 'cfg_scale': cfg_scale, 'nfe': nfe, 'batch_size': n,
-              'sample_rate': self.config.sample_rate, 'duration_s': duration,
-              'prompt_posterior': 'sample' if sample_prompt_posterior else 'mean',
-              'inputs': it.record, 'latency_s': latency, 'includes_compilation': first_call,
-              # seconds of wall time per second of audio, amortized over the batch (< 1 is
-              # faster than real time)
-              'real_time_factor': latency['total_s'] / (n * duration)}
-      results.append(Result(waves[i], self.config.sample_rate, z[i], meta))
-    return results
+    nfe = (sampling.student_nfe(opts.steps) if opts.sampler == 'student'
+           else sampling.euler_nfe(opts.steps, opts.cfg_scale))
+    return [{'index': i, 'seed': opts.seed + i, 'kind': self.kind, 'sampler': opts.sampler,
+             'steps': opts.steps, 'cfg_scale': opts.cfg_scale, 'nfe': nfe, 'batch_size': n,
+             'sample_rate': self.config.sample_rate, 'duration_s': duration,
+             'prompt_posterior': 'sample' if options.sample_prompt_posterior else 'mean',
+             'inputs': it.record, 'latency_s': latency, 'includes_compilation': first_call,
+             # seconds of wall time per second of audio, amortized over the batch (< 1 is
+             # faster than real time)
+             'real_time_factor': latency['total_s'] / (n * duration)}
+            for i, it in enumerate(items)]
 
 
 def _noises(keys: jax.Array, *, shape: tuple[int, int], renoises: int):

@@ -22,6 +22,7 @@ import numpy as np
 
 from axturbo.generation import longform
 from axturbo.generation import media
+from axturbo.generation.request import Request
 
 JOB_KEYS = ('text', 'video', 'audio', 'image', 'sync', 'inpaint', 'continuation')
 _SEGMENT = re.compile(r'^([-+0-9.eE]+)\s*s?\s*:\s*(.*)$')
@@ -111,6 +112,19 @@ def parse_batch_file(path) -> list[dict]:
   if not jobs:
     raise ValueError(f'batch file {str(path)!r}: no prompts')
   return jobs
+
+
+def job_request(job: dict, *, keep_unmasked: bool = False, duration_s: float | None = None,
+                segments=None) -> Request:
+  """A batch-file job (`parse_batch_file`) -> a `Request`; keep_unmasked applies to the jobs
+  that inpaint or continue, `duration_s` / `segments` make it a long clip (segments replace the
+  job's text)."""
+  edit = job.get('inpaint') is not None or bool(job.get('continuation'))
+  return Request(text='' if segments is not None else job.get('text') or '',
+                 video=job.get('video'), sync=job.get('sync'), audio=job.get('audio'),
+                 image=job.get('image'), inpaint=job.get('inpaint'),
+                 continuation=bool(job.get('continuation')), keep_unmasked=keep_unmasked and edit,
+                 duration_s=duration_s, segments=segments)
 
 
 def parse_captions_file(path) -> list[tuple[float, str]]:

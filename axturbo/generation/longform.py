@@ -1,14 +1,21 @@
 """Long-form generation: clips of any length from the fixed-length model, window by window.
 
-The model makes one window of `Generator.output_samples` (10 s official, 2.048 s tiny). A longer
-clip is cut into windows that overlap by `overlap` samples (default: half a window); window k
-starts at k * (window - overlap). Window 0 is an ordinary generation. Window k >= 1 is the
-continuation task the model was trained on: its audio prompt is the last `overlap` samples of
-window k-1's decoded output, left-padded as in training, and the model writes the window that
-begins with that audio. Windows run one after another (each needs its predecessor's audio); the
-clips of a batch run together.
+    generate_long(gen, Request(text='rain on a roof', duration_s=60), SamplerOptions(seed=0),
+                  long=LongOptions(overlap_s=2.0, join='latent'))
 
-Two joins (`join`), measured against each other in docs/results.md:
+A planner over `Generator.generate`: it cuts each request's clip into windows, turns every
+window into one-window requests (`window_requests`) and calls `gen.generate` once per window;
+`Generator.generate` itself knows nothing of long clips.
+
+The model makes one window of `Generator.output_samples` (10 s official, 2.048 s tiny). A
+longer clip is cut into windows that overlap by `overlap` samples (default: half a window);
+window k starts at k * (window - overlap). Window 0 is an ordinary generation. Window k >= 1 is
+the continuation task the model was trained on: its audio prompt is the last `overlap` samples
+of window k-1's decoded output, left-padded as in training, and the model writes the window
+that begins with that audio. Windows run one after another (each needs its predecessor's
+audio); the clips of a batch run together.
+
+Two joins (`LongOptions.join`), measured against each other in docs/results.md:
   'latent'     keep_unmasked with the previous window's own latents: window k's first overlap
                frames are pinned to window k-1's last ones (bit-exact), only its new frames are
                sampled, and the joined latent sequence is decoded once over the whole clip, so
@@ -21,7 +28,7 @@ windows. `tail_s` leaves the end of every generated window unused: the windows a
 than what the model makes (for a model that learned to end every clip in silence). A clip
 shorter than one window is one window, trimmed.
 
-Conditions over time:
+Conditions over time (the fields of each `Request`):
   text   one caption for every window, or segments [(start_s, caption), ...] (the first at 0 s,
          starts increasing and inside the clip): window k reads the segment in force at the
          middle of its new part, the span that it alone contributes.
@@ -35,7 +42,6 @@ own seed, and its window 0 is the one-window generation with that seed.
 """
 import dataclasses
 import math
-import pathlib
 import time
 from typing import Sequence
 
@@ -44,8 +50,15 @@ import numpy as np
 
 from axturbo.data import audio_io
 from axturbo.generation import media
-
-JOINS = ('latent', 'crossfade')
+from axturbo.generation.request import as_requests
+from axturbo.generation.request import check_segments  # pylint: disable=unused-import (API)
+from axturbo.generation.request import InputOptions
+from axturbo.generation.request import is_path as _is_path
+from axturbo.generation.request import JOINS  # pylint: disable=unused-import (API)
+from axturbo.generation.request import LongOptions
+from axturbo.generation.request import Request
+from axturbo.generation.request import SamplerOptions
+from axturbo.generation.request import seconds
 # A bound on what one call may ask for: past it the joined latents and the one-pass decode grow
 # without limit (256 windows: ~21 min at the official 10 s window and half overlap).
 MAX_WINDOWS = 256
@@ -88,11 +101,11 @@ def check_duration(duration_s, overlap_s, tail_s=0.0, *, sample_rate: int,
   ValueErrors.
   """
   sec = lambda frames: f'{frames * hop / sample_rate:g} s'
-  duration_s = _seconds(duration_s, 'duration_s')
+  duration_s = seconds(duration_s, 'duration_s')
   if round(duration_s * sample_rate) < hop:
     raise ValueError(f'duration_s must be at least one latent frame ({sec(1)}), got '
                      f'{duration_s:g}')
-  tail = round(_seconds(tail_s, 'tail_s') * sample_rate / hop)
+  tail = round(seconds(tail_s, 'tail_s') * sample_rate / hop)
   if not 0 <= tail <= window_frames - 2:
     raise ValueError(f'tail_s must lie between 0 and the window ({sec(window_frames)}) minus two '
                      f'frames, got {tail_s:g}')
@@ -100,7 +113,7 @@ def check_duration(duration_s, overlap_s, tail_s=0.0, *, sample_rate: int,
   if overlap_s is None:
     overlap = used // 2
   else:
-    overlap = round(_seconds(overlap_s, 'overlap_s') * sample_rate / hop)
+    overlap = round(seconds(overlap_s, 'overlap_s') * sample_rate / hop)
     if not 1 <= overlap < used:
       raise ValueError(f'overlap_s must lie between one latent frame ({sec(1)}) and the used '
                        f'window ({sec(used)}) minus one frame, got {overlap_s:g}')
@@ -110,16 +123,6 @@ def check_duration(duration_s, overlap_s, tail_s=0.0, *, sample_rate: int,
     raise ValueError(f'duration_s {duration_s:g} needs {count} windows of {sec(used)} (overlap '
                      f'{sec(overlap)}); at most {MAX_WINDOWS} windows per clip')
   return samples, used, overlap
-
-
-def _seconds(value, name: str) -> float:
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f'{name} must be a number of seconds, got {value!r}') from None
-  if not math.isfinite(value):
-    raise ValueError(f'{name} must be a finite number of seconds, got {value}')
-  return value
 
 
 def window_count(samples: int, length: int, stride: int) -> int:
@@ -141,6 +144,25 @@ def plan_windows(samples: int, window_frames: int, overlap_frames: int, hop: int
                  min(k * stride + length, samples), length) for k in range(count)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The windows of a batch's long clips: clip samples, frames used per window, overlap
+  frames, and the windows themselves."""
+  samples: int
+  used: int
+  overlap: int
+  windows: tuple[Window, ...]
+
+
+def plan_clip(duration_s: float, long: LongOptions, *, sample_rate: int, window_frames: int,
+              hop: int) -> Plan:
+  """`check_duration` and `plan_windows` of a clip of `duration_s` seconds."""
+  samples, used, overlap = check_duration(duration_s, long.overlap_s, long.tail_s,
+                                          sample_rate=sample_rate, window_frames=window_frames,
+                                          hop=hop)
+  return Plan(samples, used, overlap, tuple(plan_windows(samples, used, overlap, hop)))
+
+
 def window_record(w: Window, sample_rate: int) -> dict:
   """Seconds (for the sidecar) and samples (for `windows_from_records`) of one window."""
   sec = lambda x: round(x / sample_rate, 6)
@@ -155,36 +177,6 @@ def windows_from_records(records: Sequence[dict]) -> list[Window]:
 
 
 # ------------------------------------------------------------------------------ captions
-
-def check_segments(segments, duration_s: float) -> list[tuple[float, str]]:
-  """[(start_s, caption), ...] -> the same as floats and strings; one-line ValueErrors.
-
-  The first segment starts at 0 s, starts increase strictly and lie inside the clip.
-  """
-  if isinstance(segments, (str, bytes)) or not segments:
-    raise ValueError('segments must be a non-empty list of (start_s, caption) pairs')
-  out = []
-  for j, seg in enumerate(segments):
-    try:
-      start, caption = seg
-      start = float(start)
-    except (TypeError, ValueError):
-      raise ValueError(f'segment {j}: must be a (start_s, caption) pair, got {seg!r}') from None
-    if not isinstance(caption, str):
-      raise ValueError(f'segment {j}: the caption must be a string, got {caption!r}')
-    if not math.isfinite(start):
-      raise ValueError(f'segment {j}: start must be a number of seconds, got {start}')
-    if j == 0 and start != 0.0:
-      raise ValueError(f'segment 0 starts at {start:g} s; the first segment must start at 0 s')
-    if j and start <= out[-1][0]:
-      raise ValueError(f'segment {j} starts at {start:g} s, not after segment {j - 1} '
-                       f'({out[-1][0]:g} s); segments must be in time order')
-    if start >= duration_s:
-      raise ValueError(f'segment {j} starts at {start:g} s, at or past the end of the '
-                       f'{duration_s:g} s clip')
-    out.append((start, caption))
-  return out
-
 
 def window_captions(windows: Sequence[Window], segments: Sequence[tuple[float, str]],
                     sample_rate: int) -> list[str]:
@@ -260,10 +252,6 @@ def clip_sync(sync, video, m) -> np.ndarray | None:
     raise media.MediaError(str(e)) from None
 
 
-def _is_path(x) -> bool:
-  return isinstance(x, (str, pathlib.Path))
-
-
 # ------------------------------------------------------------------------------ joins
 
 def crossfade(waves: Sequence[np.ndarray], windows: Sequence[Window], samples: int
@@ -329,37 +317,6 @@ def normalize_per_window(wave: np.ndarray, windows: Sequence[Window]) -> np.ndar
 
 # ------------------------------------------------------------------------------ generation
 
-def clip_captions(text, segments, duration_s: float) -> list[list[tuple[float, str]]]:
-  """Per prompt, its segments: `text` (a caption or a list) becomes one segment at 0 s;
-  `segments` is one segment list, or a list of them (one per prompt)."""
-  if segments is None:
-    texts = [text] if isinstance(text, str) else list(text)
-    if not texts:
-      raise ValueError('no prompts given')
-    return [[(0.0, t)] for t in texts]
-  if (text if isinstance(text, str) else list(text)):
-    raise ValueError('give text or segments, not both')
-  nested = (isinstance(segments, (list, tuple)) and segments and
-            isinstance(segments[0], (list, tuple)) and segments[0] and
-            isinstance(segments[0][0], (list, tuple)))
-  lists = list(segments) if nested else [segments]
-  out = []
-  for i, segs in enumerate(lists):
-    try:
-      out.append(check_segments(segs, duration_s))
-    except ValueError as e:
-      raise ValueError(f'prompt {i}: {e}' if nested else str(e)) from None
-  return out
-
-
-def _per_prompt(value, n: int, name: str) -> list:
-  if isinstance(value, list):
-    if len(value) != n:
-      raise ValueError(f'{name}: got a list of {len(value)} values for {n} prompts')
-    return value
-  return [value] * n
-
-
 def clip_video(videos: list, syncs: list, m, windows: Sequence[Window], samples: int
                ) -> tuple[list, list]:
   """Per prompt: the frames of the whole clip (or None) and its sync features (or None)."""
@@ -379,41 +336,34 @@ def clip_video(videos: list, syncs: list, m, windows: Sequence[Window], samples:
   return frames, feats
 
 
-def window_video(w: Window, frames: list, feats: list, m) -> dict:
-  """`Generator.generate` video and sync arguments of window w: its own frames and sync rows
-  (zeros for a prompt whose video has no features; None for a prompt without video)."""
+def window_video(w: Window, frames: list, feats: list, m, *, no_sync: bool = False) -> dict:
+  """The video and sync of window w's requests: its own frames and sync rows (zeros for a
+  prompt whose video has no features, None with `no_sync`; None for a prompt without video)."""
   first = first_frame(w, m.sample_rate, m.video_fps)
   row = int(round(w.start / m.sample_rate * sync_rate(m)))
   zeros = np.zeros((m.video.sync_len, m.video.sync_dim), np.float32)
   return {'video': [None if x is None else take_rows(x, first, m.video.num_frames, pad='edge')
                     for x in frames],
-          'sync': [None if x is None else zeros if y is None else
+          'sync': [None if x is None or no_sync else zeros if y is None else
                    take_rows(y, row, m.video.sync_len, pad='zero')
                    for x, y in zip(frames, feats)]}
 
 
-def generate_long(gen, text='', *, duration_s, segments=None, overlap_s=None,
-                  tail_s: float = 0.0, join: str = 'latent', video=None, sync=None, image=None,
-                  audio=None, inpaint=None, continuation=False, keep_unmasked=False, steps=None,
-                  cfg_scale=None, sampler=None, seed: int = 0, prompt_pad: str = 'left',
-                  **window_kwargs) -> list:
+def generate_long(gen, requests: Request | Sequence[Request],
+                  options: SamplerOptions | None = None, *, long: LongOptions | None = None,
+                  inputs: InputOptions | None = None) -> list:
   """Clips of `duration_s` seconds from a `Generator`, window by window (module docstring).
 
   Args:
-    gen: an `axturbo.generation.generate.Generator`.
-    text: a caption or a list of B captions, the same for every window; or '' with `segments`.
-    duration_s: seconds per clip (from one latent frame to MAX_WINDOWS windows).
-    segments: [(start_s, caption), ...] for one prompt, or a list of such lists (B prompts).
-    overlap_s: seconds each window shares with the previous one (default half a window).
-    tail_s: seconds at the end of each generated window left unused (default 0).
-    join: 'latent' or 'crossfade'.
-    video, sync, image: as `Generator.generate` (a list gives one per prompt), over the whole
-      clip: each window takes its own frames and sync rows.
-    audio, continuation, keep_unmasked, prompt_pad: window 0 only: an audio the clip begins
-      with (continuation=True is required with an audio).
-    steps, cfg_scale, sampler, seed: as `Generator.generate`, for every window.
-    **window_kwargs: passed to every window's `Generator.generate` (allow_unconditional,
-      official_image_scaling, sample_prompt_posterior, ...).
+    gen: an `axturbo.generation.generate.Generator`; every window is one `gen.generate` call.
+    requests: a `Request` or a list of B, all with the same duration_s (from one latent frame
+      to MAX_WINDOWS windows). Each reads its text (or its segments) per window; its video and
+      sync over the whole clip, each window taking its own frames and sync rows; its image in
+      every window; its audio (continuation=True) and keep_unmasked in window 0 only.
+    options: sampler, steps, cfg_scale and seed for every window (`Generator.generate`).
+    long: overlap_s, tail_s and join (`LongOptions`).
+    inputs: `InputOptions` for every window; windows after the first read their prompt (the
+      previous window's tail) left-padded, as in training.
 
   Returns:
     B `Result`s: waveform (samples, 2), latents (the joined frames, covering the last window
@@ -421,56 +371,81 @@ def generate_long(gen, text='', *, duration_s, segments=None, overlap_s=None,
     meta with 'windows' (span, caption, prompt span, seed, latency of each window).
   """
   t_start = time.perf_counter()
-  if join not in JOINS:
-    raise ValueError(f'join must be one of {JOINS}, got {join!r}')
-  sampler, steps, cfg_scale = gen.resolve_sampler(sampler, steps, cfg_scale)
+  requests = as_requests(requests)
+  long, inputs = long or LongOptions(), inputs or InputOptions()
+  opts = gen.resolve(options)
   m, hop, sr = gen.config, gen.hop, gen.config.sample_rate
-  samples, used, overlap = check_duration(duration_s, overlap_s, tail_s, sample_rate=sr,
-                                          window_frames=gen.output_samples // hop, hop=hop)
-  captions = clip_captions(text, segments, samples / sr)
-  n = len(captions)
-  if any(x is not None for x in _per_prompt(inpaint, n, 'inpaint')):
-    raise ValueError('inpainting edits one window; give inpaint without duration_s')
-  if any(a is not None and not c for a, c in zip(_per_prompt(audio, n, 'audio'),
-                                                 _per_prompt(continuation, n, 'continuation'))):
-    raise ValueError('with duration_s an audio input is the beginning of the clip: set '
-                     'continuation=True')
-  windows = plan_windows(samples, used, overlap, hop)
-  per_window_text = [window_captions(windows, segs, sr) for segs in captions]
-
-  videos = _per_prompt(video, n, 'video')
-  frames, feats = clip_video(videos, _per_prompt(sync, n, 'sync'), m, windows, samples)
-  if window_kwargs.get('no_sync'):  # every window's video then takes zeros
-    if any(x is not None for x in _per_prompt(sync, n, 'sync')):
+  plan = plan_clip(_common_duration(requests), long, sample_rate=sr,
+                   window_frames=gen.output_samples // hop, hop=hop)
+  samples, windows = plan.samples, plan.windows
+  per_window_text = [window_captions(windows, r.captions, sr) for r in requests]
+  videos = [r.video for r in requests]
+  frames, feats = clip_video(videos, [r.sync for r in requests], m, windows, samples)
+  if inputs.no_sync:  # every window's video then takes zeros
+    if any(r.sync is not None for r in requests):
       raise ValueError('sync features given and no_sync asked; choose one')
-    feats = [None] * n
+    feats = [None] * len(requests)
   results, records = [], []
   for w in windows:
-    kwargs = dict(steps=steps, cfg_scale=cfg_scale, sampler=sampler, image=image,
-                  seed=seed + w.index * WINDOW_SEED_STRIDE, **window_kwargs)
-    if any(v is not None for v in videos):
-      kwargs.update(window_video(w, frames, feats, m))
-    if w.index == 0:
-      kwargs.update(audio=audio, continuation=continuation, keep_unmasked=keep_unmasked,
-                    prompt_pad=prompt_pad)
-    else:
-      previous = results[-1]
-      tail = slice(w.length - w.overlap, w.length)
-      kwargs.update(audio=[r.waveform[tail] for r in previous], continuation=True,
-                    prompt_pad='left')
-      if join == 'latent':
-        kwargs['known_latents'] = pinned_prompt_latents(
-            np.stack([r.latents for r in previous]), w, hop)
-    out = gen.generate([texts[w.index] for texts in per_window_text], **kwargs)
+    captions = [texts[w.index] for texts in per_window_text]
+    window_opts = dataclasses.replace(opts, seed=opts.seed + w.index * WINDOW_SEED_STRIDE)
+    known = None
+    if w.index and long.join == 'latent':
+      known = pinned_prompt_latents(np.stack([r.latents for r in results[-1]]), w, hop)
+    out = gen.generate(
+        window_requests(requests, w, captions=captions, previous=results[-1] if w.index else None,
+                        video=(window_video(w, frames, feats, m, no_sync=inputs.no_sync)
+                               if any(v is not None for v in videos) else None)),
+        window_opts, known_latents=known,
+        inputs=inputs if w.index == 0 else dataclasses.replace(inputs, prompt_pad='left'))
     results.append(out)
     first = first_frame(w, sr, m.video_fps)
-    records.append({**window_record(w, sr), 'seed': kwargs['seed'],
-                    'captions': [texts[w.index] for texts in per_window_text],
+    records.append({**window_record(w, sr), 'seed': window_opts.seed, 'captions': captions,
                     'video_frames': ([first, first + m.video.num_frames]
                                      if any(v is not None for v in videos) else None),
                     'latency_s': out[0].meta['latency_s'],
                     'includes_compilation': out[0].meta['includes_compilation']})
+  return _join(gen, requests, results, records, plan=plan, join=long.join, feats=feats,
+               t_start=t_start)
 
+
+def _common_duration(requests: Sequence[Request]) -> float:
+  """The one duration_s of a batch of long clips (their windows run together)."""
+  for i, r in enumerate(requests):
+    if r.duration_s is None:
+      raise ValueError(f'prompt {i}: no duration_s; a long clip needs one (one window: '
+                       'Generator.generate)')
+  durations = sorted({r.duration_s for r in requests})
+  if len(durations) > 1:
+    raise ValueError(f'duration_s: the requests of one call share one duration (their windows '
+                     f'run together), got {durations}')
+  return durations[0]
+
+
+def window_requests(requests: Sequence[Request], w: Window, *, captions: Sequence[str],
+                    previous: Sequence | None, video: dict | None) -> list[Request]:
+  """The one-window requests of window w: its caption, its frames and sync rows (`video`, from
+  `window_video`), each request's image; window 0 takes each request's audio, continuation and
+  keep_unmasked, window k >= 1 continues the tail of window k-1's results (`previous`)."""
+  out = []
+  for i, r in enumerate(requests):
+    conditions = dict(text=captions[i], image=r.image)
+    if video is not None:
+      conditions.update(video=video['video'][i], sync=video['sync'][i])
+    if w.index == 0:
+      out.append(Request(**conditions, audio=r.audio, continuation=r.continuation,
+                         keep_unmasked=r.keep_unmasked))
+    else:
+      tail = previous[i].waveform[w.length - w.overlap:w.length]
+      out.append(Request(**conditions, audio=tail, continuation=True))
+  return out
+
+
+def _join(gen, requests: Sequence[Request], results: list, records: list, *, plan: 'Plan',
+          join: str, feats: list, t_start: float) -> list:
+  """The clips from the windows' results: joined latents and audio, and the clip's meta."""
+  samples, used, overlap, windows = plan.samples, plan.used, plan.overlap, plan.windows
+  hop, sr, n = gen.hop, gen.config.sample_rate, len(requests)
   t_join = time.perf_counter()
   latents = [join_latents([r[i].latents for r in results], windows, hop) for i in range(n)]
   if join == 'latent':
@@ -485,16 +460,16 @@ def generate_long(gen, text='', *, duration_s, segments=None, overlap_s=None,
              'join_s': t_end - t_join, 'total_s': t_end - t_start}
   first = results[0]
   out = []
-  for i in range(n):
-    base = first[i].meta
-    meta = {**base, 'seed': seed + i, 'duration_s': samples / sr,
+  for i, request in enumerate(requests):
+    base, captions = first[i].meta, request.captions
+    meta = {**base, 'duration_s': samples / sr,
             'window_s': windows[0].length / sr, 'overlap_s': overlap * hop / sr,
             'tail_s': (gen.output_samples // hop - used) * hop / sr, 'join': join,
             'num_windows': len(windows), 'nfe_total': base['nfe'] * len(windows),
-            'inputs': {**base['inputs'], **_video_record(videos[i], feats[i]),
-                       'text': captions[i][0][1] if len(captions[i]) == 1
-                       else '; '.join(f'{s:g} s: {c}' for s, c in captions[i]),
-                       'segments': [[s, c] for s, c in captions[i]]},
+            'inputs': {**base['inputs'], **_video_record(request.video, feats[i]),
+                       'text': captions[0][1] if len(captions) == 1
+                       else '; '.join(f'{s:g} s: {c}' for s, c in captions),
+                       'segments': [[s, c] for s, c in captions]},
             'windows': [{**{k: v for k, v in r.items() if k != 'captions'},
                          'caption': r['captions'][i],
                          'seed': r['seed'] + i} for r in records],

@@ -27,9 +27,12 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from axturbo import flow
 from axturbo.data import tokenizers
 from axturbo.generation import sampling
+from axturbo.generation.request import as_requests
+from axturbo.generation.request import is_path
+from axturbo.generation.request import Request
+from axturbo.generation.request import SamplerOptions
 from axturbo.models import audiox
 from axturbo.models import codec as codec_lib
 
@@ -201,35 +204,48 @@ class Pipeline:
     with self._precision():
       return self._video(self._part('clip', 'video'), frames, jnp.asarray(sync, jnp.float32))
 
-  def generate_arrays(self, texts: str | Sequence[str], *, video_tokens=None, seed: int = 0,
-                      sampler: str = 'student', steps: int = 4, cfg_scale: float | None = None
-                      ) -> tuple[jax.Array, jax.Array]:
-    """Device arrays (waveform (B, N, C), latents (B, T, C)); nothing waits for the device."""
+  def generate_arrays(self, texts: str | Sequence[str], *, video_tokens=None,
+                      options: SamplerOptions | None = None) -> tuple[jax.Array, jax.Array]:
+    """Device arrays (waveform (B, N, C), latents (B, T, C)); nothing waits for the device.
+    `options`: sampler, steps, cfg_scale, seed (default: the student, 4 steps, seed 0)."""
     texts = [texts] if isinstance(texts, str) else list(texts)
-    if sampler == 'student':
-      sampling.check_student_steps(steps)
-      cfg_scale = 1.0
-    elif sampler == 'teacher':
-      cfg_scale = flow.OFFICIAL_CFG_SCALE if cfg_scale is None else float(cfg_scale)
-    else:
-      raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
+    opts = (options or SamplerOptions()).resolved('student')
     text = self.text_tokens(texts)
     with self._precision():
       return self._generate(self._generate_params(), text, video_tokens, self.silent_tokens,
-                            jnp.int32(seed), sampler=sampler,
-                            steps=steps, cfg_scale=cfg_scale)
+                            jnp.int32(opts.seed), sampler=opts.sampler,
+                            steps=opts.steps, cfg_scale=opts.cfg_scale)
 
-  def __call__(self, texts: str | Sequence[str], *, video=None, sync=None, seed: int = 0,
-               sampler: str = 'student', steps: int = 4, cfg_scale: float | None = None
-               ) -> np.ndarray:
+  def __call__(self, requests: Request | Sequence[Request],
+               options: SamplerOptions | None = None) -> np.ndarray:
     """Waveforms (B, output_samples, C) float32 on the host, not normalised.
 
-    video: optional (B, F, H, W, 3) frames in [0, 255]; sync: optional (B, S, Ds) features.
-    Prompt i uses seed + i, as `Generator.generate`.
+    requests: text, optionally a video as (F, H, W, 3) frames in [0, 255] at the model's size
+    (every request or none) and its sync features (S, Ds) (default zeros); the other tasks are
+    `Generator.generate`'s. Request i uses seed + i, as `Generator.generate`.
     """
-    video_tokens = None if video is None else self.video_tokens(video, sync)
-    wave, _ = self.generate_arrays(texts, video_tokens=video_tokens, seed=seed,
-                                   sampler=sampler, steps=steps, cfg_scale=cfg_scale)
+    requests = as_requests(requests)
+    for i, r in enumerate(requests):
+      for name in ('audio', 'image', 'duration_s'):
+        if getattr(r, name) is not None:
+          raise ValueError(f'prompt {i}: the serving path takes text and video only, not '
+                           f'{name}; use Generator.generate')
+      if is_path(r.video) or is_path(r.sync):
+        raise ValueError(f'prompt {i}: the serving path takes video frames and sync features '
+                         'as arrays, not files; use Generator.generate')
+    has_video = [r.video is not None for r in requests]
+    if any(has_video) and not all(has_video):
+      raise ValueError('the serving path takes a video for every request or for none, got '
+                       f'{sum(has_video)} of {len(requests)}')
+    video_tokens = None
+    if all(has_video):
+      syncs = [r.sync for r in requests]
+      sync = (None if all(x is None for x in syncs) else np.stack(
+          [np.zeros((self.config.video.sync_len, self.config.video.sync_dim), np.float32)
+           if x is None else np.asarray(x, np.float32) for x in syncs]))
+      video_tokens = self.video_tokens(np.stack([np.asarray(r.video) for r in requests]), sync)
+    wave, _ = self.generate_arrays([r.text for r in requests], video_tokens=video_tokens,
+                                   options=options)
     return np.asarray(wave)
 
   # ---------------------------------------------------------------------------- AOT
