@@ -8,6 +8,7 @@ AXTURBO_DEMO_SCREENSHOT=<path.png> also saves the page with a result there (READ
 """
 import json
 import os
+import re
 import pathlib
 import shutil
 import socket
@@ -52,8 +53,7 @@ def test_form_to_request_for_every_task(files):
       'video-to-music': dict(video=files['video']),
       'text+video': dict(caption='steps', video=files['video']),
       'image-to-audio': dict(image=files['image']),
-      'inpainting': dict(audio=files['audio'], inpaint_start=0.5, inpaint_end=1.0,
-                         keep_unmasked=True),
+      'inpainting': dict(audio=files['audio'], inpaint=' 0.5:1 ', keep_unmasked=True),
       'continuation': dict(audio=files['audio'], caption='jazz'),
   }
   assert set(cases) == set(app.TASKS)
@@ -76,24 +76,28 @@ def test_form_to_request_for_every_task(files):
     (dict(caption='  '), 'Caption is empty: text-to-audio needs one'),
     (dict(task='video-to-audio'), 'Video is missing: video-to-audio needs one'),
     (dict(task='inpainting', audio='AUDIO'), 'Inpaint span is missing'),
-    (dict(task='inpainting', audio='AUDIO', inpaint_start=1.0),
-     'Inpaint span: give both its start and its end'),
-    (dict(task='inpainting', audio='AUDIO', inpaint_start=1.0, inpaint_end=0.5),
+    (dict(task='inpainting', audio='AUDIO', inpaint='1.0'),
+     'Inpaint span: inpaint span must look like START:END'),
+    (dict(task='inpainting', audio='AUDIO', inpaint='1:0.5'),
      'Inpaint span: must satisfy 0 <= start < end, got 1 to 0.5 s'),
     (dict(caption='x', video='VIDEO'), 'Video: text-to-audio does not use it'),
-    (dict(task='continuation', audio='AUDIO', inpaint_start=1.0, inpaint_end=2.0),
+    (dict(task='continuation', audio='AUDIO', inpaint='1:2'),
      'Inpaint span: continuation does not use it'),
     (dict(task='video-to-audio', video='/nonexistent/v.mp4'),
      'Video: /nonexistent/v.mp4 is not a file'),
     (dict(caption='x', duration=-1.0), 'Duration: must be > 0 seconds'),
     (dict(caption='x', steps=2.5), 'Steps: must be a whole number, got 2.5'),
+    (dict(caption='x', sampler='student', cfg=6.0, seed=1.0), None),  # the teacher's field
     (dict(caption='x', seed=-1.0), 'Seed: must be >= 0'),
     (dict(task='speech'), "Task: unknown task 'speech'"),
 ])
 def test_bad_forms_name_the_field(files, fields, message):
   fields = {k: files['audio'] if v == 'AUDIO' else files['video'] if v == 'VIDEO' else v
             for k, v in fields.items()}
-  with pytest.raises(ValueError, match='^' + __import__('re').escape(message)):
+  if message is None:
+    assert app.check_form(_form(**fields))[1]['cfg_scale'] is None
+    return
+  with pytest.raises(ValueError, match='^' + re.escape(message)):
     app.check_form(_form(**fields))
 
 
@@ -104,9 +108,9 @@ def test_examples_read_the_demo_inputs(tmp_path):
   rows = app.load_examples(tmp_path)
   names = [r[0] for r in rows]
   assert sorted(names) == sorted(app.TASKS)  # one example per task
-  for task, caption, video, image, audio, start, end in rows:
+  for task, caption, video, image, audio, span in rows:
     fields = dict(task=task, caption=caption, video=video, image=image, audio=audio,
-                  inpaint_start=start, inpaint_end=end)
+                  inpaint=span)
     app.check_form(app.Form(**fields))  # every example is a valid form as it loads
   (tmp_path / 'tasks.txt').write_text('0000 text-to-audio\n')
   with pytest.raises(ValueError, match='8 tasks in tasks.jsonl but 1 names'):
@@ -224,12 +228,13 @@ def _choose_task(page, task):
 
 
 def _generate_and_wait(page, timeout_s=600):
-  """Clicks Generate and waits for the status line to change -> its text."""
+  """Clicks Generate and waits for a new result or error line (not the progress timer that
+  precedes it) -> its text. The line before must differ from the one expected."""
   before = page.inner_text('#status')
   page.click('#generate')
   page.wait_for_function(
       'before => { const t = document.querySelector("#status").innerText;'
-      ' return t !== before && (t.includes("s of audio") || t.includes("Error")); }',
+      ' return t !== before && /^(Error: |[0-9.]+ s of audio)/.test(t.trim()); }',
       arg=before, timeout=timeout_s * 1000)
   return page.inner_text('#status')
 
@@ -245,12 +250,12 @@ def test_caption_gives_a_playable_audio_of_the_clip_length(page, served, tmp_pat
   import soundfile as sf
   _open(page, served['url'])
   assert 'Compiled at start for the default settings: text' in page.inner_text('#header')
-  page.fill('#caption textarea', 'First a bell, then a buzz.')
+  page.fill('#caption [data-testid=textbox]', 'First a bell, then a buzz.')
   status = _generate_and_wait(page)
   assert 'Error' not in status and '2.05 s of audio' in status
   audio = page.locator('#result-audio audio')
   audio.wait_for(state='attached')
-  src = audio.get_attribute('src')
+  src = audio.evaluate('el => el.src')
   # Playable: the browser itself loads it and knows its duration.
   duration = page.wait_for_function(
       'el => (el.readyState >= 1 && isFinite(el.duration)) ? el.duration : null',
@@ -260,8 +265,8 @@ def test_caption_gives_a_playable_audio_of_the_clip_length(page, served, tmp_pat
   wave, rate = sf.read(io.BytesIO(_fetch(page, src)))
   assert rate == 16000 and wave.shape == (want, 2) and np.abs(wave).max() > 0
   assert page.locator('#spectrogram img').count() == 1
-  sidecar = json.loads(page.inner_text('#sidecar') and next(
-      (served['out']).glob('*.json')).read_text())
+  assert '"First a bell, then a buzz."' in page.inner_text('#sidecar').replace('\n', '')
+  sidecar = json.loads(next(served['out'].glob('*.json')).read_text())
   assert sidecar['inputs']['text'] == 'First a bell, then a buzz.'
   assert page.locator('#downloads a').count() >= 3  # wav, spectrogram, json
   assert set(page.hosts) == {served['url'].split('/')[2]}, page.hosts  # nothing else was asked
@@ -283,7 +288,7 @@ def test_uploaded_video_gives_an_mp4_with_the_new_audio(page, served):
   assert 'Error' not in status, status
   video = page.locator('#result-video video')
   video.wait_for(state='attached')
-  src = video.get_attribute('src')
+  src = video.evaluate('el => el.src')
   assert src.endswith('.mp4'), src
   path = served['out'] / 'mp4.mp4'
   path.write_bytes(_fetch(page, src))
@@ -310,8 +315,7 @@ def test_bad_input_is_a_message_on_the_page(page, served, tmp_path):
   _choose_task(page, 'inpainting')
   page.set_input_files('#audio-in input[type=file]', str(served['inputs'] / 'clip.wav'))
   page.wait_for_selector('#audio-in :text("clip.wav")')
-  page.fill('#inpaint-start input', '1.5')
-  page.fill('#inpaint-end input', '9')
+  page.fill('#inpaint [data-testid=textbox]', '1.5:9')
   status = _generate_and_wait(page)
   assert status.startswith('Error: ') and 'inpaint span 1.5:9.0 s must satisfy' in status, status
 
@@ -322,5 +326,5 @@ def test_an_example_fills_the_form(page, served):
   _open(page, served['url'])
   page.locator('#examples').get_by_text('text+video', exact=True).click()
   page.wait_for_selector('#video-in :text("clip.mp4")')
-  assert page.input_value('#caption textarea')
+  assert page.input_value('#caption [data-testid=textbox]')
   assert page.input_value('#task input') == 'text+video'

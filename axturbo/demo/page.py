@@ -6,6 +6,7 @@ element a test reads has an elem_id (#status, #result-audio, #result-video, #dow
 import html
 import logging
 import os
+import pathlib
 import re
 
 from axturbo.demo import app
@@ -77,11 +78,9 @@ def build(demo: app.Demo, examples: list[list] | None, examples_note: str):
         button = gr.Button('Generate', variant='primary', elem_id='generate')
       with gr.Column():
         status = gr.Markdown('Fill the fields of a task and press Generate.', elem_id='status')
-        # The browser's own player (an <audio> element with the file as its source); the
-        # spectrogram below shows the waveform's content.
-        audio_out = gr.Audio(label='Result', type='filepath', interactive=False,
-                             elem_id='result-audio',
-                             waveform_options=gr.WaveformOptions(show_recording_waveform=False))
+        # The browser's own player: an <audio> element whose source is the written WAV (served
+        # from --out, an allowed path).
+        audio_out = gr.HTML(elem_id='result-audio')
         spectrogram = gr.Image(label='Spectrogram', type='filepath', interactive=False,
                                elem_id='spectrogram')
         video_out = gr.Video(label='Video with the new audio', interactive=False,
@@ -108,7 +107,7 @@ def build(demo: app.Demo, examples: list[list] | None, examples_note: str):
         return _failure(f'internal error ({type(e).__name__}: {e}); the server log has the '
                         'details')
       out = record['files']
-      return (_plain(app.status_line(record)), out['wav'], out.get('spectrogram'),
+      return (_plain(app.status_line(record)), _player(out['wav']), out.get('spectrogram'),
               out.get('video'), [out[k] for k in ('wav', 'video', 'spectrogram') if k in out]
               + [out['wav'][:-len('.wav')] + '.json'], record)
 
@@ -116,6 +115,12 @@ def build(demo: app.Demo, examples: list[list] | None, examples_note: str):
                  outputs=[status, audio_out, spectrogram, video_out, files, sidecar],
                  api_name='generate')
   return blocks
+
+
+def _player(wav: str) -> str:
+  url = html.escape('/gradio_api/file=' + str(pathlib.Path(wav).resolve()), quote=True)
+  return (f'<audio controls preload="metadata" src="{url}" style="width: 100%"></audio>'
+          f'<div><a href="{url}" download>{html.escape(pathlib.Path(wav).name)}</a></div>')
 
 
 def _failure(message: str):
