@@ -239,6 +239,14 @@ def _generate_and_wait(page, timeout_s=600):
   return page.inner_text('#status')
 
 
+def _wait_file(page, element: str, name: str):
+  """Waits until the file field `element` shows the file `name` (its stem and suffix are
+  separate elements)."""
+  page.wait_for_function(
+      '([el, name]) => document.querySelector(el).innerText.replace(/\\s+/g, "").includes(name)',
+      arg=[element, name], timeout=120_000)
+
+
 def _fetch(page, src: str) -> bytes:
   return page.request.get(src).body()
 
@@ -283,7 +291,7 @@ def test_uploaded_video_gives_an_mp4_with_the_new_audio(page, served):
   _open(page, served['url'])
   _choose_task(page, 'video-to-audio')
   page.set_input_files('#video-in input[type=file]', str(served['inputs'] / 'clip.mp4'))
-  page.wait_for_selector('#video-in :text("clip.mp4")')
+  _wait_file(page, '#video-in', 'clip.mp4')
   status = _generate_and_wait(page)
   assert 'Error' not in status, status
   video = page.locator('#result-video video')
@@ -307,14 +315,14 @@ def test_bad_input_is_a_message_on_the_page(page, served, tmp_path):
   bad.write_text('not a video')
   _choose_task(page, 'video-to-audio')
   page.set_input_files('#video-in input[type=file]', str(bad))
-  page.wait_for_selector('#video-in :text("broken.mp4")')
+  _wait_file(page, '#video-in', 'broken.mp4')
   status = _generate_and_wait(page)
   assert status.startswith('Error: ') and 'broken.mp4' in status, status
   assert 'Traceback' not in page.content()
   _open(page, served['url'])
   _choose_task(page, 'inpainting')
   page.set_input_files('#audio-in input[type=file]', str(served['inputs'] / 'clip.wav'))
-  page.wait_for_selector('#audio-in :text("clip.wav")')
+  _wait_file(page, '#audio-in', 'clip.wav')
   page.fill('#inpaint [data-testid=textbox]', '1.5:9')
   status = _generate_and_wait(page)
   assert status.startswith('Error: ') and 'inpaint span 1.5:9.0 s must satisfy' in status, status
@@ -325,6 +333,6 @@ def test_bad_input_is_a_message_on_the_page(page, served, tmp_path):
 def test_an_example_fills_the_form(page, served):
   _open(page, served['url'])
   page.locator('#examples').get_by_text('text+video', exact=True).click()
-  page.wait_for_selector('#video-in :text("clip.mp4")')
+  _wait_file(page, '#video-in', 'clip.mp4')
   assert page.input_value('#caption [data-testid=textbox]')
   assert page.input_value('#task input') == 'text+video'
