@@ -336,3 +336,13 @@ def test_an_example_fills_the_form(page, served):
   _wait_file(page, '#video-in', 'clip.mp4')
   assert page.input_value('#caption [data-testid=textbox]')
   assert page.input_value('#task input') == 'text+video'
+
+
+def test_command_line_names_a_missing_checkpoint(tmp_path):
+  run = subprocess.run([sys.executable, '-m', 'axturbo.demo', f'--checkpoint={tmp_path / "no"}'],
+                       cwd=script_runs.REPO, env=script_runs.env(tmp_path, devices=1),
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1] == (
+      f'error: --checkpoint {tmp_path / "no"}: no such checkpoint folder (bash quickstart.sh '
+      'writes out/quickstart/student/export; or give --checkpoint)')
