@@ -220,6 +220,15 @@ def page(served):
 def _open(page, url):
   page.goto(url)
   page.wait_for_selector('#generate')
+  page.wait_for_load_state('networkidle')  # the app has mounted: a field filled now stays
+
+
+def _fill(page, element: str, text: str):
+  box = page.locator(f'{element} [data-testid=textbox]')
+  box.fill(text)
+  box.press('Tab')
+  page.wait_for_function('([el, text]) => document.querySelector(el + " [data-testid=textbox]")'
+                         '.value === text', arg=[element, text])
 
 
 def _choose_task(page, task):
@@ -258,7 +267,7 @@ def test_caption_gives_a_playable_audio_of_the_clip_length(page, served, tmp_pat
   import soundfile as sf
   _open(page, served['url'])
   assert 'Compiled at start for the default settings: text' in page.inner_text('#header')
-  page.fill('#caption [data-testid=textbox]', 'First a bell, then a buzz.')
+  _fill(page, '#caption', 'First a bell, then a buzz.')
   status = _generate_and_wait(page)
   assert 'Error' not in status and '2.05 s of audio' in status
   audio = page.locator('#result-audio audio')
@@ -323,7 +332,7 @@ def test_bad_input_is_a_message_on_the_page(page, served, tmp_path):
   _choose_task(page, 'inpainting')
   page.set_input_files('#audio-in input[type=file]', str(served['inputs'] / 'clip.wav'))
   _wait_file(page, '#audio-in', 'clip.wav')
-  page.fill('#inpaint [data-testid=textbox]', '1.5:9')
+  _fill(page, '#inpaint', '1.5:9')
   status = _generate_and_wait(page)
   assert status.startswith('Error: ') and 'inpaint span 1.5:9.0 s must satisfy' in status, status
 
