@@ -144,6 +144,18 @@ def test_run_writes_every_file_of_a_video_request(tiny_checkpoint, files, tmp_pa
   np.testing.assert_array_equal(sf.read(again['files']['wav'])[0], wave)  # same seed
 
 
+@pytest.mark.slow
+def test_run_makes_a_long_clip_window_by_window(tiny_checkpoint, tmp_path):
+  import soundfile as sf
+  from axturbo.generation import jobs
+  demo = app.Demo(jobs.load_generator(tiny_checkpoint), tmp_path / 'out')
+  record = demo.run(*app.check_form(_form(caption='rain on a roof', duration=3.0)))
+  wave, rate = sf.read(record['files']['wav'])
+  assert wave.shape == (48000, 2) and rate == 16000
+  assert record['num_windows'] == 2 and len(record['seams']['ratios']) == 1
+  assert '2 windows' in app.status_line(record)
+
+
 # ------------------------------------------------------------------------------ the browser
 
 
