@@ -97,13 +97,14 @@ def _config_path(args: list[str]) -> str | None:
 
 
 def start_run(config, workdir, log_name: str):
-  """Creates `workdir`, starts its log file (`log_to_workdir`), logs this process's devices,
-  and builds the mesh from `config.mesh` (checking that `config.data.batch_size` divides over
-  it). Returns (absolute workdir, mesh, logical-axis rules)."""
+  """Creates `workdir` (a local folder or an etils.epath URL such as gs://bucket/run), starts
+  its log file (`log_to_workdir`), logs this process's devices, and builds the mesh from
+  `config.mesh` (checking that `config.data.batch_size` divides over it). Returns (absolute
+  workdir as an epath.Path, mesh, logical-axis rules)."""
   import jax
 
-  from axturbo.runtime import sharding
-  workdir = pathlib.Path(workdir).absolute()
+  from axturbo.runtime import checkpoints, sharding
+  workdir = checkpoints.as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f'--workdir {workdir}: exists and is not a directory')
   workdir.mkdir(parents=True, exist_ok=True)
@@ -128,14 +129,17 @@ def _console_filter(record: pylogging.LogRecord) -> bool:
   return path.startswith(_PACKAGE_DIR) or path == os.path.abspath(sys.argv[0])
 
 
-def log_to_workdir(path: pathlib.Path) -> pathlib.Path:
+def log_to_workdir(path) -> pathlib.Path:
   """Every INFO line (all libraries) is appended to `path`; unless --verbosity was given, the
   console shows only `_console_filter`'s lines. A second run in the same process (a notebook)
-  moves the log to its own workdir."""
+  moves the log to its own workdir. A URL `path` (a bucket cannot be appended to) is written
+  locally (`observe.local_copy`) and uploaded at exit; returns the local file."""
+  from axturbo.runtime import observe
   for logger in (pylogging.getLogger(), _traceback_logger()):
     for old in [h for h in logger.handlers if getattr(h, 'axturbo_run_log', False)]:
       logger.removeHandler(old)
       old.close()
+  path = observe.local_copy(path)
   handler = pylogging.FileHandler(path)
   handler.axturbo_run_log = True
   handler.setFormatter(logging.PythonFormatter())
