@@ -66,6 +66,7 @@ def distill(config, teacher_dir: str, workdir: str):
     config.data.batch_size = config.distill.batch_size
   d = config.distill
   state_lib.check_distill_config(config)
+  launch.check_inputs(config, d.data_source)
   workdir, mesh, rules = launch.start_run(config, workdir, 'distill')
   model = audiox.build_model(config.model)
   teacher, teacher_shardings = state_lib.load_teacher(teacher_dir, model, config.model, mesh, rules)

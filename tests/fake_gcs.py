@@ -6,6 +6,7 @@ instead of renames, the GCS kvstore spec). Nothing of axturbo is replaced.
 In a test: `with fake_gcs.installed(tmp_path): ...`. Around a script (the real CLI in a
 subprocess): `python -m tests.fake_gcs ROOT train.py --workdir gs://bucket/run ...`.
 """
+import atexit
 import contextlib
 import os
 import runpy
@@ -55,4 +56,7 @@ if __name__ == '__main__':
   _root, script, *args = sys.argv[1:]
   with installed(_root):
     sys.argv = [script, *args]
-    runpy.run_path(script, run_name='__main__')
+    try:
+      runpy.run_path(script, run_name='__main__')
+    finally:
+      atexit._run_exitfuncs()   # the script's exit uploads, while gs:// is still the fake

@@ -8,6 +8,7 @@ ids of a closed vocabulary given in the config (48 word tokens hold every captio
 embedded dataset whole, where 32 bytes cut them after the first word). All end every prompt
 with EOS, so an empty prompt is one EOS token. `build_tokenizer` picks one from a `config.model.text` section.
 """
+import os
 import pathlib
 import re
 from typing import NamedTuple, Sequence
@@ -216,7 +217,7 @@ def build_tokenizer(text_config, checkpoint_dir=None):
   if kind == 'word':
     return WordTokenizer(text_config.get('vocab') or (), text_config.max_length)
   folder = text_config.tokenizer_dir or 'tokenizer'
-  if checkpoint_dir is not None:
+  if checkpoint_dir is not None and not (os.path.isabs(folder) or '://' in folder):
     folder = f'{str(checkpoint_dir).rstrip("/")}/{folder}'   # a URL stays one
   elif not text_config.tokenizer_dir:
     raise ValueError("config.model.text.tokenizer_dir must name a local tokenizer folder "
