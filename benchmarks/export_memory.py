@@ -1,7 +1,7 @@
 """Peak host memory of `checkpoints.export` (docs/benchmarks.md, "Export host memory").
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.export_memory \
-      --depth 6 --out /tmp/export_bench
+      --depth 3 --out /tmp/export_bench
 
 Random-initialises the official trunk (configs/official.py, `--depth` blocks) sharded over an
 (1, 4, 2) mesh of the local devices, then exports it alone ({'trunk': ...}, params only). Prints
@@ -21,7 +21,7 @@ def _peak_rss_mib() -> float:
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--depth', type=int, default=6, help='trunk blocks (official: 24)')
+  ap.add_argument('--depth', type=int, default=3, help='trunk blocks (official: 24)')
   ap.add_argument('--mesh', default='1,4,2', help='(data, fsdp, tensor)')
   ap.add_argument('--out', required=True, help='export folder (replaced)')
   args = ap.parse_args()
