@@ -14,7 +14,6 @@ checkpoint or initialize from the teacher -> compile the student and fake steps 
 picks the step kind from `dmd.updates_at`, logs, checkpoints) -> export the student (EMA).
 """
 import json
-import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -40,10 +39,11 @@ def _plan(d, step: int) -> list[tuple[str, bool]]:
   return calls + ([('fake', True)] if f else [])
 
 
-def _check_same_teacher(workdir: pathlib.Path, teacher: str) -> None:
+def _check_same_teacher(workdir, teacher: str) -> None:
   """A resumed run must distil from the same teacher it started with."""
+  from axturbo.runtime import checkpoints
   record = workdir / 'teacher.json'
-  teacher = str(pathlib.Path(teacher).absolute())
+  teacher = str(checkpoints.as_path(teacher))
   if record.is_file():
     was = json.loads(record.read_text())['teacher']
     if was != teacher:
@@ -53,7 +53,7 @@ def _check_same_teacher(workdir: pathlib.Path, teacher: str) -> None:
     record.write_text(json.dumps({'teacher': teacher}))
 
 
-def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
+def distill(config, teacher_dir: str, workdir: str):
   import jax
 
   from axturbo.distill import observe, state as state_lib, step as step_lib
@@ -66,6 +66,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
     config.data.batch_size = config.distill.batch_size
   d = config.distill
   state_lib.check_distill_config(config)
+  launch.check_inputs(config, d.data_source)
   workdir, mesh, rules = launch.start_run(config, workdir, 'distill')
   model = audiox.build_model(config.model)
   teacher, teacher_shardings = state_lib.load_teacher(teacher_dir, model, config.model, mesh, rules)
@@ -126,7 +127,7 @@ def distill(config, teacher_dir: str, workdir: str) -> pathlib.Path | None:
             'student_updates': int(state.student_updates),
             'fake_updates': int(state.fake_updates), 'skipped_steps': int(state.skipped),
             'data': runtime_observe.data_stats(data_iter),
-            'teacher': str(pathlib.Path(teacher_dir).absolute()), 'schedule': d.update_schedule,
+            'teacher': str(checkpoints.as_path(teacher_dir)), 'schedule': d.update_schedule,
             'num_steps': d.num_steps}
     checkpoints.export(out, params, config.model, meta)
     logging.info('student inference checkpoint of step %d (EMA: %s) in %s', step,

@@ -1,6 +1,6 @@
 """The Generator a benchmark times: a checkpoint's, or random weights for a config (latency does
 not depend on the weights)."""
-import pathlib
+from etils import epath
 
 
 def random_generator(config, seed: int):
@@ -24,7 +24,7 @@ def checkpoint_or_random(checkpoint: str | None, config, seed: int):
     raise ValueError('give --checkpoint DIR, or --config FILE for random weights')
   if not checkpoint:
     return random_generator(config, seed), 'random weights of --config'
-  if not pathlib.Path(checkpoint).is_dir():
+  if not epath.Path(checkpoint).is_dir():   # a local folder or a URL (gs://...)
     raise FileNotFoundError(f'--checkpoint {checkpoint!r}: directory not found')
   from axturbo.generation import jobs
   gen = jobs.load_generator(checkpoint)

@@ -25,7 +25,9 @@ def model_config() -> mlc.ConfigDict:
                               latent_dim=64, in_channels=2, out_channels=2))
   m.text = mlc.ConfigDict(dict(
       tokenizer='hf',             # 'hf': SentencePiece vocabulary from a local folder; 'byte'
-      tokenizer_dir='',           # local folder of t5-base (tokenizer + weights), no downloads
+      # Local folder of t5-base's tokenizer (no downloads): train.py/distill.py stop at once,
+      # saying where it comes from, when it is empty; a converted checkpoint holds its own.
+      tokenizer_dir='',
       max_length=128))
   m.t5 = mlc.ConfigDict(dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12,
                              num_heads=12, relative_attention_num_buckets=32,
@@ -126,6 +128,9 @@ def train_config() -> mlc.ConfigDict:
   t.total_steps = 1_000_000       # the global batch is config.data.batch_size
   t.data_source = 'pipeline'       # 'pipeline' (axturbo.data.pipeline) or 'synthetic' (benchmarks)
   t.init_from = ''                 # inference checkpoint (e.g. converted official weights) to start from
+  # T5, CLIP and the VAE are frozen (not in `trainable`): they must come from `init_from`
+  # (train.py stops at once, with what to pass, when it is empty).
+  t.require_init_from = True
   # Networks updated by the optimizer ('/'-joined parameter-path prefixes); the rest is frozen
   # and has no optimizer state. Official fine-tune: MAF, trunk, video conditioner (not CLIP),
   # audio-prompt projections (not its VAE encoder copy). 'vae' is never trainable here.

@@ -92,6 +92,7 @@ def train_config() -> mlc.ConfigDict:
   exact 42 %, sync 18.8 % on 64 clips), trained it reads them (77 %, sync 62.5 %, run RC).
   """
   t = official.train_config()
+  t.require_init_from = False    # no pretrained small weights: every tower starts random
   t.total_steps = 3200
   t.trainable = ('clip', 'video', 'audio_prompt', 'maf', 'trunk')
   t.optim.lr = 3e-3

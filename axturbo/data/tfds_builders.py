@@ -29,7 +29,6 @@ import importlib.util
 import json
 import multiprocessing
 import os
-import pathlib
 
 from absl import logging
 from etils import epath
@@ -443,7 +442,7 @@ def summary(builder: _Builder) -> str:
            f'{size / 2**20:.1f} MiB in {builder.data_dir}']
   for split, messages in info.metadata.get('skipped_messages', {}).items():
     lines += [f'  skipped ({split}): {m}' for m in messages]
-  root = pathlib.Path(builder.data_dir).parents[2]   # <root>/<builder>/<name>/<version>
+  root = epath.Path(builder.data_dir).parents[2]   # <root>/<builder>/<name>/<version>
   lines.append(f'train on it with: --config.data.source=tfds --config.data.tfds_name={name} '
                f'--config.data.tfds_data_dir={root}')
   return '\n'.join(lines)

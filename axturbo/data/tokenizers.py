@@ -8,6 +8,7 @@ ids of a closed vocabulary given in the config (48 word tokens hold every captio
 embedded dataset whole, where 32 bytes cut them after the first word). All end every prompt
 with EOS, so an empty prompt is one EOS token. `build_tokenizer` picks one from a `config.model.text` section.
 """
+import os
 import pathlib
 import re
 from typing import NamedTuple, Sequence
@@ -30,6 +31,23 @@ def _as_list(texts: str | Sequence[str]) -> list[str]:
   return texts
 
 
+def _local_folder(folder) -> pathlib.Path | None:
+  """`folder` itself, or for a URL (a tokenizer inside a gs:// checkpoint) a local copy of its
+  files (None if there is no such folder): transformers reads local files only."""
+  if '://' not in str(folder):
+    return pathlib.Path(folder)
+  import tempfile
+  from etils import epath
+  remote = epath.Path(str(folder))
+  if not remote.is_dir():
+    return None
+  local = pathlib.Path(tempfile.mkdtemp(prefix='axturbo-tokenizer-'))
+  for f in remote.iterdir():
+    if f.is_file():
+      f.copy(epath.Path(local / f.name))
+  return local
+
+
 class HFTokenizer:
   """A transformers tokenizer loaded from `local_dir` only (never downloaded).
 
@@ -40,9 +58,9 @@ class HFTokenizer:
   def __init__(self, local_dir, max_length: int = 128):
     if max_length < 1:
       raise ValueError(f'max_length must be >= 1, got {max_length}')
-    folder = pathlib.Path(local_dir)
-    if not folder.is_dir():
-      raise FileNotFoundError(f'tokenizer folder {str(folder)!r} does not exist (tokenizers are '
+    folder = _local_folder(local_dir)
+    if folder is None or not folder.is_dir():
+      raise FileNotFoundError(f'tokenizer folder {str(local_dir)!r} does not exist (tokenizers are '
                               'read locally only; save one there with save_pretrained)')
     try:
       from transformers import AutoTokenizer
@@ -198,9 +216,9 @@ def build_tokenizer(text_config, checkpoint_dir=None):
     return ByteTokenizer(text_config.max_length)
   if kind == 'word':
     return WordTokenizer(text_config.get('vocab') or (), text_config.max_length)
-  folder = pathlib.Path(text_config.tokenizer_dir or 'tokenizer')
-  if checkpoint_dir is not None:
-    folder = pathlib.Path(checkpoint_dir) / folder
+  folder = text_config.tokenizer_dir or 'tokenizer'
+  if checkpoint_dir is not None and not (os.path.isabs(folder) or '://' in folder):
+    folder = f'{str(checkpoint_dir).rstrip("/")}/{folder}'   # a URL stays one
   elif not text_config.tokenizer_dir:
     raise ValueError("config.model.text.tokenizer_dir must name a local tokenizer folder "
                      "(model.text.tokenizer='hf'); or use tokenizer 'byte' or 'word'")

@@ -4,7 +4,7 @@ The frozen teacher (the full AudioX tree: conditioners, MAF, trunk, VAE) is NOT 
 state: it is loaded from its inference checkpoint at every (re)start, passed to the steps as a
 separate, never-donated argument, and never checkpointed again. The state holds what moves.
 """
-import pathlib
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -91,7 +91,7 @@ def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:
   return out
 
 
-def load_teacher(directory: str | pathlib.Path, model: audiox.AudioX, m: mlc.ConfigDict,
+def load_teacher(directory: str | os.PathLike, model: audiox.AudioX, m: mlc.ConfigDict,
                  mesh: Mesh, rules=sharding.DEFAULT_RULES) -> tuple[Any, Any]:
   """(teacher params restored straight into their shards, their shardings).
 
@@ -99,9 +99,10 @@ def load_teacher(directory: str | pathlib.Path, model: audiox.AudioX, m: mlc.Con
   model_config.json that differs from `config.model` in any key, a parameter tree whose keys or
   shapes differ from the model's, or a non-finite value.
   """
-  directory = pathlib.Path(directory or '')
-  if not str(directory) or not directory.is_dir():
-    raise FileNotFoundError(f'--teacher {str(directory)!r}: no such checkpoint directory')
+  given = str(directory or '')
+  if not given or not checkpoints.as_path(given).is_dir():
+    raise FileNotFoundError(f'--teacher {given!r}: no such checkpoint directory')
+  directory = checkpoints.as_path(given)
   checkpoints.recover_swap(directory)
   kind = checkpoints.load_meta(directory).get('kind')
   if kind == 'student':

@@ -24,12 +24,12 @@ Suites (each writes --out/results.json and --out/results.md):
                   [--student_steps 1,2,4] [--undistilled_steps 4] [--runs 20] [--warmup 5]
 """
 import json
-import pathlib
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 
 from axturbo.eval import benchmark
 from axturbo.generation import jobs
@@ -73,7 +73,7 @@ def _load(path: str, kind: str | None = None):
   if not path:
     raise ValueError('a checkpoint directory is required (--checkpoint / --teacher_checkpoint / '
                      '--student_checkpoint)')
-  if not pathlib.Path(path).is_dir():
+  if not epath.Path(path).is_dir():   # a local folder or a URL (gs://...)
     raise FileNotFoundError(f'checkpoint {path!r} is not a directory')
   return jobs.load_generator(path, kind)
 

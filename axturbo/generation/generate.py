@@ -30,11 +30,11 @@ Differences from the official pipeline, all deliberate and switchable (`InputOpt
     `allow_unconditional=True`.
 """
 import dataclasses
-import pathlib
 import time
 from typing import Any, Sequence
 
 from absl import logging
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -121,7 +121,7 @@ class Generator:
     as `kind`, else as a student (the released model), with a warning. Parameters are checked
     once for shapes and for non-finite values.
     """
-    checkpoint_dir = pathlib.Path(checkpoint_dir)
+    checkpoint_dir = epath.Path(checkpoint_dir)   # a local path or a URL (gs://...)
     checkpoints.recover_swap(checkpoint_dir)
     m = checkpoints.load_model_config(checkpoint_dir)
     meta = checkpoints.load_meta(checkpoint_dir)

@@ -10,11 +10,14 @@ Training checkpoints (a TrainState or a DistillState: any pytree of arrays): an 
 CheckpointManager (async, keep-last-N) of the state plus the per-host data-iterator state,
 restored straight into the target mesh's shardings.
   <workdir>/checkpoints/<step>/{state/, data/process_<i>-of-<n>.json}
+
+Every directory may be a local path or an `etils.epath` URL (gs://bucket/run, s3://...): they
+go through `as_path`, never through pathlib or shutil (which turn a URL into a local folder).
 """
 import hashlib
 import json
+import os
 import pathlib
-import shutil
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -25,11 +28,24 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 PARAMS_DIR = 'params'
 CONFIG_FILE = 'model_config.json'
 META_FILE = 'meta.json'
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  """Whether `path` names a location by URL (gs://bucket/x), not a local file."""
+  return '://' in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """A local path made absolute (as pathlib's `absolute()`), or a URL kept as it is."""
+  if is_url(path):
+    return epath.Path(os.fspath(path))
+  return epath.Path(pathlib.Path(path).absolute())
 
 
 def config_hash(model_config: mlc.ConfigDict) -> str:
@@ -38,27 +54,30 @@ def config_hash(model_config: mlc.ConfigDict) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def holds_checkpoint(directory: str | pathlib.Path) -> bool:
+def holds_checkpoint(directory: str | os.PathLike) -> bool:
   """Whether `directory` holds an inference checkpoint, whole or partly written."""
-  directory = pathlib.Path(directory)
+  directory = as_path(directory)
   return (directory / PARAMS_DIR).exists() or (directory / CONFIG_FILE).exists()
 
 
-def _write_json(path: pathlib.Path, value: Any) -> None:
+def _write_json(path: epath.Path, value: Any) -> None:
   path.write_text(json.dumps(value, indent=2, default=str))
 
 
-def save_params(directory: str | pathlib.Path, params: Any, model_config: mlc.ConfigDict,
+def save_params(directory: str | os.PathLike, params: Any, model_config: mlc.ConfigDict,
                 meta: dict | None = None, *, replace: bool = False,
-                populate: Callable[[pathlib.Path], None] | None = None) -> pathlib.Path:
+                populate: Callable[[epath.Path], None] | None = None) -> epath.Path:
   """Writes params + config + meta (+ whatever `populate(folder)` adds) as one unit.
 
   Everything is written into a hidden sibling folder that is renamed into place at the end, so
   a reader (or a run killed half-way) sees the old checkpoint or the new one, never a mix.
   An existing checkpoint is refused unless `replace`; a non-empty folder that holds none is
   always refused (it is not ours to delete).
+
+  `params` may hold host (NumPy) arrays or sharded jax.Arrays; orbax writes each host's own
+  shards of the latter, so no host ever holds the whole tree.
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = as_path(directory)
   if directory.exists() and not directory.is_dir():
     raise FileExistsError(f'{directory}: exists and is not a directory')
   existing = directory.is_dir() and any(directory.iterdir())
@@ -74,10 +93,9 @@ def save_params(directory: str | pathlib.Path, params: Any, model_config: mlc.Co
   primary = jax.process_index() == 0
   if primary:
     directory.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(partial, ignore_errors=True)   # left by a run killed while writing
+    partial.rmtree(missing_ok=True)   # left by a run killed while writing
     partial.mkdir()
   try:
-    params = jax.tree.map(np.asarray, params)
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(partial / PARAMS_DIR, params)
       ckptr.wait_until_finished()
@@ -88,7 +106,7 @@ def save_params(directory: str | pathlib.Path, params: Any, model_config: mlc.Co
         populate(partial)
   except BaseException:
     if primary:
-      shutil.rmtree(partial, ignore_errors=True)
+      partial.rmtree(missing_ok=True)
     raise
   if primary:
     _swap_in(partial, directory, tag)
@@ -97,7 +115,7 @@ def save_params(directory: str | pathlib.Path, params: Any, model_config: mlc.Co
   return directory
 
 
-def _swap_in(partial: pathlib.Path, directory: pathlib.Path, tag: str) -> None:
+def _swap_in(partial: epath.Path, directory: epath.Path, tag: str) -> None:
   """Renames `partial` to `directory`, moving an old `directory` aside first and deleting it
   after. The two renames leave a microsecond window without `directory`; a crash inside it is
   repaired by `recover_swap` on the next write or read."""
@@ -105,22 +123,22 @@ def _swap_in(partial: pathlib.Path, directory: pathlib.Path, tag: str) -> None:
   if directory.exists():
     directory.rename(old)
   partial.rename(directory)
-  shutil.rmtree(old, ignore_errors=True)
+  old.rmtree(missing_ok=True)
 
 
-def recover_swap(directory: str | pathlib.Path) -> None:
+def recover_swap(directory: str | os.PathLike) -> None:
   """After a crash inside `_swap_in`: put a moved-aside checkpoint back, drop partial writes."""
-  directory = pathlib.Path(directory).absolute()
+  directory = as_path(directory)
   if not directory.parent.is_dir():
     return
   olds = sorted(directory.parent.glob(f'.{directory.name}.old-*'))
   if olds and not directory.exists():
     olds.pop().rename(directory)
   for stale in [*olds, *directory.parent.glob(f'.{directory.name}.partial-*')]:
-    shutil.rmtree(stale, ignore_errors=True)
+    stale.rmtree(missing_ok=True)
 
 
-def _read_json_object(path: pathlib.Path) -> dict:
+def _read_json_object(path: epath.Path) -> dict:
   try:
     value = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -130,8 +148,8 @@ def _read_json_object(path: pathlib.Path) -> dict:
   return value
 
 
-def load_model_config(directory: str | pathlib.Path) -> mlc.ConfigDict:
-  path = pathlib.Path(directory) / CONFIG_FILE
+def load_model_config(directory: str | os.PathLike) -> mlc.ConfigDict:
+  path = as_path(directory) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f'{directory}: not an axturbo checkpoint (no {CONFIG_FILE})')
   config = _read_json_object(path)
@@ -141,21 +159,22 @@ def load_model_config(directory: str | pathlib.Path) -> mlc.ConfigDict:
   return mlc.ConfigDict(config)
 
 
-def load_meta(directory: str | pathlib.Path) -> dict:
+def load_meta(directory: str | os.PathLike) -> dict:
   """meta.json of a checkpoint ({} when there is none)."""
-  path = pathlib.Path(directory) / META_FILE
+  path = as_path(directory) / META_FILE
   if not path.is_file():
     return {}
   return _read_json_object(path)
 
 
-def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
+def load_params(directory: str | os.PathLike, target: Any | None = None, *,
                 partial: bool = False) -> Any:
   """Restores the parameter tree. `target`: an abstract tree (jax.ShapeDtypeStruct leaves,
-  optionally with `.sharding`) to restore straight into those shapes and shardings. `partial`:
-  the checkpoint may hold more top-level subtrees than `target` (a converted checkpoint's
-  `synchformer`); only `target`'s are read. Anything `target` has must be on disk."""
-  path = pathlib.Path(directory).absolute() / PARAMS_DIR
+  optionally with `.sharding`) to restore straight into those shapes and shardings, whatever
+  mesh wrote them. Without `target`: host NumPy arrays. `partial`: the checkpoint may hold more
+  top-level subtrees than `target` (a converted checkpoint's `synchformer`); only `target`'s
+  are read. Anything `target` has must be on disk."""
+  path = as_path(directory) / PARAMS_DIR
   if not path.is_dir():
     raise FileNotFoundError(f'{directory}: not an axturbo checkpoint (no {PARAMS_DIR}/)')
   try:
@@ -165,13 +184,19 @@ def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
         args = ocp.checkpoint_utils.construct_restore_args(target)
         return ckptr.restore(path, args=ocp.args.PyTreeRestore(
             item=target, restore_args=args, partial_restore=True))
+    if target is None:
+      # Sharded exports record the mesh that wrote them; read them as host arrays instead, so
+      # that any device count can load them.
+      host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _disk_tree(path))
+      with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=host))
     with ocp.StandardCheckpointer() as ckptr:
-      return ckptr.restore(path, target) if target is not None else ckptr.restore(path)
+      return ckptr.restore(path, target)
   except (ValueError, KeyError, OSError, TypeError) as e:
     raise ValueError(f'{path}: cannot read the parameter tree ({_first_line(e)})') from None
 
 
-def _disk_tree(path: pathlib.Path) -> dict:
+def _disk_tree(path: epath.Path) -> dict:
   """The parameter tree's structure (ArrayMetadata leaves: shape, dtype), from metadata only."""
   with ocp.StandardCheckpointer() as ckptr:
     metadata = ckptr.metadata(path).item_metadata if path.is_dir() else None
@@ -180,7 +205,7 @@ def _disk_tree(path: pathlib.Path) -> dict:
   return metadata.tree
 
 
-def _check_same_subtrees(path: pathlib.Path, target: Any) -> None:
+def _check_same_subtrees(path: epath.Path, target: Any) -> None:
   """A partial read may skip whole top-level subtrees, never part of one: a checkpoint of a
   deeper model must not load as its first layers."""
   on_disk = _disk_tree(path)
@@ -194,23 +219,23 @@ def _check_same_subtrees(path: pathlib.Path, target: Any) -> None:
                        f'only in the model: {missing})')
 
 
-def subtree_names(directory: str | pathlib.Path) -> set[str]:
+def subtree_names(directory: str | os.PathLike) -> set[str]:
   """Top-level keys of a checkpoint's parameter tree, read from its metadata only."""
-  return set(_disk_tree(pathlib.Path(directory).absolute() / PARAMS_DIR))
+  return set(_disk_tree(as_path(directory) / PARAMS_DIR))
 
 
-def load_subtrees(directory: str | pathlib.Path, names) -> dict:
+def load_subtrees(directory: str | os.PathLike, names) -> dict:
   """{name: host numpy subtree} for the top-level `names` of a checkpoint, reading only those
   (carries a teacher's frozen extras, e.g. `synchformer`, into an export)."""
   names = sorted(names)
   if not names:
     return {}
-  tree = _disk_tree(pathlib.Path(directory).absolute() / PARAMS_DIR)
+  tree = _disk_tree(as_path(directory) / PARAMS_DIR)
   target = {k: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree[k]) for k in names}
   return load_params(directory, target, partial=True)
 
 
-def with_extras(params: dict, source: str | pathlib.Path | None) -> dict:
+def with_extras(params: dict, source: str | os.PathLike | None) -> dict:
   """`params` plus the top-level subtrees that checkpoint `source` holds and `params` lacks
   (frozen extras a model does not train with, e.g. `synchformer`), so an export keeps them."""
   if not source:
@@ -267,11 +292,11 @@ def assert_distill_init(teacher: Any, student: Any, fake: Any, loaded: Any | Non
 # ---------------------------------------------------------------------------------------------
 # Training checkpoints.
 
-def make_manager(workdir: str | pathlib.Path, t: mlc.ConfigDict) -> ocp.CheckpointManager:
+def make_manager(workdir: str | os.PathLike, t: mlc.ConfigDict) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=t.keep_checkpoints, enable_async_checkpointing=t.async_checkpointing,
       create=True)
-  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options,
+  return ocp.CheckpointManager(as_path(workdir) / 'checkpoints', options=options,
                                item_names=('state', 'data'))
 
 
@@ -333,28 +358,26 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract: Any, data_iter
                    f'{", ".join(map(str, failed))}; see the log); move them aside to start over')
 
 
-def export(directory: str | pathlib.Path, params: Any, model_config: mlc.ConfigDict,
-           meta: dict) -> pathlib.Path:
+def export(directory: str | os.PathLike, params: Any, model_config: mlc.ConfigDict,
+           meta: dict) -> epath.Path:
   """Writes (or replaces) the inference checkpoint of a trained parameter tree.
 
   `meta` must hold 'kind' ('teacher' or 'student') and 'step'; the model config's hash is
-  added. Multi-host: every host gathers the tree and calls the (collective) orbax save, which
-  writes host-local numpy arrays from the primary host only.
+  added. Multi-host: every host calls this (orbax's save is collective) and writes the shards
+  its devices hold; nothing is gathered, so host memory does not grow with the model. The
+  export restores onto any mesh (`load_params`).
   """
   missing = {'kind', 'step'} - set(meta)
   if missing:
     raise ValueError(f'export meta needs {sorted(missing)}')
-  if jax.process_count() > 1:
-    params = multihost_utils.process_allgather(params, tiled=True)
   meta = {**meta, 'config_hash': config_hash(model_config)}
-  return save_params(directory, jax.tree.map(np.asarray, params), model_config, meta,
-                     replace=True)
+  return save_params(directory, params, model_config, meta, replace=True)
 
 
-def export_is_current(directory: str | pathlib.Path, model_config: mlc.ConfigDict,
+def export_is_current(directory: str | os.PathLike, model_config: mlc.ConfigDict,
                       step: int) -> bool:
   """Whether `directory` holds a whole, readable export of this model config at `step`."""
-  directory = pathlib.Path(directory)
+  directory = as_path(directory)
   recover_swap(directory)
   try:
     meta = load_meta(directory)

@@ -96,14 +96,54 @@ def _config_path(args: list[str]) -> str | None:
   return None
 
 
+T5_TOKENIZER_HELP = (
+    "a local folder with t5-base's tokenizer files (spiece.model, tokenizer_config.json, ... from "
+    "https://huggingface.co/t5-base; e.g. transformers.AutoTokenizer.from_pretrained('t5-base')"
+    ".save_pretrained(DIR)), or the tokenizer/ folder of a checkpoint written by "
+    "`python -m axturbo.convert --t5 ...`")
+
+
+def check_inputs(config, data_source: str, init_from: str = '', require_init_from: bool = False
+                 ) -> None:
+  """The files a config needs that the repository does not ship, checked before any heavy
+  work: a missing one stops the run with one line saying what to pass and where it comes from.
+
+  data_source: the run's `*.data_source` ('synthetic' tokenizes offline, without a folder).
+  init_from / require_init_from: train.py's `train.init_from` and `train.require_init_from`.
+  """
+  from axturbo.runtime import checkpoints
+  text = config.model.text
+  if text.tokenizer == 'hf' and data_source != 'synthetic':
+    if not text.tokenizer_dir:
+      raise ValueError("config.model.text.tokenizer_dir is empty, and model.text.tokenizer "
+                       "'hf' reads captions with T5's vocabulary: pass "
+                       f"--config.model.text.tokenizer_dir=DIR, {T5_TOKENIZER_HELP}")
+    if not checkpoints.as_path(text.tokenizer_dir).is_dir():
+      raise FileNotFoundError(f'--config.model.text.tokenizer_dir={text.tokenizer_dir}: no '
+                              f'such folder; it must be {T5_TOKENIZER_HELP}')
+  if require_init_from and not init_from:
+    raise ValueError(
+        'config.train.init_from is empty, and this config (train.require_init_from) fine-tunes '
+        'released weights (its T5, CLIP and VAE are frozen): pass --config.train.init_from=DIR, '
+        'a checkpoint written by `python -m axturbo.convert --config configs/official.py '
+        '--checkpoint audiox_turbo.ckpt ...` from the official AudioX-Turbo release (README, '
+        '"Official weights"), or --config.train.require_init_from=False to start from random '
+        'weights')
+  if init_from and not (checkpoints.as_path(init_from) / checkpoints.CONFIG_FILE).is_file():
+    raise FileNotFoundError(f'--config.train.init_from={init_from}: not an axturbo checkpoint '
+                            f'(no {checkpoints.CONFIG_FILE}); write one with `python -m '
+                            'axturbo.convert` or use a train.py/distill.py <workdir>/export')
+
+
 def start_run(config, workdir, log_name: str):
-  """Creates `workdir`, starts its log file (`log_to_workdir`), logs this process's devices,
-  and builds the mesh from `config.mesh` (checking that `config.data.batch_size` divides over
-  it). Returns (absolute workdir, mesh, logical-axis rules)."""
+  """Creates `workdir` (a local folder or an etils.epath URL such as gs://bucket/run), starts
+  its log file (`log_to_workdir`), logs this process's devices, and builds the mesh from
+  `config.mesh` (checking that `config.data.batch_size` divides over it). Returns (absolute
+  workdir as an epath.Path, mesh, logical-axis rules)."""
   import jax
 
-  from axturbo.runtime import sharding
-  workdir = pathlib.Path(workdir).absolute()
+  from axturbo.runtime import checkpoints, sharding
+  workdir = checkpoints.as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f'--workdir {workdir}: exists and is not a directory')
   workdir.mkdir(parents=True, exist_ok=True)
@@ -128,14 +168,17 @@ def _console_filter(record: pylogging.LogRecord) -> bool:
   return path.startswith(_PACKAGE_DIR) or path == os.path.abspath(sys.argv[0])
 
 
-def log_to_workdir(path: pathlib.Path) -> pathlib.Path:
+def log_to_workdir(path) -> pathlib.Path:
   """Every INFO line (all libraries) is appended to `path`; unless --verbosity was given, the
   console shows only `_console_filter`'s lines. A second run in the same process (a notebook)
-  moves the log to its own workdir."""
+  moves the log to its own workdir. A URL `path` (a bucket cannot be appended to) is written
+  locally (`observe.local_copy`) and uploaded at exit; returns the local file."""
+  from axturbo.runtime import observe
   for logger in (pylogging.getLogger(), _traceback_logger()):
     for old in [h for h in logger.handlers if getattr(h, 'axturbo_run_log', False)]:
       logger.removeHandler(old)
       old.close()
+  path = observe.local_copy(path)
   handler = pylogging.FileHandler(path)
   handler.axturbo_run_log = True
   handler.setFormatter(logging.PythonFormatter())

@@ -1,12 +1,50 @@
 """Host-side observability of a training loop: the periodic log line, TensorBoard events, MFU,
 the loss-curve PNG. A trainer subclasses `Reporter` to say what its metrics are."""
+import atexit
+import hashlib
+import os
 import pathlib
+import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
+
+# Local stand-ins of files in a URL workdir: {local file or folder: its URL}.
+_UPLOADS: dict[pathlib.Path, epath.Path] = {}
+
+
+def local_copy(path) -> pathlib.Path:
+  """`path` itself when local. For a URL (gs://bucket/run/train.log), a local file or folder
+  that `upload` copies there (every log line, at exit): logs and TensorBoard event files are
+  appended to, which a bucket does not allow. An existing remote file is fetched first, so a
+  resumed run appends to it. Only the primary host uploads."""
+  if '://' not in os.fspath(path):
+    return pathlib.Path(path)
+  remote = epath.Path(os.fspath(path))
+  key = hashlib.sha256(os.fspath(path).encode()).hexdigest()[:16]
+  local = pathlib.Path(tempfile.gettempdir()) / 'axturbo-uploads' / key / remote.name
+  local.parent.mkdir(parents=True, exist_ok=True)
+  if remote.is_file() and not local.exists():
+    remote.copy(local)
+  if jax.process_index() == 0:
+    if not _UPLOADS:
+      atexit.register(upload)
+    _UPLOADS[local] = remote
+  return local
+
+
+def upload() -> None:
+  """Copies every `local_copy` file (or folder's files) to its URL."""
+  for local, remote in _UPLOADS.items():
+    files = [local] if local.is_file() else [p for p in local.rglob('*') if p.is_file()]
+    for f in files:
+      dst = remote / f.relative_to(local) if f != local else remote
+      dst.parent.mkdir(parents=True, exist_ok=True)
+      epath.Path(f).copy(dst, overwrite=True)
 
 
 def compiled_flops(compiled: Any) -> float | None:
@@ -30,10 +68,10 @@ class Reporter:
   total_steps: for the ETA. data_iter: its `stats` (skipped samples) join each line.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, every: int, global_batch: int,
+  def __init__(self, workdir: str | os.PathLike, every: int, global_batch: int,
                flops_per_device: float | None, peak_flops_per_device: float,
                first_step: int = 0, total_steps: int | None = None, data_iter: Any = None):
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = epath.Path(workdir)
     self.every, self.global_batch = max(int(every), 1), global_batch
     self.flops, self.peak = flops_per_device, peak_flops_per_device
     self.total_steps, self.data_iter = total_steps, data_iter
@@ -42,7 +80,7 @@ class Reporter:
     self.writer = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter  # imported here: only the primary host writes
-      self.writer = SummaryWriter(str(self.workdir / 'tensorboard'))
+      self.writer = SummaryWriter(str(local_copy(self.workdir / 'tensorboard')))
     self._t0, self._step0 = time.perf_counter(), first_step
 
   def record(self, step: int, metrics: dict) -> None:
@@ -85,6 +123,7 @@ class Reporter:
       for k, v in scalars.items():
         self.writer.add_scalar(k, v, step)
       self.writer.flush()
+      upload()
 
   def summarize(self, rows: list[tuple[int, dict]]) -> tuple[dict, str, int]:
     """Host metrics of the steps since the last line -> (TensorBoard scalars, the line's
@@ -92,12 +131,13 @@ class Reporter:
     trainer reports its own metrics (axturbo/train/observe.py, axturbo/distill/observe.py)."""
     raise NotImplementedError
 
-  def close(self) -> pathlib.Path | None:
+  def close(self) -> epath.Path | None:
     """Flushes, closes TensorBoard and writes <workdir>/loss_curve.png (primary host)."""
     self.flush()
     if self.writer is None:
       return None
     self.writer.close()
+    upload()
     return plot_loss(self.history, self.workdir / 'loss_curve.png')
 
 
@@ -129,7 +169,7 @@ def skip_summary(skipped_steps: int, data: dict) -> str:
   return f'{samples}; {skipped_steps} non-finite steps skipped'
 
 
-def plot_loss(history: list[tuple[int, float]], path: pathlib.Path) -> pathlib.Path | None:
+def plot_loss(history: list[tuple[int, float]], path: epath.Path) -> epath.Path | None:
   if not history:
     return None
   import matplotlib
@@ -148,6 +188,7 @@ def plot_loss(history: list[tuple[int, float]], path: pathlib.Path) -> pathlib.P
     ax.set_yscale('log')  # from-scratch losses span orders of magnitude
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with epath.Path(path).open('wb') as f:
+    fig.savefig(f, format='png', dpi=100)
   plt.close(fig)
   return path
