@@ -54,8 +54,7 @@ def train(config, workdir: str) -> None:
     state = state_lib.init_state(init_fn, mesh, config.seed, rules)
     if t.init_from:
       params = checkpoints.load_params(t.init_from, target=abstract.params, partial=True)
-      ema, _ = optim.split_params(params, t.ema.subtrees) if t.ema.enabled else ({}, None)
-      state = state.replace(params=params, ema=ema)
+      state = state_lib.with_params(state, params, t)
       logging.info('initialized from %s', t.init_from)
 
   # The jitted step, compiled once ahead of time (and its FLOPs read for MFU); a finished run

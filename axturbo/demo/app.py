@@ -119,13 +119,15 @@ def _whole(value, field: str) -> int | None:
 
 def _generate(gen, request: dict, sampler: dict):
   """The one call into the generation API: request fields (check_form) + sampler fields -> one
-  `Result`. Switching the demo to another `Generator.generate` signature edits only this."""
-  long = {} if request['duration_s'] is None else {'duration_s': request['duration_s']}
-  [result] = gen.generate(
-      request['text'], video=request['video'], image=request['image'], audio=request['audio'],
-      inpaint=request['inpaint'], continuation=request['continuation'],
-      keep_unmasked=request['keep_unmasked'], **long, sampler=sampler['sampler'],
-      steps=sampler['steps'], cfg_scale=sampler['cfg_scale'], seed=sampler['seed'])
+  `Result` (a long clip, window by window, when the request has a duration)."""
+  from axturbo.generation import Request, SamplerOptions, generate_long
+  req = Request(**request)
+  opts = SamplerOptions(sampler=sampler['sampler'], steps=sampler['steps'],
+                        cfg_scale=sampler['cfg_scale'], seed=sampler['seed'])
+  if req.duration_s is None:
+    [result] = gen.generate(req, opts)
+  else:
+    [result] = generate_long(gen, req, opts)
   return result
 
 
@@ -147,9 +149,9 @@ def blank_request(**fields) -> dict:
 
 def default_sampler(gen) -> dict:
   """The page's default sampler fields for this checkpoint (its kind's defaults)."""
-  sampler, steps, cfg = gen.resolve_sampler(None, None, None)
-  return {'sampler': sampler, 'steps': steps, 'cfg_scale': cfg if sampler == 'teacher' else None,
-          'seed': 0}
+  opts = gen.resolve()
+  return {'sampler': opts.sampler, 'steps': opts.steps,
+          'cfg_scale': opts.cfg_scale if opts.sampler == 'teacher' else None, 'seed': 0}
 
 
 class Demo:

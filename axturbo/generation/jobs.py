@@ -31,12 +31,16 @@ _SEGMENT = re.compile(r'^([-+0-9.eE]+)\s*s?\s*:\s*(.*)$')
 def load_generator(path, kind: str | None = None):
   """`Generator.load` without orbax's INFO line for every restore step."""
   from axturbo.generation import generate
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)
+  # The absl logger's own level, not get/set_verbosity: before flags are parsed the logger is
+  # NOTSET (INFO goes through) while get_verbosity() says WARNING, so restoring the verbosity
+  # would silence every INFO line of the process afterwards.
+  logger = logging.get_absl_logger()
+  level = logger.level
+  logger.setLevel(logging.converter.absl_to_standard(logging.WARNING))
   try:
     return generate.Generator.load(path, kind=kind)
   finally:
-    logging.set_verbosity(verbosity)
+    logger.setLevel(level)
 
 
 class Progress:

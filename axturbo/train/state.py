@@ -67,6 +67,19 @@ def init_state(init_fn, mesh: Mesh, seed: int, rules=sharding.DEFAULT_RULES) -> 
   return sharding.sharded_init(init_fn, mesh, jax.random.key(seed), rules=rules)
 
 
+def with_params(state: TrainState, params: Any, t: mlc.ConfigDict) -> TrainState:
+  """`state` starting from `params` (train.init_from), its EMA a copy of their EMA subtrees.
+
+  A copy, not the same arrays: the train step donates the whole state, and XLA refuses to
+  donate one buffer twice (params and ema would alias).
+  """
+  ema = {}
+  if t.ema.enabled:
+    ema, _ = optim.split_params(params, t.ema.subtrees, 'train.ema.subtrees')
+    ema = jax.tree.map(lambda x: x.copy(), ema)
+  return state.replace(params=params, ema=ema)
+
+
 def inference_params(state: TrainState, t: mlc.ConfigDict, use_ema: bool = True) -> Any:
   """The full AudioX tree with the EMA subtree (if any) in place of the online weights."""
   if not (use_ema and t.ema.enabled):
