@@ -122,6 +122,25 @@ def test_scan_and_loop_layouts_identical(fixture):
   assert rel_err(v[True], v[False]) <= 1e-6  # fp32 rounding only (different fusion)
 
 
+def test_inference_layout_runs_the_scanned_tree_unrolled(fixture):
+  """unroll_layers (what inference builds, issue 38): the scanned parameter tree, the scanned
+  outputs to float32 rounding, official parity, read-outs included, and no scan in the program."""
+  sd, args, outs, _ = fixture
+  scanned = MMDiT(**SMALL)
+  unrolled = MMDiT(**SMALL, unroll_layers=True)
+  params = convert(sd, scanned)
+  assert jax.tree.structure(_init_shapes(unrolled)) == jax.tree.structure(params)
+  v = run(unrolled, params, *args)
+  assert rel_err(v, run(scanned, params, *args)) <= 1e-6
+  assert rel_err(v, outs['v']) <= 1e-5
+  r = run(unrolled, params, *args, num_blocks=2)
+  for i in range(2):
+    assert rel_err(r[i], outs[f'readout_{i + 1}']) <= 1e-5
+  jaxpr = str(jax.make_jaxpr(lambda p: unrolled.apply({'params': p}, *args))(params))
+  assert 'scan' not in jaxpr and 'while' not in jaxpr
+  assert 'scan' in str(jax.make_jaxpr(lambda p: scanned.apply({'params': p}, *args))(params))
+
+
 @pytest.mark.slow
 def test_remat_keeps_outputs_and_gradients(fixture):
   sd, args, _, _ = fixture
