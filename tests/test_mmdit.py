@@ -141,6 +141,25 @@ def test_inference_layout_runs_the_scanned_tree_unrolled(fixture):
   assert 'scan' in str(jax.make_jaxpr(lambda p: scanned.apply({'params': p}, *args))(params))
 
 
+@pytest.mark.parametrize('c_in,c_out,batch', [(48, 32, 2), (32, 48, 1), (96, 256, 3)])
+def test_shifted_matmul_conv_equals_lax_conv(c_in, c_out, batch):
+  """The FFN's two forms (layers.conv_as_matmul picks one per backend): one matmul over the
+  three shifted copies equals lax.conv on the same parameter, to float32 rounding."""
+  from axturbo.models import layers
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, 15, c_in))
+  conv = layers.conv1d(c_out, 3, ('embed', 'mlp'), use_bias=False)
+  params = nn.unbox(conv.init(jax.random.PRNGKey(1), x))
+  taps = layers.TapsConv1d(c_out, 3, ('embed', 'mlp'))
+  assert jax.tree.map(jnp.shape, nn.unbox(taps.init(jax.random.PRNGKey(1), x.repeat(3, -1)))) \
+      == jax.tree.map(jnp.shape, params)
+  want = conv.apply(params, x)
+  got = taps.apply(params, layers.conv_taps(x, 3))
+  assert rel_err(np.asarray(got), np.asarray(want)) <= 1e-6
+  # The edges see zero padding: position 0 has no left neighbour.
+  np.testing.assert_allclose(got[:, 0], x[:, :2].reshape(batch, -1) @ params['params'][
+      'kernel'][1:].reshape(-1, c_out), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_remat_keeps_outputs_and_gradients(fixture):
   sd, args, _, _ = fixture

@@ -150,8 +150,13 @@ class MMDiTBlock(BlockFields):
     y = y * (1 + scale2) + shift2
     conv = lambda f, axes, name: layers.conv1d(f, self.kernel_size, axes, use_bias=False,
                                                dtype=dt, name=name)
-    u = nn.silu(conv(self.mlp_hidden, ('embed', 'mlp'), 'ffn_w1')(y))
-    u = u * conv(self.mlp_hidden, ('embed', 'mlp'), 'ffn_w3')(y)
+    if layers.conv_as_matmul():   # same parameters; w1 and w3 share one set of columns
+      taps = layers.conv_taps(y, self.kernel_size)
+      conv_in = lambda name: layers.TapsConv1d(self.mlp_hidden, self.kernel_size,
+                                               ('embed', 'mlp'), dt, name=name)(taps)
+    else:
+      conv_in = lambda name: conv(self.mlp_hidden, ('embed', 'mlp'), name)(y)
+    u = nn.silu(conv_in('ffn_w1')) * conv_in('ffn_w3')
     u = layers.constrain(u, ('act_batch', 'act_length', 'act_mlp'))
     h = h + conv(d, ('mlp', 'embed'), 'ffn_w2')(u) * gate2
     h = layers.constrain(h, ACT)
