@@ -122,6 +122,44 @@ def test_scan_and_loop_layouts_identical(fixture):
   assert rel_err(v[True], v[False]) <= 1e-6  # fp32 rounding only (different fusion)
 
 
+def test_inference_layout_runs_the_scanned_tree_unrolled(fixture):
+  """unroll_layers (what inference builds, issue 38): the scanned parameter tree, the scanned
+  outputs to float32 rounding, official parity, read-outs included, and no scan in the program."""
+  sd, args, outs, _ = fixture
+  scanned = MMDiT(**SMALL)
+  unrolled = MMDiT(**SMALL, unroll_layers=True)
+  params = convert(sd, scanned)
+  assert jax.tree.structure(_init_shapes(unrolled)) == jax.tree.structure(params)
+  v = run(unrolled, params, *args)
+  assert rel_err(v, run(scanned, params, *args)) <= 1e-6
+  assert rel_err(v, outs['v']) <= 1e-5
+  r = run(unrolled, params, *args, num_blocks=2)
+  for i in range(2):
+    assert rel_err(r[i], outs[f'readout_{i + 1}']) <= 1e-5
+  jaxpr = str(jax.make_jaxpr(lambda p: unrolled.apply({'params': p}, *args))(params))
+  assert 'scan' not in jaxpr and 'while' not in jaxpr
+  assert 'scan' in str(jax.make_jaxpr(lambda p: scanned.apply({'params': p}, *args))(params))
+
+
+@pytest.mark.parametrize('c_in,c_out,batch', [(48, 32, 2), (32, 48, 1), (96, 256, 3)])
+def test_shifted_matmul_conv_equals_lax_conv(c_in, c_out, batch):
+  """The FFN's two forms (layers.conv_as_matmul picks one per backend): one matmul over the
+  three shifted copies equals lax.conv on the same parameter, to float32 rounding."""
+  from axturbo.models import layers
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, 15, c_in))
+  conv = layers.conv1d(c_out, 3, ('embed', 'mlp'), use_bias=False)
+  params = nn.unbox(conv.init(jax.random.PRNGKey(1), x))
+  taps = layers.TapsConv1d(c_out, 3, ('embed', 'mlp'))
+  assert jax.tree.map(jnp.shape, nn.unbox(taps.init(jax.random.PRNGKey(1), x.repeat(3, -1)))) \
+      == jax.tree.map(jnp.shape, params)
+  want = conv.apply(params, x)
+  got = taps.apply(params, layers.conv_taps(x, 3))
+  assert rel_err(np.asarray(got), np.asarray(want)) <= 1e-6
+  # The edges see zero padding: position 0 has no left neighbour.
+  np.testing.assert_allclose(got[:, 0], x[:, :2].reshape(batch, -1) @ params['params'][
+      'kernel'][1:].reshape(-1, c_out), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_remat_keeps_outputs_and_gradients(fixture):
   sd, args, _, _ = fixture

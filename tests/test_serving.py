@@ -81,10 +81,15 @@ def test_bf16_weights_are_stored_in_bf16(setup):
 
 
 @pytest.mark.slow   # compiles whole generation pipelines
-def test_unrolled_trunk_loop_is_the_same_network(setup):
-  m, params, _, pipe = setup
-  unrolled = serving.Pipeline(m, params, dtype='float32', unroll_layers=True,
-                              tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
+def test_inference_layout_is_the_same_network(setup):
+  """Generator and Pipeline run the trunk unrolled on the scanned tree (issue 38); the
+  training layout (unroll_layers=False) gives the same waveform."""
+  m, params, gen, pipe = setup
+  assert m.trunk.scan_layers and gen.model.trunk.unroll_layers and pipe.model.trunk.unroll_layers
+  assert jax.tree.structure(gen.params) == jax.tree.structure(nn.unbox(params))
+  scanned = serving.Pipeline(m, params, dtype='float32', unroll_layers=False,
+                             tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
+  assert not scanned.model.trunk.unroll_layers
   bell, seed = Request(text='a bell'), SamplerOptions(seed=4)
-  np.testing.assert_allclose(unrolled(bell, seed), pipe(bell, seed), rtol=1e-5,
+  np.testing.assert_allclose(scanned(bell, seed), pipe(bell, seed), rtol=1e-5,
                              atol=1e-6)

@@ -75,7 +75,7 @@ class Generator:
     if kind not in KINDS:
       raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
     self.config = model_config
-    self.model = audiox.build_model(model_config)
+    self.model = audiox.build_model(model_config, inference=True)   # unrolled trunk, same tree
     self.params = jax.tree.map(jnp.asarray, nn.unbox(params))
     self.kind, self.source = kind, source
     self.meta = dict(meta or {})

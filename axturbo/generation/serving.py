@@ -75,7 +75,9 @@ class Pipeline:
       casts them in every call, as `Generator` does).
     decode_dtype: compute and storage dtype of the latent decoder.
     attention_impl: None (XLA) or 'cudnn'; overrides `model_config.attention_impl`.
-    unroll_layers: unroll the trunk's scanned block loop (`MMDiT.scan_unroll = depth`).
+    unroll_layers: the inference layout (default): the trunk's blocks unrolled on the same
+      parameter tree (`audiox.build_model(..., inference=True)`); False keeps the config's
+      layout (the training scan), for comparison.
     matmul_precision: e.g. 'highest' for strict float32 matmuls (no TF32), as the official
       float32 inference; None keeps JAX's default.
     tokenizer: defaults to the config's own (`tokenizers.build_tokenizer`); pass one for
@@ -89,15 +91,13 @@ class Pipeline:
 
   def __init__(self, model_config: mlc.ConfigDict, params: Any, *, dtype: str = 'bfloat16',
                weights_dtype: str | None = None, decode_dtype: str = 'float32',
-               attention_impl: str | None = None, unroll_layers: bool = False,
+               attention_impl: str | None = None, unroll_layers: bool = True,
                matmul_precision: str | None = None, tokenizer=None, cache_size: int = 256):
     m = mlc.ConfigDict(model_config.to_dict())
     m.dtype = dtype
     m.attention_impl = attention_impl or ''
-    if unroll_layers:
-      m.trunk.scan_unroll = m.trunk.depth
     self.config = m
-    self.model = audiox.build_model(m)
+    self.model = audiox.build_model(m, inference=unroll_layers)
     self.decoder = codec_lib.build_codec(m, dtype=_DTYPES[decode_dtype])
     self.matmul_precision = matmul_precision
     params = nn.unbox(params)

@@ -184,8 +184,13 @@ def _prompt_via_codec(m: mlc.ConfigDict) -> bool:
   return encoder == 'codec'
 
 
-def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = True) -> AudioX:
+def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = True,
+                inference: bool = False) -> AudioX:
   """The AudioX module for a `config.model` section (see configs/official.py).
+
+  `inference=True` picks the inference layout whatever the training config says: the trunk's
+  blocks unrolled (`MMDiT.unroll_layers`), on the same parameter tree (generation, serving
+  and evaluation use it; training keeps the config's scan).
 
   `check=False` skips the cross-network size checks: the converter maps each network on its
   own and may be given a section-by-section config whose networks do not fit together.
@@ -203,7 +208,8 @@ def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = Tr
           codec=codec_lib.build_codec(m) if _prompt_via_codec(m) else None, dtype=jnp.float32),
       maf=maf_lib.MAFBlock(**{**m.maf, 'modality_order': tuple(m.maf.modality_order)},
                            attention_impl=attn, dtype=dt),
-      trunk=mmdit_lib.MMDiT(**m.trunk, attention_impl=attn, dtype=dt),
+      trunk=mmdit_lib.MMDiT(**{**m.trunk, 'unroll_layers': inference or
+                               m.trunk.get('unroll_layers', False)}, attention_impl=attn, dtype=dt),
       vae=codec_lib.build_codec(m, dtype=jnp.float32))
 
 

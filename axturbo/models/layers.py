@@ -44,6 +44,43 @@ def conv1d(features: int, kernel_size: int, axes: tuple[str | None, str | None],
                  bias_init=named_init(nn.initializers.zeros_init(), axes[1:]), name=name)
 
 
+def conv_taps(x: jax.Array, kernel_size: int) -> jax.Array:
+  """(B, T, C) -> (B, T, kernel_size * C): the zero-padded neighbourhood of each position
+  ('same' padding, odd kernel), tap-major, so `conv_taps(x, k) @ kernel.reshape(k * C, F)`
+  equals the stride-1 `conv1d` with kernel (k, C, F)."""
+  pad = (kernel_size - 1) // 2
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
+  return jnp.concatenate([xp[:, i:i + x.shape[1]] for i in range(kernel_size)], axis=-1)
+
+
+def conv_as_matmul() -> bool:
+  """Whether the trunk's FFN input convolutions run as one matmul over `conv_taps` (the
+  shifted-matmul form) instead of `lax.conv`: on CPU, where XLA's convolution of the D -> hidden
+  FFN shapes measured slower than the matmul form (docs/benchmarks.md, issue 38); elsewhere
+  `lax.conv` (not measured on GPU/TPU). Decided at trace time from the default backend."""
+  return jax.default_backend() == 'cpu'
+
+
+class TapsConv1d(nn.Module):
+  """A bias-free, 'same'-padded stride-1 Conv1d with `conv1d`'s parameter (kernel (k, in,
+  out), names ('conv_width', *axes)), applied to precomputed `conv_taps` columns: one matmul.
+  Several convolutions of one input share the columns."""
+  features: int
+  kernel_size: int
+  axes: tuple[str | None, str | None]
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, taps: jax.Array) -> jax.Array:
+    """taps (B, T, k * C_in) from `conv_taps` -> (B, T, features)."""
+    c_in = taps.shape[-1] // self.kernel_size
+    kernel = self.param('kernel', named_init(self.kernel_init, ('conv_width',) + tuple(self.axes)),
+                        (self.kernel_size, c_in, self.features), jnp.float32)
+    kernel = kernel.astype(self.dtype).reshape(self.kernel_size * c_in, self.features)
+    return jnp.dot(taps.astype(self.dtype), kernel)
+
+
 def layer_norm(*, use_affine: bool = True, eps: float = 1e-5, axis_name: str = 'norm',
                dtype: Dtype = jnp.float32, name: str | None = None) -> nn.LayerNorm:
   """LayerNorm over the last axis; statistics in float32 whatever the compute dtype."""
