@@ -65,7 +65,7 @@ def _loaded(text: str) -> tuple[int, int]:
 
 @pytest.mark.e2e
 def test_train_second_start_loads_the_train_step_from_the_cache(tmp_path):
-  env = _env(tmp_path, devices=8)
+  env = _env(tmp_path, devices=1)
   cache = tmp_path / 'xdg' / 'axturbo' / 'jax_compile'
 
   def train(name, *extra):
