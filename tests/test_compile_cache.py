@@ -109,7 +109,7 @@ def test_sample_second_start_hits_the_cache_and_an_unwritable_folder_is_one_line
   def sample(out, *extra):
     return subprocess.run(
         [sys.executable, 'sample.py', f'--checkpoint={ckpt}', '--prompt=rain',
-         '--steps=1', '--no_spectrogram', f'--out={tmp_path / out}', *extra],
+         '--steps=1', '--nospectrogram', f'--out={tmp_path / out}', *extra],
         cwd=script_runs.REPO, env=env, capture_output=True, text=True, timeout=900)
 
   first = sample('a', f'--compile_cache={cache}')
