@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from axturbo.runtime import launch
+from axturbo.runtime import compile_cache, launch
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -148,7 +148,9 @@ def main(argv):
   if not teacher:
     sys.exit('error: give --teacher DIR (or config.distill.teacher)')
   with launch.one_line_errors():
+    compile_cache.enable(_CONFIG.value.compile_cache, '--config.compile_cache')
     distill(_CONFIG.value, teacher, _WORKDIR.value)
+  logging.info('%s', compile_cache.summary())
 
 
 if __name__ == '__main__':

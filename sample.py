@@ -46,6 +46,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from axturbo.runtime import compile_cache
+
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (axturbo format).')
 _PROMPT = flags.DEFINE_string('prompt', '', 'Text prompt ("" is allowed with other conditions).')
 _VIDEO = flags.DEFINE_string('video', None, 'Video file (video-to-audio / -music, text+video).')
@@ -89,6 +91,7 @@ _TAIL = flags.DEFINE_float('tail', 0.0, 'Seconds at the end of each generated wi
                            'unused (docs/results.md: 0.16 for the tiny model).')
 _JOIN = flags.DEFINE_enum('join', 'latent', ['latent', 'crossfade'], 'How windows are joined: '
                           'pinned latents, one decode (latent), or an equal-power crossfade.')
+_COMPILE_CACHE = compile_cache.define_flag()
 
 
 def _jobs() -> list[dict]:
@@ -120,6 +123,7 @@ def main(argv):
                           allow_unconditional=_UNCONDITIONAL.value)
     out = jobs.writable_dir(_OUT.value)
     first = jobs.first_free_index(out)
+    compile_cache.enable(_COMPILE_CACHE.value, '--compile_cache')
     gen = jobs.load_generator(_CHECKPOINT.value)
     options = gen.resolve(SamplerOptions(sampler='teacher' if _TEACHER.value else None,
                                          steps=_STEPS.value, cfg_scale=_CFG.value,
@@ -164,6 +168,7 @@ def main(argv):
                      rec['num_windows'], rec['seams']['median_ratio'], rec['seams']['max_ratio'])
     bar.update(len(chunk))
   bar.close()
+  logging.info('%s', compile_cache.summary())
 
 
 def _long_options():

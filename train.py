@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from axturbo.runtime import launch
+from axturbo.runtime import compile_cache, launch
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -99,7 +99,9 @@ def main(argv):
     sys.exit(f'error: unexpected arguments: {argv[1:]}')
   launch.init_distributed(_MULTIHOST)
   with launch.one_line_errors():
+    compile_cache.enable(_CONFIG.value.compile_cache, '--config.compile_cache')
     train(_CONFIG.value, _WORKDIR.value)
+  logging.info('%s', compile_cache.summary())
 
 
 if __name__ == '__main__':

@@ -207,4 +207,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.distill = distill_config()
   c.mesh = mesh_config()
   c.seed = 42
+  # JAX's persistent compilation cache (axturbo/runtime/compile_cache.py): 'default' is
+  # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/axturbo/jax_compile (XDG); '' turns it off.
+  c.compile_cache = 'default'
   return c

@@ -20,6 +20,7 @@ import pytest
 
 from axturbo.convert.common import ConversionError
 from axturbo.eval import cnn14, cnn14_weights
+from tests import optional
 from tests.fixture_io import load_fixture, rel_err
 
 
@@ -121,7 +122,7 @@ def test_loader_errors(small, tmp_path):
 
 
 def test_loads_weights_only_pth_file(small, tmp_path):
-  torch = pytest.importorskip('torch')
+  torch = optional.torch()
   model, sd, _, _, meta = small
   path = tmp_path / 'cnn14_small.pth'
   torch.save({'model': {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()},

@@ -34,10 +34,11 @@ from axturbo.models import audiox
 from axturbo.models.mmdit import MMDiT
 from axturbo.models.disc_head import DiscriminatorHeads
 from configs import official as official_config
+from tests import optional
 from tests.fixture_io import load_fixture, rel_err, write_hf_folder
 from tests.script_runs import env as script_env
 
-torch = pytest.importorskip('torch')
+torch = optional.torch()
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VIDEO, AUDIO = official.VIDEO, official.AUDIO
 

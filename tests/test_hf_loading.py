@@ -9,6 +9,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from axturbo.convert.hf import load_hf_weights, read_hf_config
+from tests import optional
 
 
 def _write_bf16_safetensors(path, arrays):
@@ -47,7 +48,7 @@ def test_sharded_safetensors(tmp_path):
 
 
 def test_pytorch_bin(tmp_path):
-  torch = pytest.importorskip('torch')
+  torch = optional.torch()
   torch.save({'w': torch.arange(6.0).reshape(2, 3).half(), 'i': torch.arange(3)},
              str(tmp_path / 'pytorch_model.bin'))
   got = load_hf_weights(tmp_path)

@@ -12,6 +12,7 @@ from axturbo.data import pipeline
 from axturbo.data import video_io
 from axturbo.data.tokenizers import build_tokenizer
 from configs import tiny
+from tests import optional
 
 SR = 16000
 
@@ -143,7 +144,7 @@ def test_video_frames_sync_and_audio_prompt(media):
 
 
 def test_pth_sync_features(media, tmp_path):
-  torch = pytest.importorskip('torch')
+  torch = optional.torch()
   feats = np.random.default_rng(1).normal(size=(1, 24, 64)).astype(np.float32)
   torch.save(torch.from_numpy(feats), tmp_path / 's.pth')
   np.testing.assert_array_equal(video_io.load_sync(str(tmp_path / 's.pth'), 24, 64), feats[0])

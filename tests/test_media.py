@@ -7,6 +7,7 @@ import pytest
 
 from axturbo.generation import media
 from tests import media_files
+from tests import optional
 
 
 @pytest.fixture(scope='module')
@@ -74,7 +75,7 @@ def test_sync_features(tmp_path, mp4, caplog):
   feats = np.arange(24, dtype=np.float32).reshape(1, 6, 4)
   np.save(media.sync_path_for(video), feats)
   np.testing.assert_array_equal(media.load_sync(None, 6, 4, video_path=video), feats[0])
-  torch = pytest.importorskip('torch')
+  torch = optional.torch()
   pth = tmp_path / 's.pth'
   torch.save(torch.from_numpy(feats), pth)
   np.testing.assert_array_equal(media.load_sync(pth, 6, 4), feats[0])

@@ -38,6 +38,7 @@ from axturbo.convert import synchformer as convert
 from axturbo.convert.common import ConversionError
 from axturbo.data.video_io import fit_length
 from axturbo.models import synchformer as sf
+from tests import optional
 from tests.fixture_io import load_fixture, rel_err, write_hf_folder
 from tests.key_recorder import KeyRecorder
 from tests.logical_mesh import logical_mesh
@@ -194,7 +195,7 @@ def test_cli_round_trip(setup, tmp_path):
   """`python -m axturbo.convert ... --synchformer file.pth` on a torch.save'd random
   official-layout state dict (with foreign branches): the checkpoint holds the extractor and
   its sizes, and gives the official features."""
-  torch = pytest.importorskip('torch')
+  torch = optional.torch()
   from axturbo.runtime import checkpoints
   from tests import test_convert
   _, _, _, sd, _, outs, meta, _, batch = setup

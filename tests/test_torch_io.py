@@ -7,8 +7,9 @@ import pytest
 
 from axturbo.convert import torch_io
 from axturbo.convert.common import ConversionError
+from tests import optional
 
-torch = pytest.importorskip('torch')
+torch = optional.torch()
 
 
 class _Payload:

@@ -35,6 +35,7 @@ from axturbo.eval import benchmark
 from axturbo.generation import jobs
 from axturbo.generation.request import LongOptions
 from axturbo.generation.request import SamplerOptions
+from axturbo.runtime import compile_cache
 
 _SUITE = flags.DEFINE_enum('suite', 'events', ['events', 'manifest', 'table', 'long'],
                           'What to run.')
@@ -67,6 +68,7 @@ _UNDISTILLED_STEPS = flags.DEFINE_list(
     'undistilled_steps', [], 'Rows of the student sampler on the teacher checkpoint (table).')
 _RUNS = flags.DEFINE_integer('runs', 20, 'Timed runs per row (table).')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed warm-up runs per row (table).')
+_COMPILE_CACHE = compile_cache.define_flag()
 
 
 def _load(path: str, kind: str | None = None):
@@ -218,6 +220,7 @@ def main(argv):
            'long': _long}[_SUITE.value]
   try:
     out = jobs.writable_dir(_OUT.value)
+    compile_cache.enable(_COMPILE_CACHE.value, '--compile_cache')
     result, markdown = suite()
   except (ValueError, FileNotFoundError, FloatingPointError) as e:  # incl. media errors
     sys.exit(f'error: {e}')
@@ -225,6 +228,7 @@ def main(argv):
   (out / 'results.md').write_text(markdown)
   print(markdown)
   print(f'wrote {out / "results.json"} and {out / "results.md"}')
+  print(compile_cache.summary())
 
 
 def _jsonable(x):

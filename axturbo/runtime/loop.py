@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 from absl import logging
 
-from axturbo.runtime import checkpoints, sharding
+from axturbo.runtime import checkpoints, compile_cache, sharding
 
 
 def compile_logged(what: str, compile_fn: Callable[[], Any]) -> Any:
@@ -13,8 +13,10 @@ def compile_logged(what: str, compile_fn: Callable[[], Any]) -> Any:
   with nothing else on the console."""
   t0 = time.perf_counter()
   logging.info('compiling %s', what)
+  before = compile_cache.counts()
   compiled = compile_fn()
-  logging.info('compiled %s in %.1f s', what, time.perf_counter() - t0)
+  logging.info('compiled %s in %.1f s%s', what, time.perf_counter() - t0,
+               compile_cache.note_since(before))
   return compiled
 
 
