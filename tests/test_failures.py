@@ -2,7 +2,10 @@
 half-write, outputs that are never overwritten, teacher/student mix-ups refused, non-finite
 weights and outputs caught, and one console line for each user error."""
 import json
+import logging
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import warnings
@@ -18,6 +21,7 @@ from axturbo.generation import inputs
 from axturbo.generation import media
 from axturbo.models import audiox
 from axturbo.runtime import checkpoints
+from axturbo.runtime import workdir_lock
 from tests import micro_train_config
 from tests import script_runs
 
@@ -58,6 +62,55 @@ def _one_line_error(r, *needles):
   last = r.stderr.strip().splitlines()[-1]
   for n in needles:
     assert str(n) in last, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------ the workdir lock
+
+def _hold_lock(workdir) -> subprocess.Popen:
+  """Another live process that holds `workdir`'s lock (through `workdir_lock` itself)."""
+  code = ('import sys, time; from axturbo.runtime import workdir_lock; '
+          'workdir_lock.acquire(sys.argv[1]); print("held", flush=True); time.sleep(900)')
+  p = subprocess.Popen([sys.executable, '-c', code, str(workdir)], cwd=REPO, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE)
+  assert p.stdout.readline().strip() == 'held'
+  return p
+
+
+def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
+  w = tmp_path / 'w'
+  w.mkdir()
+  holder = _hold_lock(w)
+  try:
+    with pytest.raises(workdir_lock.WorkdirInUseError,
+                       match=f'in use by pid {holder.pid} on host {socket.gethostname()}'):
+      workdir_lock.acquire(w)
+  finally:
+    holder.kill()   # dies without releasing: its record stays in the file
+    holder.wait()
+  with caplog.at_level(logging.WARNING):
+    workdir_lock.acquire(w)
+    workdir_lock.acquire(w)   # the same process again: already held
+  assert caplog.text.count(f'took over the lock left by pid {holder.pid}') == 1, caplog.text
+  assert json.loads((w / workdir_lock.LOCK_FILE).read_text())['pid'] == os.getpid()
+  workdir_lock.release(w)
+  assert (w / workdir_lock.LOCK_FILE).read_text() == ''   # released cleanly: no record
+
+
+@pytest.mark.e2e
+def test_train_and_distill_refuse_a_workdir_in_use(tmp_path):
+  w = tmp_path / 'w'
+  w.mkdir()
+  holder = _hold_lock(w)
+  try:
+    distill_config = REPO / 'tests' / 'micro_distill_config.py'
+    for script, config, extra in (('train.py', MICRO, ()),
+                                  ('distill.py', distill_config, ('--teacher=/nonexistent',))):
+      r = _run(script, f'--config={config}', f'--workdir={w}', *extra, timeout=300, tmp=tmp_path)
+      _one_line_error(r, f'error: {w} is in use by pid {holder.pid} on host')
+    assert sorted(p.name for p in w.iterdir()) == [workdir_lock.LOCK_FILE]   # no log written
+  finally:
+    holder.kill()
+    holder.wait()
 
 
 # ------------------------------------------------------------------------ exports (in-process)
