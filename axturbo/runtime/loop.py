@@ -57,12 +57,14 @@ def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any,
       reporter.record(step, metrics)
       # The last step finishes the run (export) even when a stop was asked for during it.
       stop = watch.should_stop(manager, step) and step < section.total_steps
+      if stop:
+        reporter.close()               # its last line's rate leaves out the save below
+        manager.wait_until_finished()  # a periodic save still running
       if stop or step % section.checkpoint_every == 0 or step == section.total_steps:
         # The iterator has produced exactly the batches of steps < `step`.
         checkpoints.save(manager, state, data_iter, force=stop)
       if stop:
         manager.wait_until_finished()
-        reporter.close()
         raise watch.stopped(step, manager.directory / str(step))
   manager.wait_until_finished()
   return state, step, reporter
