@@ -5,9 +5,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 
 import flax.linen as nn
@@ -111,6 +113,27 @@ def test_train_and_distill_refuse_a_workdir_in_use(tmp_path):
   finally:
     holder.kill()
     holder.wait()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_before_the_step_loop_is_one_line(tmp_path):
+  """Ctrl-C while the model is built and compiled (nothing new to save): one line, exit 130,
+  the traceback in the log file. (During the step loop: tests/test_train_e2e.py.)"""
+  w = tmp_path / 'w'
+  p = subprocess.Popen([sys.executable, 'train.py', f'--config={MICRO}', f'--workdir={w}'],
+                       cwd=REPO, env=script_runs.env(tmp_path, devices=1), text=True,
+                       stderr=subprocess.PIPE, start_new_session=True)
+  log = w / 'train.log'
+  deadline = time.time() + 300
+  while p.poll() is None and time.time() < deadline and not (
+      log.is_file() and 'full log in' in log.read_text()):
+    time.sleep(0.05)
+  os.killpg(p.pid, signal.SIGINT)   # what Ctrl-C in a terminal does
+  err = p.communicate(timeout=300)[1]
+  assert p.returncode == 130 and 'Traceback' not in err, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith('interrupted (Ctrl-C): stopped'), err[-2000:]
+  assert 'KeyboardInterrupt' in log.read_text()
+  assert not (w / 'export').exists()
 
 
 # ------------------------------------------------------------------------ exports (in-process)
