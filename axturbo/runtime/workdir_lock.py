@@ -8,7 +8,7 @@ never deleted (deleting it would let two runs lock two different files).
 
 Multi-host: only process 0 locks (the workdir is one shared folder); it broadcasts the outcome,
 so every host of a refused run stops with the same line. A filesystem without `flock` (some
-FUSE mounts) gets a warning and no lock.
+FUSE mounts) and an object-store URL (gs://...) get a warning and no lock.
 """
 import atexit
 import datetime
@@ -51,6 +51,10 @@ def _describe(record: dict | None) -> str:
 def acquire(workdir: str | pathlib.Path) -> None:
   """Takes `<workdir>/run.lock` for this process until it exits (or `release`); taking it again
   from the same process is a no-op. Raises WorkdirInUseError naming the live holder."""
+  if '://' in str(workdir):
+    logging.warning('%s: no lock on object storage (it has no flock); nothing stops a second '
+                    'run from writing to this workdir at the same time', workdir)
+    return
   path = pathlib.Path(workdir).absolute() / LOCK_FILE
   if str(path) in _held:
     return
