@@ -8,9 +8,13 @@ service (on by default once `jax.distributed` is initialised) catches SIGTERM on
 one host is forwarded to that service as a SIGTERM to itself. A single process without
 `jax.distributed` catches both signals itself.
 
-Outside the step loop (restore, compile, export) the default handlers stay: SIGTERM ends the
-process at once and Ctrl-C raises KeyboardInterrupt (`launch.one_line_errors` makes it one line);
-neither loses more than the steps since the last checkpoint, which then are none.
+Outside the step loop (restore, compile, export) a single process keeps the default handlers:
+SIGTERM ends it at once and Ctrl-C raises KeyboardInterrupt (`launch.one_line_errors` makes it
+one line); no step is lost, as none ran since the last checkpoint. Multi-host, JAX holds SIGTERM
+from `jax.distributed.initialize` on, and its sync point is the fastest host's last reported step
++ 1: `checkpoints.restore_latest` reports the resumed step, so a notice during the compile stops
+the run after its first step; a notice during the restore itself is missed (its sync point falls
+before the resumed step).
 """
 import os
 import signal
