@@ -64,6 +64,6 @@ def sigkill_after_first_checkpoint(proc: subprocess.Popen, workdir, timeout: flo
 
 def stop_lines(workdir) -> list[tuple[int, str]]:
   """(step, line) of each 'stopped by ... / interrupted ... at step N' console line."""
-  found = re.findall(r'^((?:stopped by|interrupted \(Ctrl-C\)) .* at step (\d+): .*)$',
+  found = re.findall(r'^((?:stopped by .*|interrupted \(Ctrl-C\)) at step (\d+): .*)$',
                      log_path(workdir).read_text(), re.M)
   return [(int(step), line) for line, step in found]
