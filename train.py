@@ -7,6 +7,11 @@ Multi-host: every host runs the same command. On TPU VMs / SLURM add `--distribu
 --num_processes and --process_id (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 JAX_PROCESS_ID). See docs/training.md.
 
+Exit codes: 0 done; 1 a one-line error (traceback in <workdir>/train.log), also when another run
+holds <workdir>/run.lock; 75 stopped by SIGTERM or a preemption notice after saving a checkpoint
+of the next step boundary (rerun the same command to resume); 130 Ctrl-C (during the step loop
+saved the same way).
+
 Order (top to bottom): mesh -> abstract state and its shardings -> restore the latest
 checkpoint or initialize in shards -> jit the pure step with donation -> loop (log, checkpoint)
 -> final checkpoint, inference export (EMA merged), loss curve.

@@ -1,6 +1,7 @@
 """Running train.py / distill.py in subprocesses for the end-to-end tests."""
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -23,11 +24,12 @@ def log_path(workdir) -> pathlib.Path:
 
 
 def start(script: str, workdir, tmp, *args, devices: int = 8) -> subprocess.Popen:
-  """`python <script> --workdir=<workdir> <args>`, output appended to <workdir>.log."""
+  """`python <script> --workdir=<workdir> <args>`, output appended to <workdir>.log; in its own
+  process group, as a command started from a terminal (Ctrl-C: `os.killpg(pid, SIGINT)`)."""
   cmd = [sys.executable, str(REPO / script), f'--workdir={workdir}', *args]
   log = open(log_path(workdir), 'ab')
   return subprocess.Popen(cmd, env=env(tmp, devices), cwd=REPO, stdout=log,
-                          stderr=subprocess.STDOUT)
+                          stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_ok(proc: subprocess.Popen, workdir, timeout: float) -> None:
@@ -40,13 +42,28 @@ def checkpoint_steps(workdir) -> list[int]:
   return [int(p.name) for p in ckpt_dir.glob('*') if p.name.isdigit()]
 
 
-def sigkill_after_first_checkpoint(proc: subprocess.Popen, workdir, timeout: float) -> None:
-  """Kills the run with SIGKILL as soon as it has written a checkpoint; asserts it was still
-  running then and had not exported."""
+def wait_for_checkpoint(proc: subprocess.Popen, workdir, timeout: float, after: int = 0
+                        ) -> None:
+  """Returns once the run has written a checkpoint of a step > `after`; asserts it is still
+  running then and has not exported."""
   deadline = time.time() + timeout
-  while time.time() < deadline and proc.poll() is None and not checkpoint_steps(workdir):
+  while (time.time() < deadline and proc.poll() is None
+         and max(checkpoint_steps(workdir), default=0) <= after):
     time.sleep(0.05)
-  assert proc.poll() is None, 'run finished before it could be killed'
+  assert proc.poll() is None, 'run finished before it could be stopped'
+  assert not (pathlib.Path(workdir) / 'export').exists()
+
+
+def sigkill_after_first_checkpoint(proc: subprocess.Popen, workdir, timeout: float) -> None:
+  """Kills the run with SIGKILL as soon as it has written a checkpoint."""
+  wait_for_checkpoint(proc, workdir, timeout)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (pathlib.Path(workdir) / 'export').exists()
+
+
+def stop_lines(workdir) -> list[tuple[int, str]]:
+  """(step, line) of each 'stopped by ... / interrupted ... at step N' console line."""
+  found = re.findall(r'^((?:stopped by .*|interrupted \(Ctrl-C\)) at step (\d+): .*)$',
+                     log_path(workdir).read_text(), re.M)
+  return [(int(step), line) for line, step in found]

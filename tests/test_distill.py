@@ -1,7 +1,9 @@
 """distill.py on the micro AudioX, 8 CPU devices (fsdp): each step kind moves exactly its own
-networks, the teacher load fails loudly on a wrong or missing teacher, SIGKILL + resume is
-bit-exact, and the exported student loads in `Generator` and produces audio in 4 steps."""
+networks, the teacher load fails loudly on a wrong or missing teacher, SIGKILL, SIGTERM and
+resume are bit-exact, and the exported student loads in `Generator` and produces audio in 4
+steps."""
 import json
+import signal
 
 import flax.linen as nn
 import jax
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from axturbo.runtime import checkpoints
+from axturbo.runtime import preemption
 from axturbo.distill import state as state_lib
 from axturbo.distill import step as step_lib
 from axturbo.models import audiox
@@ -18,7 +21,7 @@ from tests import micro_distill_config
 from tests import script_runs
 
 CONFIG = str(script_runs.REPO / 'tests' / 'micro_distill_config.py')
-STEPS, EVERY = 8, 4
+STEPS, EVERY = 8, 2   # checkpoints at 2, 4, 6: room for a SIGKILL and a SIGTERM
 
 
 def _config():
@@ -136,12 +139,22 @@ def _wait(proc, workdir, timeout=900):
 
 
 @pytest.mark.e2e
-def test_sigkill_resume_is_bit_exact_and_export_generates(tmp_path, teacher_dir):
+def test_sigkill_sigterm_resume_is_bit_exact_and_export_generates(tmp_path, teacher_dir):
+  """SIGKILL, resume, SIGTERM (one process: saves the next step boundary, exits 75), resume:
+  the export equals the uninterrupted run's."""
   ref = tmp_path / 'reference'
   _wait(_distill(ref, tmp_path, teacher_dir), ref)
   workdir = tmp_path / 'killed'
   proc = _distill(workdir, tmp_path, teacher_dir)
   script_runs.sigkill_after_first_checkpoint(proc, workdir, timeout=900)
+  proc = _distill(workdir, tmp_path, teacher_dir)
+  script_runs.wait_for_checkpoint(proc, workdir, timeout=900,
+                                  after=max(script_runs.checkpoint_steps(workdir)))
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=600) == preemption.EXIT_PREEMPTED
+  (step, line), = script_runs.stop_lines(workdir)
+  assert line.startswith('stopped by SIGTERM') and step < STEPS, line
+  assert max(script_runs.checkpoint_steps(workdir)) == step
   _wait(_distill(workdir, tmp_path, teacher_dir), workdir)
   assert 'resumed from step' in script_runs.log_path(workdir).read_text()
   load = lambda w: jax.tree.map(np.asarray, checkpoints.load_params(w / 'export'))

@@ -2,9 +2,14 @@
 half-write, outputs that are never overwritten, teacher/student mix-ups refused, non-finite
 weights and outputs caught, and one console line for each user error."""
 import json
+import logging
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import warnings
 
 import flax.linen as nn
@@ -19,6 +24,7 @@ from axturbo.generation import media
 from axturbo.generation import Request
 from axturbo.models import audiox
 from axturbo.runtime import checkpoints
+from axturbo.runtime import workdir_lock
 from tests import micro_train_config
 from tests import script_runs
 
@@ -59,6 +65,76 @@ def _one_line_error(r, *needles):
   last = r.stderr.strip().splitlines()[-1]
   for n in needles:
     assert str(n) in last, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------ the workdir lock
+
+def _hold_lock(workdir) -> subprocess.Popen:
+  """Another live process that holds `workdir`'s lock (through `workdir_lock` itself)."""
+  code = ('import sys, time; from axturbo.runtime import workdir_lock; '
+          'workdir_lock.acquire(sys.argv[1]); print("held", flush=True); time.sleep(900)')
+  p = subprocess.Popen([sys.executable, '-c', code, str(workdir)], cwd=REPO, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE)
+  assert p.stdout.readline().strip() == 'held'
+  return p
+
+
+def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
+  w = tmp_path / 'w'
+  w.mkdir()
+  holder = _hold_lock(w)
+  try:
+    with pytest.raises(workdir_lock.WorkdirInUseError,
+                       match=f'in use by pid {holder.pid} on host {socket.gethostname()}'):
+      workdir_lock.acquire(w)
+  finally:
+    holder.kill()   # dies without releasing: its record stays in the file
+    holder.wait()
+  with caplog.at_level(logging.WARNING):
+    workdir_lock.acquire(w)
+    workdir_lock.acquire(w)   # the same process again: already held
+  assert caplog.text.count(f'took over the lock left by pid {holder.pid}') == 1, caplog.text
+  assert json.loads((w / workdir_lock.LOCK_FILE).read_text())['pid'] == os.getpid()
+  workdir_lock.release(w)
+  assert (w / workdir_lock.LOCK_FILE).read_text() == ''   # released cleanly: no record
+
+
+@pytest.mark.e2e
+def test_train_and_distill_refuse_a_workdir_in_use(tmp_path):
+  w = tmp_path / 'w'
+  w.mkdir()
+  holder = _hold_lock(w)
+  try:
+    distill_config = REPO / 'tests' / 'micro_distill_config.py'
+    for script, config, extra in (('train.py', MICRO, ()),
+                                  ('distill.py', distill_config, ('--teacher=/nonexistent',))):
+      r = _run(script, f'--config={config}', f'--workdir={w}', *extra, timeout=300, tmp=tmp_path)
+      _one_line_error(r, f'error: {w} is in use by pid {holder.pid} on host')
+    assert sorted(p.name for p in w.iterdir()) == [workdir_lock.LOCK_FILE]   # no log written
+  finally:
+    holder.kill()
+    holder.wait()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_before_the_step_loop_is_one_line(tmp_path):
+  """Ctrl-C while the model is built and compiled (nothing new to save): one line, exit 130,
+  the traceback in the log file. (During the step loop: tests/test_train_e2e.py.)"""
+  w = tmp_path / 'w'
+  p = subprocess.Popen([sys.executable, 'train.py', f'--config={MICRO}', f'--workdir={w}'],
+                       cwd=REPO, env=script_runs.env(tmp_path, devices=1), text=True,
+                       stderr=subprocess.PIPE, start_new_session=True)
+  log = w / 'train.log'
+  deadline = time.time() + 300
+  while p.poll() is None and time.time() < deadline and not (
+      log.is_file() and 'full log in' in log.read_text()):
+    time.sleep(0.05)
+  os.killpg(p.pid, signal.SIGINT)   # what Ctrl-C in a terminal does
+  err = p.communicate(timeout=300)[1]
+  assert p.returncode == 130 and 'Traceback' not in err, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith('interrupted (Ctrl-C): stopped'), err[-2000:]
+  assert 'KeyboardInterrupt' in log.read_text()
+  assert not (w / 'export').exists()
 
 
 # ------------------------------------------------------------------------ exports (in-process)

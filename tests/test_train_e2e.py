@@ -1,10 +1,15 @@
-"""train.py end to end in subprocesses: SIGKILL + resume is bit-exact, 2 processes x 4 devices
-(jax.distributed on localhost) match 1 process x 8 devices. The batches come from a TFDS dataset
+"""train.py end to end in subprocesses: SIGKILL, Ctrl-C and resume are bit-exact, 2 processes x 4
+devices (jax.distributed on localhost) match 1 process x 8 devices, SIGTERM to one of them saves
+the same step on both and resumes bit-exact, and two processes on a workdir in use both stop. The batches come from a TFDS dataset
 through the grain pipeline (data.source='tfds'), so the data iterator's checkpoint and its
 per-host rows are part of both checks. (Bad config overrides: tests/test_launch.py.)"""
 import json
+import os
 import pathlib
+import signal
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +17,7 @@ import pytest
 
 from axturbo.data import tfds_builders
 from axturbo.runtime import checkpoints
+from axturbo.runtime import preemption
 from tests import media_files
 from tests import micro_train_config
 from tests import script_runs
@@ -65,29 +71,95 @@ def reference(tmp_path_factory):
   return tmp, _exported(workdir)
 
 
-def test_sigkill_and_resume_is_bit_exact(reference):
+def test_sigkill_ctrl_c_and_resume_are_bit_exact(reference):
+  """SIGKILL (the lock it leaves is taken over), resume, Ctrl-C (saves the next step boundary,
+  one console line, exit 130), resume: the export equals the uninterrupted run's."""
   tmp, expected = reference
   workdir = tmp / 'killed'
   proc = _train(workdir, tmp)
   script_runs.sigkill_after_first_checkpoint(proc, workdir, timeout=600)
+  killed = proc.pid
   steps = script_runs.checkpoint_steps(workdir)
   assert steps and max(steps) < STEPS, steps  # really mid-training
+  proc = _train(workdir, tmp)
+  script_runs.wait_for_checkpoint(proc, workdir, timeout=900, after=max(steps))
+  os.killpg(proc.pid, signal.SIGINT)   # what Ctrl-C in a terminal does
+  assert proc.wait(timeout=600) == preemption.EXIT_INTERRUPTED
+  console = script_runs.log_path(workdir).read_text()
+  assert 'resumed from step' in console and f'took over the lock left by pid {killed}' in console
+  assert 'Traceback' not in console, console[-3000:]
+  (step, line), = script_runs.stop_lines(workdir)
+  assert console.rstrip().endswith(line) and 'interrupted (Ctrl-C)' in line
+  assert max(script_runs.checkpoint_steps(workdir)) == step < STEPS
   _wait(_train(workdir, tmp), workdir)
-  log = script_runs.log_path(workdir).read_text()
-  assert 'resumed from step' in log
   got = _exported(workdir)
   jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
-def test_two_processes_match_one(reference):
-  tmp, expected = reference
+def _two_processes(workdir, tmp):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
+  return [_train(workdir, tmp, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                 f'--process_id={i}', devices=4) for i in range(2)]
+
+
+@pytest.fixture(scope='module')
+def two_hosts(reference):
+  """One uninterrupted 2-process x 4-device run."""
+  tmp, _ = reference
   workdir = tmp / 'two_hosts'
-  procs = [_train(workdir, tmp, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-                  f'--process_id={i}', devices=4) for i in range(2)]
-  for p in procs:
+  for p in _two_processes(workdir, tmp):
     _wait(p, workdir)
-  got = _exported(workdir)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, expected)
+  return _exported(workdir)
+
+
+def test_two_processes_match_one(reference, two_hosts):
+  _, expected = reference
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), two_hosts,
+               expected)
+
+
+def test_sigterm_on_one_of_two_processes_saves_one_step_on_both(reference, two_hosts):
+  """SIGTERM to process 1 only: both save the same step and exit 75, and the resumed run equals
+  the uninterrupted one bit for bit."""
+  tmp, _ = reference
+  workdir = tmp / 'preempted'
+  procs = _two_processes(workdir, tmp)
+  script_runs.wait_for_checkpoint(procs[0], workdir, timeout=900)
+  procs[1].send_signal(signal.SIGTERM)
+  codes = [p.wait(timeout=600) for p in procs]
+  console = script_runs.log_path(workdir).read_text()
+  assert codes == [preemption.EXIT_PREEMPTED] * 2, console[-3000:]
+  assert 'Traceback' not in console, console[-3000:]
+  (s0, l0), (s1, l1) = script_runs.stop_lines(workdir)
+  assert s0 == s1 < STEPS and l0 == l1, (l0, l1)
+  assert max(script_runs.checkpoint_steps(workdir)) == s0
+  data = workdir / 'checkpoints' / str(s0) / 'data'
+  assert sorted(p.name for p in data.iterdir()) == ['process_0-of-2.json', 'process_1-of-2.json']
+  for p in _two_processes(workdir, tmp):
+    _wait(p, workdir)
+  jax.tree.map(np.testing.assert_array_equal, _exported(workdir), two_hosts)
+
+
+def test_two_processes_refuse_a_workdir_in_use(tmp_path):
+  """Process 0 finds the lock held (by a live process): both processes stop with its line."""
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  code = ('import sys, time; from axturbo.runtime import workdir_lock; '
+          'workdir_lock.acquire(sys.argv[1]); print("held", flush=True); time.sleep(900)')
+  holder = subprocess.Popen([sys.executable, '-c', code, str(workdir)], text=True,
+                            cwd=script_runs.REPO, stdout=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=str(script_runs.REPO)))
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    codes = [p.wait(timeout=600) for p in _two_processes(workdir, tmp_path)]
+    console = script_runs.log_path(workdir).read_text()
+    assert codes == [1, 1], console[-3000:]
+    errors = [l for l in console.splitlines() if l.startswith('error:')]
+    assert len(errors) == 2 and errors[0] == errors[1], errors
+    assert f'in use by pid {holder.pid} on host {socket.gethostname()}' in errors[0]
+    assert 'Traceback' not in console, console[-3000:]
+  finally:
+    holder.kill()
+    holder.wait()

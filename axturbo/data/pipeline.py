@@ -20,6 +20,7 @@ Batch (b = data.batch_size // process_count; shapes from config.model):
 """
 import json
 import math
+import signal
 
 from absl import flags
 from absl import logging
@@ -359,9 +360,17 @@ def make_dataset(config, *, split='train', process_index=None, process_count=Non
     # unparsed, so take their defaults.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers),
+                        worker_init_fn=_ignore_ctrl_c)
   return _Batch(ds, per_host, empty_example(m), num_batches,
                 max_skip_fraction=d.max_skip_fraction if train else 1.0)
+
+
+def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+  """Ctrl-C in a terminal reaches every process of the group: the decoding workers leave it to
+  the main process (which saves and stops them) instead of printing a traceback each."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_iterator(config, *, split='train', process_index=None, process_count=None,

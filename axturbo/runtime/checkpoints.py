@@ -353,6 +353,9 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract: Any, data_iter
       logging.warning('checkpoint(s) %s unreadable (moved to %s); resumed from the previous '
                       'one, %s', ', '.join(str(mgr.directory / str(f)) for f in failed),
                       ', '.join(map(str, aside)), mgr.directory / str(step))
+    # Multi-host: tells JAX's preemption sync that the run stands at `step`, so that a notice
+    # during the compile still picks a step boundary ahead (runtime/preemption.py).
+    mgr.reached_preemption(step)
     return state
   raise ValueError(f'{mgr.directory}: no readable checkpoint (tried steps '
                    f'{", ".join(map(str, failed))}; see the log); move them aside to start over')

@@ -136,17 +136,19 @@ def check_inputs(config, data_source: str, init_from: str = '', require_init_fro
 
 
 def start_run(config, workdir, log_name: str):
-  """Creates `workdir` (a local folder or an etils.epath URL such as gs://bucket/run), starts
-  its log file (`log_to_workdir`), logs this process's devices, and builds the mesh from
-  `config.mesh` (checking that `config.data.batch_size` divides over it). Returns (absolute
-  workdir as an epath.Path, mesh, logical-axis rules)."""
+  """Creates `workdir` (a local folder or an etils.epath URL such as gs://bucket/run), locks it
+  (`workdir_lock`: one run at a time), starts its log file (`log_to_workdir`), logs this
+  process's devices, and builds the mesh from `config.mesh` (checking that
+  `config.data.batch_size` divides over it). Returns (absolute workdir as an epath.Path, mesh,
+  logical-axis rules)."""
   import jax
 
-  from axturbo.runtime import checkpoints, sharding
+  from axturbo.runtime import checkpoints, sharding, workdir_lock
   workdir = checkpoints.as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f'--workdir {workdir}: exists and is not a directory')
   workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lock.acquire_for_run(workdir)   # before the log: a refused run writes nothing there
   log = log_to_workdir(workdir / f'{log_name}.log')
   logging.info('process %d/%d, %d local / %d global devices; full log in %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -209,14 +211,26 @@ USER_ERRORS = (ValueError, OSError, EOFError)
 @contextlib.contextmanager
 def one_line_errors():
   """Turns a user error into one console line (`error: ...`, exit 1); its traceback still
-  goes to the log file."""
+  goes to the log file. A stop on SIGTERM or Ctrl-C (`preemption`) is one line too, with its
+  own exit code."""
   from axturbo.data import pipeline
+  from axturbo.runtime import preemption
   try:
     yield
   except (*USER_ERRORS, pipeline.SkipLimitError) as e:
     _traceback_logger().error('stopped by %s', type(e).__name__, exc_info=True)
     # grain appends a note on its traceback filtering after a dashed line
     sys.exit(f'error: {str(e).split(chr(10) + "-" * 20)[0]}')
+  except preemption.Stopped as e:
+    _traceback_logger().info('%s', e)
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    # Outside the step loop (loading, compiling, exporting): nothing new to save.
+    _traceback_logger().error('interrupted', exc_info=True)
+    print('interrupted (Ctrl-C): stopped; checkpoints and exports on disk are whole',
+          file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_INTERRUPTED)
 
 
 def make_data_iterator(config, source: str, field: str, process_index: int,

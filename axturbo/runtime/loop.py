@@ -1,11 +1,11 @@
 """What train.py and distill.py share once their state is ready: the ahead-of-time compile and
-the resumable step loop (step, report, checkpoint)."""
+the resumable step loop (step, report, checkpoint, stop on SIGTERM/Ctrl-C: preemption.py)."""
 import time
 from typing import Any, Callable
 
 from absl import logging
 
-from axturbo.runtime import checkpoints, compile_cache, sharding
+from axturbo.runtime import checkpoints, compile_cache, preemption, sharding
 
 
 def compile_logged(what: str, compile_fn: Callable[[], Any]) -> Any:
@@ -37,20 +37,36 @@ def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any,
   Returns:
     (state, steps done, the reporter): the reporter is left open for the caller to read its
     history and close it; every checkpoint save has finished.
+
+  Raises:
+    preemption.Stopped: after SIGTERM or Ctrl-C (any host), once the checkpoint of the step
+      boundary that every host reached has been written and the reporter closed.
   """
   step = int(state.step)
   reporter = reporter_cls(workdir, section.log_every, global_batch, flops,
                           section.peak_flops_per_device, first_step=step,
                           total_steps=section.total_steps, data_iter=data_iter)
-  while step < section.total_steps:
-    if local is None:
-      local = next(data_iter)
-    state, metrics = step_fn(state, step, sharding.global_batch(local, mesh))
-    local = None
-    step += 1
-    reporter.record(step, metrics)
-    if step % section.checkpoint_every == 0 or step == section.total_steps:
-      # The iterator has produced exactly the batches of steps < `step`.
-      checkpoints.save(manager, state, data_iter)
+  with preemption.Watch() as watch:
+    # Multi-host: tells JAX's preemption sync where this run starts, so that a notice during
+    # the first step already picks a step boundary ahead of every host.
+    watch.should_stop(manager, step)
+    while step < section.total_steps:
+      if local is None:
+        local = next(data_iter)
+      state, metrics = step_fn(state, step, sharding.global_batch(local, mesh))
+      local = None
+      step += 1
+      reporter.record(step, metrics)
+      # The last step finishes the run (export) even when a stop was asked for during it.
+      stop = watch.should_stop(manager, step) and step < section.total_steps
+      if stop:
+        reporter.close()               # its last line's rate leaves out the save below
+        manager.wait_until_finished()  # a periodic save still running
+      if stop or step % section.checkpoint_every == 0 or step == section.total_steps:
+        # The iterator has produced exactly the batches of steps < `step`.
+        checkpoints.save(manager, state, data_iter, force=stop)
+      if stop:
+        manager.wait_until_finished()
+        raise watch.stopped(step, manager.directory / str(step))
   manager.wait_until_finished()
   return state, step, reporter
