@@ -124,6 +124,7 @@ def main(argv):
   logging.info('%s checkpoint, %s sampler, %d steps, cfg %.2f, %d prompt(s)', gen.kind, sampler,
                steps, cfg, len(todo))
   bar = jobs.Progress(len(todo), unit='prompt')
+  done = 0
   for start in range(0, len(todo), _BATCH_SIZE.value):
     chunk = todo[start:start + _BATCH_SIZE.value]
     per = {k: [job[k] for job in chunk] for k in jobs.JOB_KEYS}
@@ -151,8 +152,15 @@ def main(argv):
              for i, job in enumerate(chunk)]
     videos = [job['video'] if job['video'] and not media.is_image_path(job['video']) else None
               for job in chunk]
-    records = jobs.save_results(results, out, stems, normalize=_NORMALIZE.value,
-                                videos=videos, spectrogram=_SPECTROGRAM.value)
+    try:
+      records = jobs.save_results(results, out, stems, normalize=_NORMALIZE.value,
+                                  videos=videos, spectrogram=_SPECTROGRAM.value)
+    except OSError as e:  # a full disk, a read-only or vanished --out
+      sys.exit(f'error: writing {e.filename or out} failed: {e.strerror or e}; no partial file '
+               f'was left, and the {done} output(s) written before are kept in {out}')
+    except ValueError as e:  # media.MediaError: the input video cannot be muxed
+      sys.exit(f'error: {e}')
+    done += len(records)
     for rec in records:
       logging.info('%s  (%.2f s audio, total %.2f s, RTF %.3f)', rec['files']['wav'],
                    rec['duration_s'], rec['latency_s']['total_s'], rec['real_time_factor'])
