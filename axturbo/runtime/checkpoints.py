@@ -27,6 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from axturbo.runtime import checkpoint_fields
+
 PARAMS_DIR = 'params'
 CONFIG_FILE = 'model_config.json'
 META_FILE = 'meta.json'
@@ -138,6 +140,7 @@ def load_model_config(directory: str | pathlib.Path) -> mlc.ConfigDict:
   # Checkpoints written before `time_shift` existed were all trained and distilled on the
   # unshifted time axis.
   config.setdefault('time_shift', 1.0)
+  checkpoint_fields.check_model_config(config, path)
   return mlc.ConfigDict(config)
 
 
@@ -146,7 +149,9 @@ def load_meta(directory: str | pathlib.Path) -> dict:
   path = pathlib.Path(directory) / META_FILE
   if not path.is_file():
     return {}
-  return _read_json_object(path)
+  meta = _read_json_object(path)
+  checkpoint_fields.check_meta(meta, path)
+  return meta
 
 
 def load_params(directory: str | pathlib.Path, target: Any | None = None, *,
