@@ -133,3 +133,25 @@ def test_two_sample_runs_into_one_out(micro_student, tmp_path):
     assert last.startswith('error: writing ') and 'No space left on device' in last, last
     assert str(disk / 'out') in last and 'kept' in last
     assert [f.name for f in (disk / 'out').iterdir()] in ([], [jobs.CLAIM_LOCK])
+
+
+@pytest.mark.e2e
+def test_train_on_a_full_disk_is_one_line(tmp_path):
+  """A checkpoint write that fills a real (tmpfs) disk: one console line naming the checkpoint
+  and what was kept; orbax's per-thread tracebacks go to the log file only."""
+  import subprocess
+  import sys
+  from tests import script_runs
+  with small_disk.mounted(tmp_path / 'disk', 1200) as disk:  # the micro state needs ~2.5 MB
+    w = disk / 'w'
+    r = subprocess.run(
+        [sys.executable, 'train.py', '--config=tests/micro_train_config.py', f'--workdir={w}',
+         '--config.train.log_every=10', '--config.train.checkpoint_every=10',
+         '--config.train.total_steps=10'], cwd=script_runs.REPO,
+        env=script_runs.env(tmp_path, devices=1), capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert 'Traceback' not in r.stderr, r.stderr[:3000]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: no space left on device while writing {w}/checkpoints/10;')
+    assert len(r.stderr.strip().splitlines()) < 15, r.stderr
+    assert not (w / 'export').exists()

@@ -88,13 +88,22 @@ def parse_step_counts(values: Sequence[str], flag: str) -> list[int]:
   return steps
 
 
+def _read_text(path: pathlib.Path, what: str) -> str:
+  """UTF-8 text of `path`; a ValueError naming the file and the first bad byte otherwise."""
+  try:
+    return path.read_text(encoding='utf-8')
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{what} {str(path)!r}: not UTF-8 text (byte {e.object[e.start]:#04x} at '
+                     f'offset {e.start}); save it as UTF-8') from None
+
+
 def parse_batch_file(path) -> list[dict]:
   """-> one dict per prompt with every key of JOB_KEYS (missing ones None/False/'')."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'batch file {str(path)!r}: file not found')
   jobs = []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
+  for n, line in enumerate(_read_text(path, 'batch file').splitlines(), 1):
     line = line.strip()
     if not line or line.startswith('#'):
       continue
@@ -123,7 +132,7 @@ def parse_captions_file(path) -> list[tuple[float, str]]:
   if not path.is_file():
     raise FileNotFoundError(f'captions file {str(path)!r}: file not found')
   segments = []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
+  for n, line in enumerate(_read_text(path, 'captions file').splitlines(), 1):
     line = line.strip()
     if not line or line.startswith('#'):
       continue

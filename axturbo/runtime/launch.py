@@ -122,10 +122,13 @@ _PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent.parent)
 def _console_filter(record: pylogging.LogRecord) -> bool:
   """The console keeps warnings and this project's own lines; library INFO (orbax writes ~57
   lines per checkpoint) goes only to the log file."""
-  if record.levelno >= pylogging.WARNING:
-    return True
   path = os.path.abspath(record.pathname)
-  return path.startswith(_PACKAGE_DIR) or path == os.path.abspath(sys.argv[0])
+  ours = path.startswith(_PACKAGE_DIR) or path == os.path.abspath(sys.argv[0])
+  if record.levelno >= pylogging.WARNING:
+    # A library's error with a traceback (orbax logs one per failed writer thread on a full
+    # disk: hundreds of lines) goes to the log file only; the run's own `error:` line says it.
+    return ours or not record.exc_info
+  return ours
 
 
 def log_to_workdir(path: pathlib.Path) -> pathlib.Path:
@@ -173,7 +176,26 @@ def one_line_errors():
   except (*USER_ERRORS, pipeline.SkipLimitError) as e:
     _traceback_logger().error('stopped by %s', type(e).__name__, exc_info=True)
     # grain appends a note on its traceback filtering after a dashed line
-    sys.exit(f'error: {str(e).split(chr(10) + "-" * 20)[0]}')
+    sys.exit(f'error: {_outside_world(e) or str(e).split(chr(10) + "-" * 20)[0]}')
+
+
+_NO_SPACE = ('No space left on device', 'Disk quota exceeded')
+
+
+def _outside_world(e: BaseException) -> str | None:
+  """One line for a full disk (what happened, where, what was kept), from an OSError or the
+  message orbax/tensorstore wrap it in; None for anything else."""
+  import re
+  text = str(e)
+  if not any(n in text for n in _NO_SPACE) and getattr(e, 'errno', None) != 28:
+    return None
+  path = getattr(e, 'filename', None)
+  if not path:
+    m = re.search(r'(?:local file|Failed writing:) "([^"]+)"', text)
+    path = m.group(1) if m else '?'
+  path = re.sub(r'\.orbax-checkpoint-tmp.*$', '', str(path))
+  return (f'no space left on device while writing {path}; the unfinished write was not kept, '
+          'every checkpoint and export finished before it is (traceback in the log file)')
 
 
 def make_data_iterator(config, source: str, field: str, process_index: int,

@@ -1,0 +1,46 @@
+"""Smaller one-line errors that name their culprit (docs/failures.md, command lines)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from axturbo.generation import jobs
+from tests import script_runs
+
+
+def test_non_utf8_batch_and_captions_files_are_named(tmp_path):
+  bad = tmp_path / 'prompts.txt'
+  bad.write_bytes('a dog barks\nr\u00e9sum\u00e9\n'.encode('latin-1'))
+  with pytest.raises(ValueError) as e:
+    jobs.parse_batch_file(bad)
+  assert str(e.value) == (f"batch file {str(bad)!r}: not UTF-8 text (byte 0xe9 at offset 13); "
+                          'save it as UTF-8')
+  with pytest.raises(ValueError, match=r"captions file .*: not UTF-8 text"):
+    jobs.parse_captions_file(bad)
+
+
+def test_empty_teacher_record_is_named(tmp_path):
+  # distill.py's module defines absl flags; a fresh interpreter keeps them out of this one.
+  (tmp_path / 'teacher.json').write_text('')
+  code = ('import pathlib, sys; import distill\n'
+          'try:\n'
+          f'  distill._check_same_teacher(pathlib.Path({str(tmp_path)!r}), "/t")\n'
+          'except ValueError as e:\n'
+          '  print(e)\n')
+  r = subprocess.run([sys.executable, '-c', code], cwd=script_runs.REPO,
+                     env=script_runs.env(tmp_path, devices=1), capture_output=True, text=True,
+                     timeout=300)
+  assert r.stdout.strip().startswith(f'{tmp_path / "teacher.json"}: not a teacher record'), (
+      r.stdout + r.stderr[-2000:])
+
+
+@pytest.mark.e2e
+def test_eval_duration_nan_is_named(tmp_path):
+  r = subprocess.run([sys.executable, '-m', 'axturbo.eval', '--suite=events',
+                      f'--out={tmp_path / "o"}', '--duration_s=nan', '--checkpoint=/none'],
+                     cwd=script_runs.REPO, env=script_runs.env(tmp_path, devices=1),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1] == (
+      'error: --duration_s must be a finite number of seconds > 0, got nan')
