@@ -22,7 +22,8 @@ warning; --no_sync asks for zeros). Missing conditions take the
 official defaults (empty text, empty video, silent audio prompt).
 
 Writes to --out (never overwriting: a second run into the same folder numbers its files after
-the first run's), per prompt: NNNN_<prompt>.wav (model sample rate, peak-normalized), .mp4 (the
+the first run's, and runs writing at the same time never share a number; each file appears whole
+or not at all), per prompt: NNNN_<prompt>.wav (model sample rate, peak-normalized), .mp4 (the
 input video with the new audio, when a video was given), .png (spectrogram) and .json
 (inputs, seed, steps, NFE, per-stage latency, real-time factor).
 
