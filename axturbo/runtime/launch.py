@@ -131,6 +131,15 @@ def _console_filter(record: pylogging.LogRecord) -> bool:
   return ours
 
 
+class _RunLogHandler(pylogging.FileHandler):
+  """The run's log file. When the disk is full, a failed write is dropped: Python's default
+  prints '--- Logging error ---' and a traceback to the console for every line, burying the
+  run's one `error:` line that says the disk is full."""
+
+  def handleError(self, record):
+    del record
+
+
 def log_to_workdir(path: pathlib.Path) -> pathlib.Path:
   """Every INFO line (all libraries) is appended to `path`; unless --verbosity was given, the
   console shows only `_console_filter`'s lines. A second run in the same process (a notebook)
@@ -139,7 +148,7 @@ def log_to_workdir(path: pathlib.Path) -> pathlib.Path:
     for old in [h for h in logger.handlers if getattr(h, 'axturbo_run_log', False)]:
       logger.removeHandler(old)
       old.close()
-  handler = pylogging.FileHandler(path)
+  handler = _RunLogHandler(path)
   handler.axturbo_run_log = True
   handler.setFormatter(logging.PythonFormatter())
   handler.setLevel(pylogging.INFO)
