@@ -153,5 +153,6 @@ def test_train_on_a_full_disk_is_one_line(tmp_path):
     assert 'Traceback' not in r.stderr, r.stderr[:3000]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f'error: no space left on device while writing {w}/checkpoints/10;')
-    assert len(r.stderr.strip().splitlines()) < 15, r.stderr
+    # (XLA's own slow-compile alarm may add lines on a loaded machine; orbax adds none.)
+    assert not [l for l in r.stderr.splitlines() if 'orbax' in l or 'future.py' in l]
     assert not (w / 'export').exists()
