@@ -44,3 +44,16 @@ def test_eval_duration_nan_is_named(tmp_path):
   assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
   assert r.stderr.strip().splitlines()[-1] == (
       'error: --duration_s must be a finite number of seconds > 0, got nan')
+
+
+def test_duplicate_manifest_lines_are_stated(tmp_path, caplog):
+  from axturbo.data import manifest
+  rows = [{'path': 'a.wav', 'caption': 'rain'}, {'path': 'b.wav', 'caption': 'wind'},
+          {'path': 'a.wav', 'caption': 'rain'}, {'path': 'a.wav', 'caption': 'rain, loud'}]
+  path = tmp_path / 'm.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  with caplog.at_level('WARNING'):
+    entries = manifest.read_manifest(str(path))
+  assert len(entries) == 4  # kept (a repeat may be meant as a weight), but stated
+  said = [r.getMessage() for r in caplog.records if 'duplicate' in r.getMessage()]
+  assert said == [f'manifest {path}: 1 duplicate line(s), kept: line 3 repeats line 1']
