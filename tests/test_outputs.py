@@ -156,3 +156,17 @@ def test_train_on_a_full_disk_is_one_line(tmp_path):
     # (XLA's own slow-compile alarm may add lines on a loaded machine; orbax adds none.)
     assert not [l for l in r.stderr.splitlines() if 'orbax' in l or 'future.py' in l]
     assert not (w / 'export').exists()
+
+
+def test_read_only_out_leaves_nothing_and_names_the_path(tmp_path):
+  import subprocess
+  with small_disk.mounted(tmp_path / 'disk', 512) as disk:
+    out = disk / 'out'
+    jobs.save_results([_result(0.1, 300.0)], out, ['0000_a'], spectrogram=False)
+    r = subprocess.run(['mount', '-o', 'remount,ro', str(disk)], capture_output=True, text=True)
+    if r.returncode:
+      pytest.skip(f'cannot remount read-only: {r.stderr.strip()}')
+    with pytest.raises(OSError) as e:
+      jobs.save_results([_result(0.1, 500.0)], out, ['0001_b'], spectrogram=False)
+    assert e.value.errno == errno.EROFS and str(out) in str(e.value.filename)
+    assert _outputs(out) == ['0000_a.json', '0000_a.wav']
