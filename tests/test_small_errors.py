@@ -57,3 +57,25 @@ def test_duplicate_manifest_lines_are_stated(tmp_path, caplog):
   assert len(entries) == 4  # kept (a repeat may be meant as a weight), but stated
   said = [r.getMessage() for r in caplog.records if 'duplicate' in r.getMessage()]
   assert said == [f'manifest {path}: 1 duplicate line(s), kept: line 3 repeats line 1']
+
+
+def test_loss_curve_after_a_resume_starts_at_step_one(tmp_path):
+  """A run killed after its checkpoint at step 10 (its lines up to 15 logged) and resumed from
+  10: the curve holds steps 1..10 of the first run and 11..20 of the second, each once."""
+  from axturbo.train import observe as train_observe
+
+  def metrics(loss):
+    return {'loss': loss, 'finite': True, 'grad_norm': 1.0, 'lr': 1e-3, 'latent_std': 1.0}
+
+  first = train_observe.Reporter(tmp_path, 5, 8, None, 1.0, first_step=0, total_steps=20)
+  for step in range(1, 16):
+    first.record(step, metrics(100.0 + step))
+  first.writer.close()  # killed: no close(), so no PNG from this run
+  resumed = train_observe.Reporter(tmp_path, 5, 8, None, 1.0, first_step=10, total_steps=20)
+  for step in range(11, 21):
+    resumed.record(step, metrics(200.0 + step))
+  assert resumed.close() == tmp_path / 'loss_curve.png'
+  history = json.loads((tmp_path / 'loss_history.json').read_text())
+  assert history == ([[s, 100.0 + s] for s in range(1, 11)]
+                     + [[s, 200.0 + s] for s in range(11, 21)])
+  assert resumed.history == [(s, 200.0 + s) for s in range(11, 21)]  # this run's own lines
