@@ -46,7 +46,11 @@ def _check_same_teacher(workdir, teacher: str) -> None:
   record = workdir / 'teacher.json'
   teacher = str(checkpoints.as_path(teacher))
   if record.is_file():
-    was = json.loads(record.read_text())['teacher']
+    try:
+      was = json.loads(record.read_text())['teacher']
+    except (ValueError, KeyError, TypeError):
+      raise ValueError(f'{record}: not a teacher record ({{"teacher": "<path>"}}); it is written '
+                       'when a run starts: restore it, or use a new workdir') from None
     if was != teacher:
       raise ValueError(f'{workdir} was started with --teacher {was}, not {teacher}; use a new '
                        'workdir (or the same teacher) to resume')

@@ -22,7 +22,8 @@ warning; --no_sync asks for zeros). Missing conditions take the
 official defaults (empty text, empty video, silent audio prompt).
 
 Writes to --out (never overwriting: a second run into the same folder numbers its files after
-the first run's), per prompt: NNNN_<prompt>.wav (model sample rate, peak-normalized), .mp4 (the
+the first run's, and runs writing at the same time never share a number; each file appears whole
+or not at all), per prompt: NNNN_<prompt>.wav (model sample rate, peak-normalized), .mp4 (the
 input video with the new audio, when a video was given), .png (spectrogram) and .json
 (inputs, seed, steps, NFE, per-stage latency, real-time factor).
 
@@ -135,6 +136,7 @@ def main(argv):
   logging.info('%s checkpoint, %s sampler, %d steps, cfg %.2f, %d prompt(s)', gen.kind,
                options.sampler, options.steps, options.cfg_scale, len(todo))
   bar = jobs.Progress(len(todo), unit='prompt')
+  done = 0
   for start in range(0, len(todo), _BATCH_SIZE.value):
     chunk = todo[start:start + _BATCH_SIZE.value]
     chunk_options = dataclasses.replace(options, seed=_SEED.value + start)
@@ -158,8 +160,15 @@ def main(argv):
              for i, job in enumerate(chunk)]
     videos = [job['video'] if job['video'] and not media.is_image_path(job['video']) else None
               for job in chunk]
-    records = jobs.save_results(results, out, stems, normalize=_NORMALIZE.value,
-                                videos=videos, spectrogram=_SPECTROGRAM.value)
+    try:
+      records = jobs.save_results(results, out, stems, normalize=_NORMALIZE.value,
+                                  videos=videos, spectrogram=_SPECTROGRAM.value)
+    except OSError as e:  # a full disk, a read-only or vanished --out
+      sys.exit(f'error: writing {e.filename or out} failed: {e.strerror or e}; no partial file '
+               f'was left, and the {done} output(s) written before are kept in {out}')
+    except ValueError as e:  # media.MediaError: the input video cannot be muxed
+      sys.exit(f'error: {e}')
+    done += len(records)
     for rec in records:
       logging.info('%s  (%.2f s audio, total %.2f s, RTF %.3f)', rec['files']['wav'],
                    rec['duration_s'], rec['latency_s']['total_s'], rec['real_time_factor'])

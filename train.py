@@ -38,6 +38,7 @@ def train(config, workdir: str) -> None:
   from axturbo.train import observe as train_observe, state as state_lib, step as step_lib
 
   t = config.train
+  state_lib.check_train_config(config)  # a bad setting stops here, not after compiling
   launch.check_inputs(config, t.data_source, t.init_from, t.get('require_init_from', False))
   # Mesh and the abstract state: shapes and shardings, nothing materialised yet.
   workdir, mesh, rules = launch.start_run(config, workdir, 'train')

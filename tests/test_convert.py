@@ -504,3 +504,48 @@ def test_cli_needs_t5_for_the_hf_tokenizer(converted):
              f'--out={tmp / "no_t5"}', tmp=tmp)
   assert run.returncode != 0 and 'Traceback' not in run.stderr
   assert "--t5 is required: model.text.tokenizer is 'hf'" in run.stderr
+
+
+# --- the converter refuses what will not work, and says where sizes came from ----------------
+
+def test_derived_fields_are_the_ones_the_released_json_sets(tmp_path):
+  from axturbo.convert import official_config as oc
+  fields = _fields(tmp_path, _official_json())
+  assert all(oc.derives(f) for f in fields)
+  assert not any(oc.derives(f) for f in ('trunk.scan_layers', 'trunk.rope_theta', 'video.dim',
+                                          'text.tokenizer', 'clip.num_layers'))
+
+
+@pytest.mark.e2e
+def test_cli_refuses_a_synchformer_that_does_not_fit_the_video(width_120):
+  """The released Synchformer makes (240, 768) features for 10 s; the fixture's model.video
+  reads others: refused before the checkpoint is read, not at the first Generator.load."""
+  tmp, _, cfg = width_120
+  run = _cli(f'--config={cfg}', f'--official_config={tmp / "model_config.json"}',
+             f'--checkpoint={tmp / "turbo.safetensors"}', f'--synchformer={tmp / "sf.pth"}',
+             f'--out={tmp / "with_sf"}', tmp=tmp)
+  _one_line_error(run, f'--synchformer {tmp / "sf.pth"}: model.synchformer makes (',
+                  'model.video.sync_len, sync_dim')
+  assert 'reading' not in run.stdout and not (tmp / 'with_sf').exists()
+
+
+@pytest.mark.e2e
+def test_cli_warns_about_sizes_given_by_hand(width_120):
+  tmp, _, cfg = width_120
+  missing = tmp / 'missing.safetensors'  # stops right after the sizes are settled
+  run = _cli(f'--config={cfg}', f'--checkpoint={missing}', f'--out={tmp / "x"}',
+             '--config.model.trunk.num_heads=10', '--config.model.trunk.head_dim=12',
+             '--config.model.trunk.embed_dim=120', '--config.model.trunk.scan_layers=false',
+             tmp=tmp)
+  warned = [l for l in run.stderr.splitlines() if 'given by hand' in l]
+  assert len(warned) == 1, run.stderr[-3000:]
+  assert ('model.trunk.embed_dim, model.trunk.head_dim, model.trunk.num_heads given by hand; '
+          '--official_config') in warned[0] and 'scan_layers' not in warned[0]
+  run = _cli(f'--config={cfg}', f'--official_config={tmp / "model_config.json"}',
+             f'--checkpoint={missing}', f'--out={tmp / "x"}',
+             '--config.model.trunk.num_heads=12', '--config.model.trunk.head_dim=10', tmp=tmp)
+  replaced = [l for l in run.stderr.splitlines() if 'replacing --config.model.' in l]
+  assert len(replaced) == 2, run.stderr[-3000:]
+  assert any('sets model.trunk.num_heads=10, replacing --config.model.trunk.num_heads=12' in l
+             for l in replaced)
+  assert not [l for l in run.stderr.splitlines() if 'given by hand' in l]

@@ -183,3 +183,43 @@ def test_writers(tmp_path, mp4):
   assert n_video == 25
   side = media.write_sidecar(tmp_path / 'a.json', {'seed': 3, 'nfe': 4})
   assert json.loads(side.read_text()) == {'seed': 3, 'nfe': 4}
+
+
+@pytest.mark.parametrize('suffix,container,codec', [
+    ('.m4a', 'ipod', 'aac'), ('.aac', 'adts', 'aac'), ('.mp4', 'mp4', 'aac'),
+    ('.webm', 'webm', 'libopus'),
+])
+def test_compressed_audio_decodes_without_an_ffmpeg_binary(tmp_path, monkeypatch, suffix,
+                                                          container, codec):
+  """PyAV decodes the audio of any container FFmpeg's libraries read; with no program on PATH
+  (audioread, the old fallback, needs an ffmpeg binary) the tone still comes back."""
+  import av
+  from axturbo.data import audio_io
+  rate, freq = 48000, 440.0
+  t = np.arange(rate) / rate
+  wave = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+  path = tmp_path / f'tone{suffix}'
+  with av.open(str(path), 'w', format=container) as out:
+    stream = out.add_stream(codec, rate=rate, layout='stereo')
+    frame_size = 960
+    for start in range(0, rate, frame_size):
+      chunk = np.stack([wave[start:start + frame_size]] * 2)
+      frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format='fltp',
+                                         layout='stereo')
+      frame.sample_rate, frame.pts = rate, start
+      for packet in stream.encode(frame):
+        out.mux(packet)
+    for packet in stream.encode(None):
+      out.mux(packet)
+  monkeypatch.setenv('PATH', str(tmp_path / 'no-programs-here'))
+  audio, sr = audio_io.load_audio(str(path))
+  assert sr == rate and audio.ndim == 2 and audio.shape[1] == 2 and audio.dtype == np.float32
+  assert abs(audio.shape[0] - rate) <= 2048  # encoder priming and padding
+  mid = audio[rate // 4: 3 * rate // 4, 0]
+  peak_hz = np.argmax(np.abs(np.fft.rfft(mid))) * rate / mid.shape[0]
+  assert abs(peak_hz - freq) <= 2.0
+  assert 0.4 < np.max(np.abs(mid)) < 0.6
+  # A container with no audio stream: one line naming the file.
+  silent = media.write_video(tmp_path / 'silent.mp4', np.zeros((3, 16, 16, 3), np.uint8), 5)
+  with pytest.raises(audio_io.BadSampleError, match='silent.mp4: cannot decode audio'):
+    audio_io.load_audio(str(silent))

@@ -209,6 +209,9 @@ def test_cli_round_trip(setup, tmp_path):
   t5_dir = write_hf_folder(tmp_path / 't5', t5_sd, t5_meta['hf_config'])
   m = test_convert._model_config()
   m.synchformer = meta['config']
+  # The extractor makes 240 tokens for 10 s, the width of the fixture's proj_sync: its 4 frames
+  # must span 10 s, or the converter refuses the pair (it would not load).
+  m = type(m)({**m.to_dict(), 'video_fps': m.video.num_frames / 10.0})
   (tmp_path / 'cfg.py').write_text(
       'import json\nimport ml_collections as mlc\n\ndef get_config():\n'
       f'  return mlc.ConfigDict({{"model": json.loads({m.to_json()!r})}})\n')

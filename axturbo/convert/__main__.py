@@ -34,6 +34,7 @@ from ml_collections import config_flags
 from axturbo.runtime import checkpoints
 from axturbo.convert import mmdit, official, official_config, torch_io
 from axturbo.convert import synchformer as synchformer_convert
+from axturbo.models import audiox
 from axturbo.models import synchformer as synchformer_model
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/official.py',
@@ -72,14 +73,41 @@ def _copy_tokenizer(t5_dir: pathlib.Path, out: pathlib.Path) -> None:
       shutil.copy2(t5_dir / name, dest / name)
 
 
+def _hand_given(argv: list[str]) -> dict[str, str]:
+  """{dotted model field: value text} of the `--config.model.*` overrides on the command line."""
+  given = {}
+  for a in argv:
+    if a.startswith('--config.model.'):
+      name, _, value = a[len('--config.model.'):].partition('=')
+      given[name] = value
+  return given
+
+
 def _model_config():
   """--config's model section with the --official_config fields written over it."""
   m = _CONFIG.value.model
+  given = _hand_given(sys.argv[1:])
   if _OFFICIAL_CONFIG.value:
     fields = official_config.model_fields(_OFFICIAL_CONFIG.value)
+    for name in sorted(set(given) & set(fields)):
+      logging.warning('--official_config %s sets model.%s=%s, replacing '
+                      '--config.model.%s=%s', _OFFICIAL_CONFIG.value, name, fields[name], name,
+                      given[name])
     official_config.apply(m, fields)
     print(f'{_OFFICIAL_CONFIG.value} set {official_config.describe(fields)}', flush=True)
+  else:
+    derived = sorted(f for f in given if official_config.derives(f))
+    if derived:
+      logging.warning('%s given by hand; --official_config <the checkpoint\'s '
+                      'model_config.json> derives them from the official file (a head split '
+                      'the wrong way round converts without an error but is wrong)',
+                      ', '.join(f'model.{f}' for f in derived))
   mmdit.check_sizes(m.trunk)  # before the (slow) checkpoint read
+  if _SYNCHFORMER.value:  # refused now, not at the first Generator.load
+    misfit = audiox.synchformer_misfit(m, synchformer_model.from_config(m.get('synchformer')))
+    if misfit:
+      raise ValueError(f'--synchformer {_SYNCHFORMER.value}: {misfit}; set model.synchformer '
+                       'or model.video to fit')
   return m
 
 

@@ -272,6 +272,21 @@ def _conditioning(c: _Section, pretransform: Any) -> dict:
   return fields
 
 
+# `config.model` fields an official model_config.json determines (model_fields), by prefix.
+DERIVED = ('sample_rate', 'audio_samples', 'video_fps', 'cond_dim', 'text.max_length',
+           'audio_prompt.latent_seq_len', 'audio_prompt.mask_ratio_start',
+           'audio_prompt.mask_ratio_end', 'audio_prompt.output_dim',
+           'maf.num_experts_per_modality', 'maf.num_heads', 'maf.num_layers',
+           'trunk.cond_dim', 'trunk.depth', 'trunk.embed_dim', 'trunk.head_dim',
+           'trunk.io_channels', 'trunk.kernel_size', 'trunk.mlp_hidden', 'trunk.num_heads',
+           'trunk.seq_len', 'vae.')
+
+
+def derives(field: str) -> bool:
+  """Whether --official_config sets the dotted `config.model` field `field`."""
+  return any(field == p or (p.endswith('.') and field.startswith(p)) for p in DERIVED)
+
+
 def model_fields(path: str | pathlib.Path) -> dict[str, Any]:
   """Reads an official model_config.json into {dotted `config.model` field: value}.
 

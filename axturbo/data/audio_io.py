@@ -26,21 +26,22 @@ def check_finite(x: np.ndarray, what: str, path: str) -> np.ndarray:
 def load_audio(path: str) -> tuple[np.ndarray, int]:
   """Decodes an audio file -> ((N, C) float32, sample_rate).
 
-  libsndfile (wav/flac/ogg/mp3) first; audioread (librosa's backend) for the containers it lacks
-  (m4a/aac/...) and as a fallback whenever libsndfile fails. Raises BadSampleError for a
-  missing, unreadable, truncated, empty or non-finite file.
+  libsndfile (wav/flac/ogg/mp3) first; PyAV (FFmpeg's libraries, linked in: no ffmpeg binary
+  needed) for the containers libsndfile lacks (m4a/aac/mp4/webm/...) and as a fallback
+  whenever libsndfile fails. Raises BadSampleError for a missing, unreadable, truncated, empty
+  or non-finite file.
   """
   if not os.path.isfile(path):
     raise BadSampleError(f'{path}: audio file does not exist')
   ext = os.path.splitext(path)[1].lower()
-  if ext in _AUDIOREAD_ONLY:
-    audio, sr = _load_with_audioread(path)
+  if ext in _AV_ONLY:
+    audio, sr = _load_with_av(path)
   else:
     import soundfile  # libsndfile >= 1.1 also reads mp3
     try:
       audio, sr = soundfile.read(path, dtype='float32', always_2d=True)
     except Exception as e:  # pylint: disable=broad-except
-      audio, sr = _load_with_audioread(path, f'soundfile: {type(e).__name__}: {e}; ')
+      audio, sr = _load_with_av(path, f'soundfile: {type(e).__name__}: {e}; ')
   if ext == '.wav':
     declared = _wav_declared_frames(path)
     # libsndfile silently returns what is there when the data chunk is cut short.
@@ -52,23 +53,34 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
   return check_finite(audio, 'audio', path), int(sr)
 
 
-_AUDIOREAD_ONLY = ('.m4a', '.aac', '.mp4', '.wma')
+_AV_ONLY = ('.m4a', '.aac', '.mp4', '.m4v', '.mov', '.webm', '.mkv', '.wma', '.opus')
 
 
-def _load_with_audioread(path, earlier: str = ''):
-  """audioread directly, not through `librosa.load`: librosa warns on each fall back, and
-  silencing that with `warnings.catch_warnings` is not thread-safe (the pipeline decodes in
-  reader threads, so the warnings leaked to the console, even after a run's one-line error)."""
+def _load_with_av(path, earlier: str = ''):
+  """The first audio stream of any container FFmpeg reads, through PyAV, as float32 at its own
+  rate and channel count (a format conversion only: no resampling, no downmix)."""
+  import av
   try:
-    import audioread
-    with audioread.audio_open(path) as f:
-      sr, channels = f.samplerate, f.channels
-      pcm = b''.join(f)   # 16-bit little-endian PCM, channels interleaved
+    with av.open(path) as container:
+      if not container.streams.audio:
+        raise BadSampleError(f'{path}: cannot decode audio ({earlier}no audio stream)')
+      stream = container.streams.audio[0]
+      chunks, resampler, sr = [], None, None
+      for frame in container.decode(stream):
+        if resampler is None:
+          sr = frame.sample_rate
+          resampler = av.AudioResampler(format='fltp', layout=frame.layout, rate=sr)
+        chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+      if resampler is not None:
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]
+  except BadSampleError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise BadSampleError(f'{path}: cannot decode audio ({earlier}'
-                         f'audioread: {type(e).__name__}: {e})') from e
-  audio = np.frombuffer(pcm, '<i2').astype(np.float32) / 32768.0
-  return audio.reshape(-1, channels), int(sr)
+                         f'PyAV: {type(e).__name__}: {e})') from e
+  if not chunks:
+    return np.zeros((0, 1), np.float32), int(sr or 0)
+  return np.ascontiguousarray(np.concatenate(chunks, axis=1).T, np.float32), int(sr)
 
 
 def _wav_declared_frames(path):

@@ -17,6 +17,7 @@ stereo, crop `audio_samples` at an offset drawn from the 10 s grid (`audio_io.cr
 zero-pad; video and sync cover the crop's window; the caption is the window's caption.
 """
 import json
+import logging
 import os
 
 import numpy as np
@@ -70,7 +71,26 @@ def read_manifest(path: str, root: str = '') -> list[dict]:
       })
   if not entries:
     raise ValueError(f'manifest {path!r} has no entries')
+  _warn_duplicates(entries, path)
   return entries
+
+
+def _warn_duplicates(entries: list[dict], path: str) -> None:
+  """One warning for lines that repeat an earlier entry (same files, caption and type). Both
+  are kept (repeating a line is a way to weight it), but a copy-paste slip must not pass
+  without a word."""
+  first, repeats = {}, []
+  for e in entries:
+    key = tuple(e[k] for k in ('path', 'video_path', 'sync_feature', 'caption', 'type'))
+    if key in first:
+      repeats.append((e['where'].rsplit(':', 1)[1], first[key]))
+    else:
+      first[key] = e['where'].rsplit(':', 1)[1]
+  if repeats:
+    shown = ', '.join(f'line {a} repeats line {b}' for a, b in repeats[:3])
+    more = f' and {len(repeats) - 3} more' if len(repeats) > 3 else ''
+    logging.warning('manifest %s: %d duplicate line(s), kept: %s%s', path, len(repeats), shown,
+                    more)
 
 
 def scan_folder(folder: str) -> list[dict]:

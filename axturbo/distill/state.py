@@ -14,9 +14,10 @@ import ml_collections as mlc
 from flax import struct
 from jax.sharding import Mesh
 
+from axturbo.distill import dmd
 from axturbo.models import audiox
 from axturbo.models.disc_head import DiscriminatorHeads
-from axturbo.runtime import checkpoints, optim, sharding
+from axturbo.runtime import checkpoints, optim, settings, sharding
 
 
 @struct.dataclass
@@ -54,7 +55,32 @@ def build_heads(m: mlc.ConfigDict) -> DiscriminatorHeads:
 
 
 def check_distill_config(config: mlc.ConfigDict) -> None:
+  """Raises ValueError naming the `--config.distill.*` field out of range or not fitting the
+  model (before compiling)."""
   d, m = config.distill, config.model
+  settings.check_loop(d, 'distill')
+  settings.check_optimizer(d.student, 'distill.student')
+  settings.check_optimizer(d.fake, 'distill.fake')
+  settings.check_ema(d.ema, 'distill.ema')
+  settings.number(d, 'num_steps', 'distill', low=1, integer=True)
+  try:
+    dmd.check_index_probs(d.index_probs, d.num_steps)
+  except ValueError as e:
+    raise ValueError(f'--config.distill.index_probs={tuple(d.index_probs)}: {e}') from None
+  settings.number(d, 'guidance_scale', 'distill', low=0)
+  settings.choice(d, 'normalizer', 'distill', dmd.NORMALIZERS)
+  lo, hi = d.t_dmd_range
+  if not (0 <= lo < hi <= 1):
+    raise ValueError(f'--config.distill.t_dmd_range={tuple(d.t_dmd_range)}: must be (lo, hi) '
+                     'with 0 <= lo < hi <= 1')
+  settings.number(d, 'disc_max_t', 'distill', low=0, high=1, low_open=True)
+  for key in ('dm_weight', 'adv_weight', 'fake_weight', 'disc_weight'):
+    settings.number(d, key, 'distill', low=0)
+  settings.choice(d, 'update_schedule', 'distill', dmd.SCHEDULES)
+  for key in ('student_steps_per_cycle', 'fake_steps_per_cycle',
+              'fake_updates_per_student_update'):
+    settings.number(d, key, 'distill', low=1, integer=True)
+  settings.number(d, 'batch_size', 'distill', low=0, integer=True)
   if d.disc_num_blocks != m.disc.num_heads:
     raise ValueError(f'distill.disc_num_blocks={d.disc_num_blocks} must equal '
                      f'model.disc.num_heads={m.disc.num_heads} (one head per read-out block)')

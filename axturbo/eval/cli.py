@@ -24,6 +24,8 @@ Suites (each writes --out/results.json and --out/results.md):
                   [--student_steps 1,2,4] [--undistilled_steps 4] [--runs 20] [--warmup 5]
 """
 import json
+import math
+import pathlib
 import sys
 
 from absl import app
@@ -214,6 +216,8 @@ def main(argv):
                           ('warmup', _WARMUP, 0)):
     if flag.value < low:
       sys.exit(f'error: --{name} must be >= {low}, got {flag.value}')
+  if _DURATION.value is not None and not (math.isfinite(_DURATION.value) and _DURATION.value > 0):
+    sys.exit(f'error: --duration_s must be a finite number of seconds > 0, got {_DURATION.value}')
   if not flags.FLAGS['verbosity'].present:  # per-prompt INFO lines would bury the progress bar
     logging.set_verbosity(logging.WARNING)
   suite = {'events': _events, 'manifest': _manifest, 'table': _table,

@@ -381,6 +381,9 @@ def _pinned(known_latents, n: int, latent_shape: tuple[int, int]):
   return jnp.asarray(known, jnp.float32), jnp.asarray(mask.astype(bool)[..., None])
 
 
+UNUSED_SUBTREES = ('synchformer', 'disc')  # top-level subtrees the sampler itself never reads
+
+
 def _check_params(params, m: mlc.ConfigDict, where) -> None:
   """Raises naming the subtrees/leaves whose shapes do not match the checkpoint's config."""
   model = audiox.build_model(m)
@@ -390,9 +393,24 @@ def _check_params(params, m: mlc.ConfigDict, where) -> None:
   have_flat = {jax.tree_util.keystr(k): np.shape(v)
                for k, v in jax.tree_util.tree_leaves_with_path(params)}
   problems = [f'missing {k}' for k in want_flat if k not in have_flat]
+  # Weights the config does not use mean the config is not the one they were trained with
+  # (an edited trunk.depth would otherwise load as the first layers). Whole subtrees that
+  # other parts read (the Synchformer extractor, discriminator heads) are not the model's.
+  used = {jax.tree_util.keystr(k[:i]) for k, _ in jax.tree_util.tree_leaves_with_path(want)
+          for i in range(1, len(k) + 1)}
+  unused = []
+  for k, _ in jax.tree_util.tree_leaves_with_path(params):
+    if jax.tree_util.keystr(k) in want_flat or getattr(k[0], 'key', None) in UNUSED_SUBTREES:
+      continue
+    # Named by the outermost subtree that the config does not use at all (['layers_1']).
+    top = next(jax.tree_util.keystr(k[:i]) for i in range(1, len(k) + 1)
+               if jax.tree_util.keystr(k[:i]) not in used)
+    if top not in unused:
+      unused.append(top)
+  problems += [f'{k} is in the checkpoint but not used by the config' for k in unused]
   problems += [f'{k}: shape {have_flat[k]} but the config needs {s}'
                for k, s in want_flat.items() if k in have_flat and have_flat[k] != s]
   if problems:
-    more = f' (and {len(problems) - 10} more)' if len(problems) > 10 else ''
-    raise ValueError(f'{where}: parameters do not match model_config.json:\n  '
-                     + '\n  '.join(problems[:10]) + more)
+    more = f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''
+    raise ValueError(f'{where}: parameters do not match model_config.json: '
+                     + '; '.join(problems[:5]) + more)

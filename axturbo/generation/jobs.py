@@ -9,12 +9,16 @@ Captions file (the captions of one long clip over time): one segment per line,
 `START: caption` with START in seconds (`0: rain`, `20 s: thunder and rain`); blank lines and
 lines starting with '#' are skipped.
 """
+import contextlib
+import errno
+import fcntl
 import json
+import os
 import pathlib
 import re
 import sys
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import logging
 
@@ -89,13 +93,22 @@ def parse_step_counts(values: Sequence[str], flag: str) -> list[int]:
   return steps
 
 
+def _read_text(path: pathlib.Path, what: str) -> str:
+  """UTF-8 text of `path`; a ValueError naming the file and the first bad byte otherwise."""
+  try:
+    return path.read_text(encoding='utf-8')
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{what} {str(path)!r}: not UTF-8 text (byte {e.object[e.start]:#04x} at '
+                     f'offset {e.start}); save it as UTF-8') from None
+
+
 def parse_batch_file(path) -> list[dict]:
   """-> one dict per prompt with every key of JOB_KEYS (missing ones None/False/'')."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'batch file {str(path)!r}: file not found')
   jobs = []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
+  for n, line in enumerate(_read_text(path, 'batch file').splitlines(), 1):
     line = line.strip()
     if not line or line.startswith('#'):
       continue
@@ -137,7 +150,7 @@ def parse_captions_file(path) -> list[tuple[float, str]]:
   if not path.is_file():
     raise FileNotFoundError(f'captions file {str(path)!r}: file not found')
   segments = []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
+  for n, line in enumerate(_read_text(path, 'captions file').splitlines(), 1):
     line = line.strip()
     if not line or line.startswith('#'):
       continue
@@ -168,6 +181,7 @@ def writable_dir(path, flag: str = '--out') -> pathlib.Path:
 
 
 _STEM = re.compile(r'^(\d{4,})_')
+CLAIM_LOCK = '.axturbo-outputs.lock'
 
 
 def first_free_index(out_dir) -> int:
@@ -182,6 +196,80 @@ def output_stem(index: int, text: str) -> str:
   """'0007_a-dog-barks': index plus a filename-safe slug of the prompt."""
   slug = re.sub(r'[^a-z0-9]+', '-', text.lower()).strip('-')[:40]
   return f'{index:04d}_{slug or "untitled"}'
+
+
+@contextlib.contextmanager
+def _claim_lock(out_dir: pathlib.Path):
+  """An exclusive lock on `out_dir` for choosing output numbers (released when the process
+  dies). Where the file system has no locks, the no-overwrite links below still hold."""
+  with open(out_dir / CLAIM_LOCK, 'a') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError as e:
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        raise
+    yield
+
+
+def _publish(tmp: pathlib.Path, final: pathlib.Path) -> None:
+  """Moves `tmp` to `final`, refusing (FileExistsError) when `final` exists: a hard link where
+  the file system has them (atomic), else an exclusive create and a rename over it."""
+  try:
+    os.link(tmp, final)
+  except FileExistsError:
+    raise
+  except OSError:  # no hard links (some FUSE mounts): claim the name, then fill it atomically
+    os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    os.replace(tmp, final)
+    return
+  tmp.unlink()
+
+
+def claim_files(out_dir, stem: str, contents: Callable[[str], dict[str, bytes]]
+                ) -> dict[str, pathlib.Path]:
+  """Writes the files `contents(stem)` ({suffix: bytes}) as `out_dir/<stem><suffix>` under a
+  number no other file in `out_dir` has, and returns {suffix: path}.
+
+  `stem` ('NNNN_slug') keeps its number when no file in `out_dir` starts with it, else takes
+  `first_free_index`: concurrent runs into one folder never share a number or a name, and
+  nothing is overwritten. Files are written into a hidden folder first and linked into place
+  under an exclusive lock, so a failure (a full disk) leaves no 0-byte or partial output; the
+  OSError names the path.
+  """
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  index, slug = stem.split('_', 1)
+  index = int(index)
+  with _claim_lock(out_dir):
+    taken = {int(m.group(1)) for f in out_dir.iterdir() if (m := _STEM.match(f.name))}
+    if index in taken:
+      index = max(taken) + 1
+    while True:
+      stem = f'{index:04d}_{slug}'
+      data = contents(stem)
+      published = []
+      with tempfile.TemporaryDirectory(dir=out_dir, prefix='.claim-') as tmp:
+        try:
+          for suffix, blob in data.items():
+            staged = pathlib.Path(tmp) / f'{stem}{suffix}'
+            try:
+              staged.write_bytes(blob)
+            except OSError as e:
+              raise OSError(e.errno, e.strerror, str(out_dir / staged.name)) from None
+          for suffix in data:
+            final = out_dir / f'{stem}{suffix}'
+            _publish(pathlib.Path(tmp) / final.name, final)
+            published.append(final)
+        except FileExistsError:  # a writer that does not take the lock got there first
+          for f in published:
+            f.unlink(missing_ok=True)
+          index += 1
+          continue
+        except BaseException:
+          for f in published:
+            f.unlink(missing_ok=True)
+          raise
+      return {suffix: out_dir / f'{stem}{suffix}' for suffix in data}
 
 
 def save_results(results: Sequence, out_dir, stems: Sequence[str], *, normalize: str = 'clip',
@@ -209,13 +297,21 @@ def save_results(results: Sequence, out_dir, stems: Sequence[str], *, normalize:
   videos = list(videos) if videos is not None else [None] * len(results)
   records = []
   for r, wave, stem, video in zip(results, waves, stems, videos):
-    files = {'wav': str(media.write_wav(out_dir / f'{stem}.wav', wave, r.sample_rate))}
+    # Encoded before the claim: the lock is held only for writing finished bytes.
+    blobs = {'.wav': media.wav_bytes(wave, r.sample_rate)}
     if video is not None and not media.is_image_path(video):
-      files['video'] = str(media.mux_video(video, wave, r.sample_rate, out_dir / f'{stem}.mp4'))
+      blobs['.mp4'] = media.muxed_bytes(video, wave, r.sample_rate)
     if spectrogram:
-      files['spectrogram'] = str(media.save_spectrogram(
-          out_dir / f'{stem}.png', wave, r.sample_rate, title=r.meta['inputs'].get('text', '')))
-    record = {**r.meta, 'normalize': normalize, 'files': files}
-    media.write_sidecar(out_dir / f'{stem}.json', record)
+      blobs['.png'] = media.spectrogram_png(wave, r.sample_rate,
+                                            title=r.meta['inputs'].get('text', ''))
+    names = {'.wav': 'wav', '.mp4': 'video', '.png': 'spectrogram'}
+    record = {}
+
+    def contents(final_stem, blobs=blobs, r=r):
+      files = {names[s]: str(out_dir / f'{final_stem}{s}') for s in blobs}
+      record.clear()
+      record.update({**r.meta, 'normalize': normalize, 'files': files})
+      return {**blobs, '.json': media.sidecar_bytes(record)}
+    claim_files(out_dir, stem, contents)
     records.append(record)
   return records

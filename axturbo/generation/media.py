@@ -13,8 +13,11 @@ Deliberate difference: a still image is repeated as uint8 frames in [0, 255]. Th
 again (near-black frames); `official_image_scaling=True` reproduces that.
 """
 import contextlib
+import io
 import logging
+import os
 import pathlib
+import tempfile
 import warnings
 from typing import Callable
 
@@ -193,13 +196,37 @@ def normalize_peak(waves: np.ndarray, joint: bool = False) -> np.ndarray:
   return np.clip(waves / peak, -1.0, 1.0)
 
 
-def write_wav(path, wave: np.ndarray, sample_rate: int) -> pathlib.Path:
-  """(N, 2) float -> 32-bit float WAV (as the official release saves)."""
-  import soundfile as sf
+def write_file(path, data: bytes) -> pathlib.Path:
+  """Writes `data` to `path` whole or not at all: into a hidden temporary sibling, renamed into
+  place. A full disk or a kill leaves no 0-byte or partial file at `path` (an OSError names
+  `path`)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  sf.write(str(path), np.asarray(wave, np.float32), sample_rate, subtype='FLOAT')
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.partial')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException as e:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    if isinstance(e, OSError) and e.filename is None:
+      raise OSError(e.errno, e.strerror, str(path)) from None
+    raise
   return path
+
+
+def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
+  """(N, 2) float -> a 32-bit float WAV (as the official release saves), in memory: the disk
+  is written by plain file I/O, whose errors say what happened (ENOSPC), not libsndfile's."""
+  import soundfile as sf
+  buf = io.BytesIO()
+  sf.write(buf, np.asarray(wave, np.float32), sample_rate, subtype='FLOAT', format='WAV')
+  return buf.getvalue()
+
+
+def write_wav(path, wave: np.ndarray, sample_rate: int) -> pathlib.Path:
+  """(N, 2) float -> 32-bit float WAV (as the official release saves), written whole or not."""
+  return write_file(path, wav_bytes(wave, sample_rate))
 
 
 def write_video(path, frames: np.ndarray, fps: int) -> pathlib.Path:
@@ -208,26 +235,25 @@ def write_video(path, frames: np.ndarray, fps: int) -> pathlib.Path:
   frames = np.asarray(frames, np.uint8)
   pad = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
   frames = np.pad(frames, pad, mode='edge')
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with av.open(str(path), 'w') as out:
+  buf = io.BytesIO()
+  with av.open(buf, 'w', format='mp4') as out:
     stream = out.add_stream('mpeg4', rate=fps)
     stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
     stream.options = {'qscale': '2'}
     for frame in frames:
       out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
     out.mux(stream.encode(None))
-  return path
+  return write_file(path, buf.getvalue())
 
 
-def mux_video(video_path, wave: np.ndarray, sample_rate: int, out_path) -> pathlib.Path:
-  """Copies the video stream of `video_path` (no re-encoding) and adds `wave` (N, 2) as AAC."""
+def muxed_bytes(video_path, wave: np.ndarray, sample_rate: int) -> bytes:
+  """The video stream of `video_path` (copied, not re-encoded) plus `wave` (N, 2) as AAC: an
+  MPEG-4 file, in memory."""
   import av
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
   wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
+  buf = io.BytesIO()
   try:
-    with av.open(str(video_path)) as src, av.open(str(out_path), 'w') as dst:
+    with av.open(str(video_path)) as src, av.open(buf, 'w', format='mp4') as dst:
       v_in = src.streams.video[0]
       v_out = dst.add_stream_from_template(v_in)
       a_out = dst.add_stream('aac', rate=sample_rate, layout='stereo')
@@ -246,8 +272,13 @@ def mux_video(video_path, wave: np.ndarray, sample_rate: int, out_path) -> pathl
         dst.mux(a_out.encode(frame))
       dst.mux(a_out.encode(None))
   except av.FFmpegError as e:
-    raise MediaError(f'muxing {str(video_path)!r} into {str(out_path)!r} failed: {e}') from None
-  return out_path
+    raise MediaError(f'muxing {str(video_path)!r} with the generated audio failed: {e}') from None
+  return buf.getvalue()
+
+
+def mux_video(video_path, wave: np.ndarray, sample_rate: int, out_path) -> pathlib.Path:
+  """Copies the video stream of `video_path` (no re-encoding) and adds `wave` (N, 2) as AAC."""
+  return write_file(out_path, muxed_bytes(video_path, wave, sample_rate))
 
 
 def log_spectrogram(wave: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
@@ -260,12 +291,10 @@ def log_spectrogram(wave: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.n
   return 20.0 * np.log10(np.maximum(spec, 1e-5))
 
 
-def save_spectrogram(path, wave: np.ndarray, sample_rate: int, title: str = '') -> pathlib.Path:
-  """A spectrogram PNG (matplotlib's Agg canvas; no pyplot global state)."""
+def spectrogram_png(wave: np.ndarray, sample_rate: int, title: str = '') -> bytes:
+  """A spectrogram PNG, in memory (matplotlib's Agg canvas; no pyplot global state)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   db = log_spectrogram(wave)
   fig = Figure(figsize=(8, 3), dpi=100)
   FigureCanvasAgg(fig)
@@ -282,14 +311,21 @@ def save_spectrogram(path, wave: np.ndarray, sample_rate: int, title: str = '') 
     if title:
       ax.set_title(title[:100], fontsize=9)
     fig.tight_layout()
-    fig.savefig(str(path))
-  return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png')
+  return buf.getvalue()
+
+
+def save_spectrogram(path, wave: np.ndarray, sample_rate: int, title: str = '') -> pathlib.Path:
+  """A spectrogram PNG file, written whole or not (`spectrogram_png`)."""
+  return write_file(path, spectrogram_png(wave, sample_rate, title))
+
+
+def sidecar_bytes(record: dict) -> bytes:
+  """The JSON record of one output (inputs, seed, steps, NFE, latencies, real-time factor)."""
+  import json
+  return json.dumps(record, indent=2, default=str).encode()
 
 
 def write_sidecar(path, record: dict) -> pathlib.Path:
-  """The JSON record of one output (inputs, seed, steps, NFE, latencies, real-time factor)."""
-  import json
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(record, indent=2, default=str))
-  return path
+  return write_file(path, sidecar_bytes(record))

@@ -117,6 +117,17 @@ def _dtype(name: str):
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[name]
 
 
+def synchformer_misfit(m: mlc.ConfigDict, extractor: synchformer.Synchformer) -> str | None:
+  """Why `extractor`'s sync features do not fit `m.video` (None when they do)."""
+  seconds = m.video.num_frames / m.video_fps
+  length = synchformer.sync_len(extractor, seconds)
+  if (length, extractor.embed_dim) == (m.video.sync_len, m.video.sync_dim):
+    return None
+  return (f'model.synchformer makes ({length}, {extractor.embed_dim}) sync features for the '
+          f'{seconds:g} s of model.video, but model.video.sync_len, sync_dim = '
+          f'({m.video.sync_len}, {m.video.sync_dim})')
+
+
 def check_model_config(m: mlc.ConfigDict) -> None:
   """Raises ValueError naming the config fields whose sizes do not fit together."""
   hop = codec_lib.hop_length(m)
@@ -161,13 +172,8 @@ def check_model_config(m: mlc.ConfigDict) -> None:
        f'model.video.tokens_per_frame={m.video.tokens_per_frame} but CLIP gives '
        f'{tokens_per_frame} tokens per frame')
   if m.get('synchformer'):
-    extractor = synchformer.from_config(m.synchformer)
-    seconds = m.video.num_frames / m.video_fps
-    length = synchformer.sync_len(extractor, seconds)
-    need((length, extractor.embed_dim) == (m.video.sync_len, m.video.sync_dim),
-         f'model.synchformer makes ({length}, {extractor.embed_dim}) sync features for the '
-         f'{seconds:g} s of model.video, but model.video.sync_len, sync_dim = '
-         f'({m.video.sync_len}, {m.video.sync_dim})')
+    misfit = synchformer_misfit(m, synchformer.from_config(m.synchformer))
+    need(misfit is None, misfit)
   if problems:
     raise ValueError('inconsistent model config:\n  ' + '\n  '.join(problems))
 

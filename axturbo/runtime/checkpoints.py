@@ -31,6 +31,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from axturbo.runtime import checkpoint_fields
+
 PARAMS_DIR = 'params'
 CONFIG_FILE = 'model_config.json'
 META_FILE = 'meta.json'
@@ -156,6 +158,7 @@ def load_model_config(directory: str | os.PathLike) -> mlc.ConfigDict:
   # Checkpoints written before `time_shift` existed were all trained and distilled on the
   # unshifted time axis.
   config.setdefault('time_shift', 1.0)
+  checkpoint_fields.check_model_config(config, path)
   return mlc.ConfigDict(config)
 
 
@@ -164,7 +167,9 @@ def load_meta(directory: str | os.PathLike) -> dict:
   path = as_path(directory) / META_FILE
   if not path.is_file():
     return {}
-  return _read_json_object(path)
+  meta = _read_json_object(path)
+  checkpoint_fields.check_meta(meta, path)
+  return meta
 
 
 def load_params(directory: str | os.PathLike, target: Any | None = None, *,

@@ -164,10 +164,22 @@ _PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent.parent)
 def _console_filter(record: pylogging.LogRecord) -> bool:
   """The console keeps warnings and this project's own lines; library INFO (orbax writes ~57
   lines per checkpoint) goes only to the log file."""
-  if record.levelno >= pylogging.WARNING:
-    return True
   path = os.path.abspath(record.pathname)
-  return path.startswith(_PACKAGE_DIR) or path == os.path.abspath(sys.argv[0])
+  ours = path.startswith(_PACKAGE_DIR) or path == os.path.abspath(sys.argv[0])
+  if record.levelno >= pylogging.WARNING:
+    # A library's error with a traceback (orbax logs one per failed writer thread on a full
+    # disk: hundreds of lines) goes to the log file only; the run's own `error:` line says it.
+    return ours or not record.exc_info
+  return ours
+
+
+class _RunLogHandler(pylogging.FileHandler):
+  """The run's log file. When the disk is full, a failed write is dropped: Python's default
+  prints '--- Logging error ---' and a traceback to the console for every line, burying the
+  run's one `error:` line that says the disk is full."""
+
+  def handleError(self, record):
+    del record
 
 
 def log_to_workdir(path) -> pathlib.Path:
@@ -181,7 +193,7 @@ def log_to_workdir(path) -> pathlib.Path:
       logger.removeHandler(old)
       old.close()
   path = observe.local_copy(path)
-  handler = pylogging.FileHandler(path)
+  handler = _RunLogHandler(path)
   handler.axturbo_run_log = True
   handler.setFormatter(logging.PythonFormatter())
   handler.setLevel(pylogging.INFO)
@@ -220,7 +232,7 @@ def one_line_errors():
   except (*USER_ERRORS, pipeline.SkipLimitError) as e:
     _traceback_logger().error('stopped by %s', type(e).__name__, exc_info=True)
     # grain appends a note on its traceback filtering after a dashed line
-    sys.exit(f'error: {str(e).split(chr(10) + "-" * 20)[0]}')
+    sys.exit(f'error: {_outside_world(e) or str(e).split(chr(10) + "-" * 20)[0]}')
   except preemption.Stopped as e:
     _traceback_logger().info('%s', e)
     print(e, file=sys.stderr, flush=True)
@@ -231,6 +243,25 @@ def one_line_errors():
     print('interrupted (Ctrl-C): stopped; checkpoints and exports on disk are whole',
           file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_INTERRUPTED)
+
+
+_NO_SPACE = ('No space left on device', 'Disk quota exceeded')
+
+
+def _outside_world(e: BaseException) -> str | None:
+  """One line for a full disk (what happened, where, what was kept), from an OSError or the
+  message orbax/tensorstore wrap it in; None for anything else."""
+  import re
+  text = str(e)
+  if not any(n in text for n in _NO_SPACE) and getattr(e, 'errno', None) != 28:
+    return None
+  path = getattr(e, 'filename', None)
+  if not path:
+    m = re.search(r'(?:local file|Failed writing:) "([^"]+)"', text)
+    path = m.group(1) if m else '?'
+  path = re.sub(r'\.orbax-checkpoint-tmp.*$', '', str(path))
+  return (f'no space left on device while writing {path}; the unfinished write was not kept, '
+          'every checkpoint and export finished before it is (traceback in the log file)')
 
 
 def make_data_iterator(config, source: str, field: str, process_index: int,

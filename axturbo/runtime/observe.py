@@ -82,6 +82,12 @@ class Reporter:
       from tensorboardX import SummaryWriter  # imported here: only the primary host writes
       self.writer = SummaryWriter(str(local_copy(self.workdir / 'tensorboard')))
     self._t0, self._step0 = time.perf_counter(), first_step
+    # The loss curve of the steps before a resume: kept beside the curve, so that the PNG a
+    # resumed run draws starts at step 1, not at the resume step (steps after `first_step`
+    # were not checkpointed and are run again).
+    self._history_file = local_copy(self.workdir / 'loss_history.json')  # a URL: uploaded
+    self._earlier = [(int(s), float(v)) for s, v in _read_history(self._history_file)
+                     if s <= first_step] if self.writer is not None else []
 
   def record(self, step: int, metrics: dict) -> None:
     """`step`: the number of steps done after this one."""
@@ -122,6 +128,7 @@ class Reporter:
     if self.writer is not None:
       for k, v in scalars.items():
         self.writer.add_scalar(k, v, step)
+      _write_history(self._history_file, self._earlier + self.history)
       self.writer.flush()
       upload()
 
@@ -138,7 +145,30 @@ class Reporter:
       return None
     self.writer.close()
     upload()
-    return plot_loss(self.history, self.workdir / 'loss_curve.png')
+    return plot_loss(self._earlier + self.history, self.workdir / 'loss_curve.png')
+
+
+def _read_history(path: pathlib.Path) -> list:
+  """[(step, loss), ...] of earlier runs in this workdir; [] when none or unreadable (the
+  curve then starts at the resume step, with a warning)."""
+  import json
+  if not path.is_file():
+    return []
+  try:
+    return [(int(s), float(v)) for s, v in json.loads(path.read_text())]
+  except (ValueError, TypeError, OSError) as e:
+    logging.warning('%s unreadable (%s); the loss curve starts at this run', path, e)
+    return []
+
+
+def _write_history(path: pathlib.Path, history: list) -> None:
+  import json
+  tmp = path.with_name(path.name + '.partial')
+  try:
+    tmp.write_text(json.dumps(history))
+    os.replace(tmp, path)
+  except OSError:  # a full disk: the curve is a convenience, the run goes on
+    tmp.unlink(missing_ok=True)
 
 
 def format_duration(seconds: float) -> str:

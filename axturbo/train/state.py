@@ -7,8 +7,21 @@ import ml_collections as mlc
 from flax import struct
 from jax.sharding import Mesh
 
+from axturbo import flow
 from axturbo.models import audiox
-from axturbo.runtime import optim, sharding
+from axturbo.runtime import optim, settings, sharding
+
+
+def check_train_config(config: mlc.ConfigDict) -> None:
+  """Raises ValueError naming the `--config.train.*` field out of range (before compiling)."""
+  t = config.train
+  settings.check_loop(t, 'train')
+  settings.check_optimizer(t.optim, 'train.optim')
+  settings.check_ema(t.ema, 'train.ema')
+  settings.number(t, 'cfg_dropout_prob', 'train', low=0, high=1)
+  settings.choice(t, 'timestep_sampler', 'train', tuple(flow.TIMESTEP_SAMPLERS))
+  if not t.trainable:
+    raise ValueError('--config.train.trainable=(): must name at least one parameter subtree')
 
 
 @struct.dataclass
