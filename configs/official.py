@@ -191,6 +191,11 @@ def mesh_config() -> mlc.ConfigDict:
   """Device mesh (axturbo.runtime.sharding): (data, fsdp, tensor); one entry -1 = all remaining
   devices."""
   return mlc.ConfigDict(dict(shape=(1, -1, 1),
+                             # Multi-slice TPU pods: each axis's across-slice factor (it
+                             # divides that axis). Data parallelism spans the slices over
+                             # the slow data-center network, FSDP stays inside one:
+                             # e.g. shape=(2, -1, 1), dcn=(2, 1, 1) on 2 slices.
+                             dcn=(1, 1, 1),
                              rules=(),  # (logical, mesh axes) pairs overriding DEFAULT_RULES
                              # Trace with the models' activation sharding hints: on the
                              # 8-way FSDP mesh they halve the teacher step's temporaries

@@ -153,7 +153,7 @@ def start_run(config, workdir, log_name: str):
   logging.info('process %d/%d, %d local / %d global devices; full log in %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), log)
-  mesh = sharding.make_mesh(config.mesh.shape)
+  mesh = sharding.make_mesh(config.mesh.shape, dcn=config.mesh.get('dcn', (1, 1, 1)))
   sharding.check_batch_size(config.data.batch_size, mesh)
   return workdir, mesh, sharding.mesh_rules(config.mesh)
 

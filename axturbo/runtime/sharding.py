@@ -91,20 +91,86 @@ def mesh_shape(requested: Sequence[int], num_devices: int) -> tuple[int, ...]:
   return requested
 
 
-def make_mesh(requested: Sequence[int], devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(requested: Sequence[int], devices: Sequence[Any] | None = None, *,
+              dcn: Sequence[int] = (1, 1, 1), slice_of: Callable[[Any], Any] | None = None
+              ) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all, across hosts).
+
+  dcn: the across-slice factor of each axis (`config.mesh.dcn`): on a multi-slice TPU pod,
+    axis i spans dcn[i] slices (joined by the slow data-center network) and requested[i] /
+    dcn[i] devices inside each slice. (1, 1, 1): one slice, the topology-aware `jax.make_mesh`.
+  slice_of: device -> its slice (default `device.slice_index`, which multi-slice TPUs report).
 
   Auto axes: the compiler propagates shardings between the logical constraints (Explicit axes
   would turn every constraint into an assertion).
   """
   devices = jax.devices() if devices is None else list(devices)
   shape = mesh_shape(requested, len(devices))
-  try:
-    mesh = jax.make_mesh(shape, MESH_AXES, devices=devices)
-  except (AssertionError, ValueError, NotImplementedError, TypeError):
-    # Topology-unaware fallback (e.g. a device subset that make_mesh cannot lay out).
-    mesh = Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
-  return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+  dcn = _check_dcn(dcn, shape)
+  if math.prod(dcn) > 1:
+    grid = hybrid_device_grid(shape, dcn, slice_groups(devices, dcn, slice_of))
+  else:
+    try:
+      grid = jax.make_mesh(shape, MESH_AXES, devices=devices).devices
+    except (AssertionError, ValueError, NotImplementedError, TypeError):
+      # Topology-unaware fallback (e.g. a device subset that make_mesh cannot lay out).
+      grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _check_dcn(dcn: Sequence[int], shape: tuple[int, ...]) -> tuple[int, ...]:
+  dcn = tuple(int(d) for d in dcn)
+  if len(dcn) != len(MESH_AXES) or min(dcn) < 1:
+    raise ValueError(f'config.mesh.dcn={dcn}: one positive across-slice factor per axis '
+                     f'{MESH_AXES}, e.g. (2, 1, 1) for data parallelism over 2 slices')
+  for axis, n, d in zip(MESH_AXES, shape, dcn):
+    if n % d:
+      raise ValueError(f'config.mesh.dcn={dcn}: the {axis} axis has {n} devices, which do not '
+                       f'split over {d} slices')
+  return dcn
+
+
+def slice_groups(devices: Sequence[Any], dcn: Sequence[int],
+                 slice_of: Callable[[Any], Any] | None = None) -> list[list[Any]]:
+  """`devices` grouped by slice, in slice order; one-line errors when the devices report no
+  slices or not prod(dcn) slices of equal size."""
+  want = math.prod(dcn)
+  if slice_of is None:
+    if not all(hasattr(d, 'slice_index') for d in devices):
+      raise ValueError(f'config.mesh.dcn={tuple(dcn)} asks for {want} slices, but these '
+                       f'{devices[0].platform} devices report none (device.slice_index: '
+                       'multi-slice TPU pods only); use config.mesh.dcn=(1, 1, 1)')
+    slice_of = lambda d: d.slice_index
+  groups: dict[Any, list[Any]] = {}
+  for d in devices:
+    groups.setdefault(slice_of(d), []).append(d)
+  sizes = [len(g) for g in groups.values()]
+  if len(groups) != want or len(set(sizes)) != 1:
+    raise ValueError(f'config.mesh.dcn={tuple(dcn)} asks for {want} equal slices, but the '
+                     f'{len(devices)} devices are in {len(groups)} slices of {sizes} devices')
+  return [groups[k] for k in sorted(groups)]
+
+
+def hybrid_device_grid(shape: Sequence[int], dcn: Sequence[int],
+                       groups: Sequence[Sequence[Any]]) -> np.ndarray:
+  """The device grid of a multi-slice mesh: axis i holds dcn[i] blocks of shape[i] // dcn[i]
+  devices, each block inside one slice, the slice the outer (slow) factor.
+
+  groups: prod(dcn) slices' devices (`slice_groups`), laid out in row-major order over dcn.
+  Inside a slice the devices are arranged topology-aware (`mesh_utils.create_device_mesh`).
+  """
+  from jax.experimental import mesh_utils
+  ici = tuple(n // d for n, d in zip(shape, dcn))
+  blocks = []
+  for g in groups:
+    try:
+      blocks.append(mesh_utils.create_device_mesh(ici, devices=list(g)))
+    except (AssertionError, ValueError, NotImplementedError):
+      blocks.append(np.asarray(g, dtype=object).reshape(ici))
+  k = len(shape)
+  grid = np.stack(blocks).reshape(*dcn, *ici)
+  # (dcn_0, ..., ici_0, ...) -> (dcn_0, ici_0, dcn_1, ici_1, ...) -> shape.
+  return grid.transpose([j for i in range(k) for j in (i, k + i)]).reshape(shape)
 
 
 def mesh_rules(mesh_config: mlc.ConfigDict) -> tuple:
