@@ -22,6 +22,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,12 +31,28 @@ from axturbo.models import layers
 ACT = ('act_batch', 'act_length', 'act_embed')
 ACT_HEADS = ('act_batch', 'act_length', 'act_heads', 'act_kv')
 
-# Rematerialisation policies by name; None means "store everything" (no remat).
+# The trunk block's activations that a remat policy can keep by name (`checkpoint_name`):
+# q, k and v after RoPE, the attention output before its projection, the FFN's gated hidden
+# (B, L, mlp_hidden): the largest). Everything else is recomputed under a named policy.
+SAVEABLE_NAMES = ('query', 'key', 'value', 'attention', 'ffn_hidden')
+_ATTENTION = ('query', 'key', 'value', 'attention')
+_policies = jax.checkpoint_policies
+
+# Rematerialisation policies by name, from storing everything ('none') to storing nothing
+# ('full'); the named ones keep chosen activations of each block for the backward pass, and
+# 'offload_attention' keeps them in pinned host memory (GPU/TPU backends; docs/benchmarks.md,
+# "Remat policies").
 REMAT_POLICIES: dict[str, Callable | None] = {
     'none': None,
-    'full': jax.checkpoint_policies.nothing_saveable,
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,
-    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'save_attention_ffn': _policies.save_only_these_names(*_ATTENTION, 'ffn_hidden'),
+    'save_attention': _policies.save_only_these_names(*_ATTENTION),
+    'save_qkv': _policies.save_only_these_names('query', 'key', 'value'),
+    'offload_attention': _policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=(), names_which_can_be_offloaded=_ATTENTION,
+        offload_src='device', offload_dst='pinned_host'),
+    'dots_saveable': _policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': _policies.dots_with_no_batch_dims_saveable,
+    'full': _policies.nothing_saveable,
 }
 
 
@@ -136,8 +153,10 @@ class MMDiTBlock(BlockFields):
     cos, sin = rope
     q = apply_rope(layers.rms_normalize(q, 1e-6), cos, sin)
     k = apply_rope(layers.rms_normalize(k, 1e-6), cos, sin)
-    q, k, v = (layers.constrain(a, ACT_HEADS) for a in (q, k, v))
-    a = layers.attention(q, k, v, implementation=self.attention_impl)
+    q, k, v = (checkpoint_name(layers.constrain(a, ACT_HEADS), name)
+               for a, name in ((q, 'query'), (k, 'key'), (v, 'value')))
+    a = checkpoint_name(layers.attention(q, k, v, implementation=self.attention_impl),
+                        'attention')
     a = a.reshape(*a.shape[:2], n * hd)
     a = layers.conv1d(d, self.kernel_size, ('heads', 'embed'), dtype=dt, name='attn_out')(a)
     h = h + a * gate1
@@ -157,7 +176,8 @@ class MMDiTBlock(BlockFields):
     else:
       conv_in = lambda name: conv(self.mlp_hidden, ('embed', 'mlp'), name)(y)
     u = nn.silu(conv_in('ffn_w1')) * conv_in('ffn_w3')
-    u = layers.constrain(u, ('act_batch', 'act_length', 'act_mlp'))
+    u = checkpoint_name(layers.constrain(u, ('act_batch', 'act_length', 'act_mlp')),
+                        'ffn_hidden')
     h = h + conv(d, ('mlp', 'embed'), 'ffn_w2')(u) * gate2
     h = layers.constrain(h, ACT)
     return h, (h if self.emit else None)
@@ -237,7 +257,7 @@ class MMDiT(StackFields):
     dtype: compute dtype (params are float32; Fourier features and RoPE stay float32).
     attention_impl: None (XLA) or 'cudnn'.
     scan_layers: stack the blocks with nn.scan (params under 'layers' with a leading axis).
-    remat_policy: 'none', 'full', 'dots_saveable' or 'dots_with_no_batch_dims_saveable'.
+    remat_policy: a name in REMAT_POLICIES: what each block keeps for the backward pass.
     scan_unroll: blocks per iteration of the scanned loop (`depth` unrolls it fully: no loop
       overhead between blocks, a longer compile; same parameters, same math).
     unroll_layers: run the blocks as an unrolled Python loop even with `scan_layers`, each
