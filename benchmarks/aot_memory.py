@@ -1,13 +1,16 @@
 """Ahead-of-time compile of the teacher train step for a mesh you may not have; memory per device.
 
   python -m benchmarks.aot_memory --config configs/official.py --devices 8 --mesh 1,-1,1 \
-      --batch 8 [--config.model.trunk.remat_policy=full] [--config.model.dtype=bfloat16]
+      --batch 8 [--config.model.trunk.remat_policy=full] [--config.model.dtype=bfloat16] \
+      [--config.mesh.dcn=(2,1,1)]
 
 Builds fake CPU devices, the abstract TrainState (jax.eval_shape: no parameter is ever
 materialised), ShapeDtypeStruct batches, then jit(...).lower(...).compile() and prints
 `compiled.memory_analysis()` (per device: arguments = sharded params + optimizer state + EMA +
 batch; temp = activations and scratch) and XLA's FLOP count. CPU numbers approximate what a
 GPU/TPU compile of the same SPMD program needs (layouts and fusion differ per backend).
+A multi-slice mesh (`config.mesh.dcn` with more than one slice) stands the fake devices in for
+prod(dcn) slices of consecutive device ids, as a multi-slice pod reports them.
 """
 import time
 
@@ -35,7 +38,10 @@ def main(argv):
 
   config = _CONFIG.value
   m = config.model
-  mesh = sharding.make_mesh(tuple(int(x) for x in _MESH.value.split(',')))
+  dcn = tuple(config.mesh.dcn)
+  per_slice = _DEVICES.value // int(np.prod(dcn))
+  mesh = sharding.make_mesh(tuple(int(x) for x in _MESH.value.split(',')), dcn=dcn,
+                            slice_of=lambda d: d.id // per_slice)
   rules = sharding.mesh_rules(config.mesh)
   model = audiox.build_model(m)
   tx = optim.make_optimizer(config.train.optim, config.train.total_steps)
@@ -54,7 +60,8 @@ def main(argv):
 
   count = aot_report.count
   trainable, _ = optim.split_params(abstract.params, config.train.trainable)
-  print(f'mesh {dict(mesh.shape)}  global batch {b}  dtype {m.dtype}  '
+  print(f'mesh {dict(mesh.shape)}  across slices {dict(zip(mesh.axis_names, dcn))}  '
+        f'global batch {b}  dtype {m.dtype}  '
         f'remat {m.trunk.remat_policy}  scan {m.trunk.scan_layers}  compile {secs:.0f} s')
   print(f'params {count(abstract.params) / 1e6:.1f} M (trainable {count(trainable) / 1e6:.1f} M, '
         f'EMA {count(abstract.ema) / 1e6:.1f} M, optimizer state '
