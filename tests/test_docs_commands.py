@@ -17,6 +17,8 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
+from axturbo.models import fields
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [REPO / 'README.md', *sorted((REPO / 'docs' / 'guide').glob('*.md'))]
 EXTERNAL_MODULES = {'pip', 'pytest'}    # `python -m` targets that are not ours
@@ -174,9 +176,10 @@ def test_command(page, line, argv):
   if config:
     assert (REPO / config.split(':')[0]).is_file(), f'{where}: no config file {config}'
     try:
-      apply_overrides(config, extra)
+      c = apply_overrides(config, extra)
     except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
       pytest.fail(f'{where}: an override does not apply to {config}: {type(e).__name__}: {e}')
+    assert not fields.check(c.model), f'{where}: {fields.check(c.model)}'
 
 
 @pytest.mark.parametrize('page,path', other_file_refs())
@@ -198,3 +201,5 @@ def test_the_checker_catches_what_it_should():
     apply_overrides('configs/tiny.py', ['--config.train.no_such_field=1'])
   with pytest.raises(flags.Error):
     apply_overrides('configs/tiny.py', ['--config.train.total_steps=many'])
+  bad = apply_overrides('configs/tiny.py', ['--config.model.attention_impl=flash'])
+  assert fields.check(bad.model)
