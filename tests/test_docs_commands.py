@@ -1,4 +1,5 @@
-"""The commands in README.md and the user guide (docs/guide/*.md) are ones a user can run: every
+"""The commands in README.md, the user guide (docs/guide/*.md) and the reference pages (docs/*.md;
+not docs/research/, a record of past runs) are ones a user can run: every
 ```bash block's `python X.py` / `python -m M` names a script or module of this repository, every
 `--flag` it passes is one that command defines (its `--helpfull`, run once per command), every
 `--config.a.b=v` override names a field of the config it loads and a value of that field's type
@@ -20,7 +21,8 @@ import pytest
 from axturbo.models import fields
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PAGES = [REPO / 'README.md', *sorted((REPO / 'docs' / 'guide').glob('*.md'))]
+PAGES = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md')),
+         *sorted((REPO / 'docs' / 'guide').glob('*.md'))]
 EXTERNAL_MODULES = {'pip', 'pytest'}    # `python -m` targets that are not ours
 SEPARATORS = {'&&', '||', ';', '|', '&', '(', ')'}
 PLACEHOLDER = '...'                     # "the rest of the command above", in prose-like lines
@@ -113,7 +115,7 @@ def defined_flags(prog: tuple[str, ...]) -> frozenset[str]:
       names.add(name)
       if neg:
         names.add('no' + name)
-  assert len(names) > 3, (prog, r.returncode, text[-2000:])
+  assert ('help' if uses_argparse else 'helpfull') in names, (prog, r.returncode, text[-2000:])
   return frozenset(names)
 
 
@@ -162,10 +164,9 @@ def test_command(page, line, argv):
     return
   where = f'{page}: `{line}`'
   assert program_file(prog), f'{where}: no script or module {" ".join(prog)} in the repository'
-  names = defined_flags(tuple(prog))
-  for a in args:
-    if not a.startswith('--') or a.startswith('--config.') or a == '--':
-      continue
+  passed = [a for a in args if a.startswith('--') and not a.startswith('--config.') and a != '--']
+  names = defined_flags(tuple(prog)) if passed else frozenset()   # --helpfull only where needed
+  for a in passed:
     name = a[2:].split('=')[0]
     assert name in names, f'{where}: {" ".join(prog)} has no flag --{name}'
   assert PLACEHOLDER not in args or page != 'README.md', f'{where}: a placeholder in the README'
