@@ -204,3 +204,23 @@ def test_the_checker_catches_what_it_should():
     apply_overrides('configs/tiny.py', ['--config.train.total_steps=many'])
   bad = apply_overrides('configs/tiny.py', ['--config.model.attention_impl=flash'])
   assert fields.check(bad.model)
+
+
+def test_links_and_doc_paths_resolve():
+  """Every `docs/....md` path named in the repository's text (code comments, help, docs) and
+  every relative markdown link in README.md and docs/ points at a file: pages that move leave
+  no dangling names behind."""
+  texts = [p for p in REPO.rglob('*') if p.suffix in ('.py', '.md', '.sh', '.ipynb', '.txt')
+           and not any(part.startswith('.') or part in ('out', 'build') for part in
+                       p.relative_to(REPO).parts)]
+  bad = []
+  for path in texts:
+    text = path.read_text(errors='replace')
+    for name in set(re.findall(r'\bdocs/[\w/]+\.md', text)):
+      if not (REPO / name).is_file():
+        bad.append(f'{path.relative_to(REPO)}: {name}')
+    if path.suffix == '.md':
+      for link in set(re.findall(r'\]\(([^)#:\s]+\.(?:md|png))(?:#[^)]*)?\)', text)):
+        if not (path.parent / link).is_file():
+          bad.append(f'{path.relative_to(REPO)}: link {link}')
+  assert not bad, bad
