@@ -224,3 +224,49 @@ def test_links_and_doc_paths_resolve():
         if not (path.parent / link).is_file():
           bad.append(f'{path.relative_to(REPO)}: link {link}')
   assert not bad, bad
+
+
+def python_blocks() -> list[tuple[str, str]]:
+  return [(page.relative_to(REPO).as_posix(), block) for page in PAGES
+          for block in re.findall(r'```python\n(.*?)```', page.read_text(), re.S)]
+
+
+@pytest.mark.parametrize('page,block', python_blocks())
+def test_python_examples_name_real_api(page, block):
+  """The pages' Python examples parse, import names that exist and call them with keywords and
+  attributes they have (nothing is loaded or generated)."""
+  import ast
+  import importlib
+  import inspect
+  tree = ast.parse(block)
+  names = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module.startswith('axturbo'):
+      module = importlib.import_module(node.module)
+      for alias in node.names:
+        assert hasattr(module, alias.name), f'{page}: {node.module} has no {alias.name}'
+        names[alias.asname or alias.name] = getattr(module, alias.name)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call):
+      func = node.func
+      target = None
+      if isinstance(func, ast.Name) and func.id in names:
+        target = names[func.id]
+      elif (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+            and func.value.id in names):
+        target = getattr(names[func.value.id], func.attr, None)
+        assert target is not None, f'{page}: {func.value.id} has no {func.attr}'
+      if target is None:
+        continue
+      params = inspect.signature(target).parameters
+      for kw in node.keywords:
+        assert kw.arg in params, f'{page}: {ast.unparse(func)}() takes no {kw.arg}='
+
+
+@pytest.mark.parametrize('block,needle', [
+    ('from axturbo.generation import Request\nRequest(txt="rain")', 'takes no txt='),
+    ('from axturbo.generation import Generator\nGenerator.lod("ckpt")', 'has no lod'),
+    ('from axturbo.generation import Generatr', 'has no Generatr')])
+def test_the_example_check_catches_what_it_should(block, needle):
+  with pytest.raises(AssertionError, match=needle):
+    test_python_examples_name_real_api('page', block)
