@@ -7,7 +7,7 @@
 `python -m axturbo.convert` output) made for exactly `config.model`. Student and fake start as
 copies of its MAF + trunk; its conditioners (frozen) serve all three networks. Multi-host: as
 train.py (--distributed, or --coordinator_address/--num_processes/--process_id).
-See docs/distillation.md. Exit codes, preemption and the workdir lock: as train.py (0 done, 1 a
+See docs/guide/distilling.md. Exit codes, preemption and the workdir lock: as train.py (0 done, 1 a
 one-line error, 75 stopped by SIGTERM after saving a checkpoint, 130 Ctrl-C).
 
 Order: mesh -> teacher (sharded, checked) -> abstract state and shardings -> restore the latest

@@ -5,7 +5,7 @@
 Multi-host: every host runs the same command. On TPU VMs / SLURM add `--distributed`
 (jax.distributed auto-detects the cluster); elsewhere pass --coordinator_address,
 --num_processes and --process_id (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-JAX_PROCESS_ID). See docs/training.md.
+JAX_PROCESS_ID). See docs/guide/training.md and docs/guide/pod.md.
 
 Exit codes: 0 done; 1 a one-line error (traceback in <workdir>/train.log), also when another run
 holds <workdir>/run.lock; 75 stopped by SIGTERM or a preemption notice after saving a checkpoint

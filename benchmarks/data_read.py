@@ -7,7 +7,7 @@ Manifest: writes `--files` 2 s 44.1 kHz stereo WAVs (resampled to the model's 16
 decoded) and builds them into axturbo_manifest. For both, base examples per second read in a
 random order from the direct source (synthesis / file decoding) and from the built dataset
 (`tfds_source.TfdsSource`), and batches per second of the whole pipeline (tasks, tokenizer,
-batching; data.read_threads reader threads). Results go to stdout; docs/training.md records
+batching; data.read_threads reader threads). Results go to stdout; docs/guide/data.md records
 them. Not part of the library: nothing imports this file.
 """
 import argparse

@@ -7,7 +7,7 @@ stop-gradient student samples. Student: a 1-step generator x = b + a * eps, expr
 velocity at t = 1 (v = z - (b + a z)) so that it goes through `student_rollout`.
 Both updates use their own Adam state. The whole run is one jitted lax.scan.
 
-  python -m benchmarks.dmd_toy            # prints the table of docs/distillation.md
+  python -m benchmarks.dmd_toy            # prints the table of docs/research/distillation.md
 """
 import dataclasses
 import functools

@@ -4,7 +4,7 @@
 codec with a Griffin-Lim decoder, docs/latent_codec.md), audio prompts as long and through the
 same codec, 10 video frames of 32x32 at 5 fps, a word-level tokenizer over the embedded
 captions' closed vocabulary (no vocabulary file), and towers small enough to train on 2 CPU
-cores in 10-16 minutes (docs/training.md has the measured runs).
+cores in 10-16 minutes (docs/research/training.md has the measured runs).
 """
 import ml_collections as mlc
 
@@ -19,16 +19,16 @@ def model_config() -> mlc.ConfigDict:
   m.prompt_samples = 32768       # prompts as long as the target (inpainting the whole clip)
   m.cond_dim = 64
   # Train more near noise, where a clip's events are decided: with uniform t the teacher got
-  # Cat 54.7 %, with the SD3 shift 3 (median t 0.75) 78.1 % (docs/training.md runs G, I); shift
+  # Cat 54.7 %, with the SD3 shift 3 (median t 0.75) 78.1 % (docs/research/training.md runs G, I); shift
   # 5 (median 0.83) beat two shift-3 seeds on Cat, Cnt and TS on 512 clips (seventh series).
   # Every sampler steps on the grid shifted alike ([1, 0.94, 0.83, 0.62, 0] for 4 steps): at
   # shift 3 it lifted the teacher's 4-step Euler from Cat 70.3 to 78.1 % and TS 53.3 to 66.7 %
-  # on 128 clips (docs/distillation.md, "The sampling grid").
+  # on 128 clips (docs/research/distillation.md, "The sampling grid").
   m.time_shift = 5.0
   # Target latents: normalised 128-band log-mel, Griffin-Lim decoder (docs/latent_codec.md).
   # Hop 512 (64 frames x 128 bands) rather than 256 (128 x 64): the same detector scores after
   # a round trip, half the sequence, a 191 against 356 ms training step, and a teacher that
-  # places events better per CPU-minute (docs/training.md, "fourth series").
+  # places events better per CPU-minute (docs/research/training.md, "fourth series").
   # mean / std: measured on 64 training clips, so latents have ~unit variance.
   m.codec = 'mel'
   m.mel = mlc.ConfigDict(dict(n_fft=1024, hop=512, n_mels=128, f_min=0.0, f_max=8000.0,
@@ -41,7 +41,7 @@ def model_config() -> mlc.ConfigDict:
   m.text.update(tokenizer='word', vocab=vocab, max_length=48)
   # Zero T5 blocks: the frozen random word embeddings after T5's final RMSNorm. Two random
   # blocks mixed the words and the teacher followed the text less (Cat 37.5 -> 54.7 %,
-  # docs/training.md run G).
+  # docs/research/training.md run G).
   m.t5.update(vocab_size=len(vocab) + 3, d_model=64, d_kv=16, d_ff=128, num_layers=0,
               num_heads=4)
   m.clip.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=32,
@@ -75,7 +75,7 @@ def data_config() -> mlc.ConfigDict:
       continuation=0.05, audio_to_audio=0.0, all=0.0))
   # Count captions are the hardest to follow. With the four styles drawn uniformly the teacher
   # counted 24-25 % of 131 held-out count clips; with this mix 45.8 % (a second seed 24.4 %)
-  # and order 39.2 -> 63.1 %, for timestamps 74.6 -> 65.8 % (docs/training.md, twelfth
+  # and order 39.2 -> 63.1 %, for timestamps 74.6 -> 65.8 % (docs/research/training.md, twelfth
   # series). Held-out clips stay uniform.
   d.caption_styles = mlc.ConfigDict(dict(category=0.15, count=0.45, order=0.3, timestamp=0.1))
   return d
@@ -84,7 +84,7 @@ def data_config() -> mlc.ConfigDict:
 def train_config() -> mlc.ConfigDict:
   """CLIP, video conditioner, prompt projections, MAF and trunk train from scratch at a large LR.
 
-  T5 stays frozen at its random init, as the official run freezes it (docs/training.md): trained
+  T5 stays frozen at its random init, as the official run freezes it (docs/research/training.md): trained
   from scratch jointly at lr 1e-3, the text encoder collapsed to a constant output within 1000
   steps (two captions' token rows differed by 0.05 against 1.2 at init), and the teacher ignored
   the text (Cat 6 %). CLIP, frozen officially because it is pretrained, has no pretrained small
@@ -111,7 +111,7 @@ def train_config() -> mlc.ConfigDict:
 
 
 def distill_config() -> mlc.ConfigDict:
-  """CPU-sized distillation of a configs/tiny.py teacher (docs/distillation.md).
+  """CPU-sized distillation of a configs/tiny.py teacher (docs/guide/distilling.md).
 
   The official 5:1 schedule, with the student's lr 100x below the fake model's: on the analytic
   toy and on this teacher the 5:1 rule is stable when the fake can track the student. DMD2's
@@ -128,7 +128,7 @@ def distill_config() -> mlc.ConfigDict:
   d.fake.schedule = 'constant'
   # 1e-5: on the hop-512 teacher (128 held-out clips, 4 steps) 1e-4 fell to Cat 58.6 % and
   # 3e-5 to 74.2 %, while 1e-5 matched the teacher's 50-step Cat (78.9 %) and beat the
-  # undistilled sampler on Cat and TS (docs/distillation.md, the hop-512 teacher).
+  # undistilled sampler on Cat and TS (docs/research/distillation.md, the hop-512 teacher).
   d.student.lr = 1e-5
   d.fake.lr = 1e-3
   d.student.grad_clip_norm = 1.0

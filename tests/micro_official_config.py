@@ -1,4 +1,4 @@
-"""configs/official.py shrunk only in size, for the test that runs the README's official launch
+"""configs/official.py shrunk only in size, for the test that runs the guide's official launch
 lines (tests/test_official_launch.py): the micro towers with the Oobleck codec (as
 benchmarks/gpu_suite.py's micro size), the 'hf' T5 tokenizer read from
 `model.text.tokenizer_dir` (a tiny local tokenizer stands in for t5-base's), and in-process

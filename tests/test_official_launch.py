@@ -1,4 +1,5 @@
-"""The README's official launch lines, run as written: only configs/official.py is swapped for
+"""The guide's official launch lines (docs/guide/training.md, docs/guide/distilling.md), run as
+written: only configs/official.py is swapped for
 tests/micro_official_config.py (the same config shrunk in size), the placeholder paths for
 temporary ones, and gs://mybucket for a fake bucket (tests/fake_gcs.py). A tiny local tokenizer
 stands in for t5-base's files, a random micro checkpoint for the converted release. Without the
@@ -29,15 +30,18 @@ REPO = script_runs.REPO
 CONFIG = str(REPO / 'tests' / 'micro_official_config.py')
 
 
-def readme_official_lines() -> dict[str, list[str]]:
-  """{'train.py': argv, 'distill.py': argv} of the README's `python <script> --config
-  configs/official.py` lines (continuations joined)."""
-  text = (REPO / 'README.md').read_text()
-  lines = []
-  for block in re.findall(r'```bash\n(.*?)```', text, re.S):
-    lines += block.replace('\\\n', ' ').splitlines()
+PAGES = {'train.py': REPO / 'docs' / 'guide' / 'training.md',
+         'distill.py': REPO / 'docs' / 'guide' / 'distilling.md'}
+
+
+def guide_official_lines() -> dict[str, list[str]]:
+  """{'train.py': argv, 'distill.py': argv}: the one `python <script> --config
+  configs/official.py` line of each script's guide page (continuations joined)."""
   out = {}
-  for script in ('train.py', 'distill.py'):
+  for script, page in PAGES.items():
+    lines = []
+    for block in re.findall(r'```bash\n(.*?)```', page.read_text(), re.S):
+      lines += block.replace('\\\n', ' ').splitlines()
     found = [shlex.split(l) for l in lines
              if l.startswith(f'python {script} --config configs/official.py')]
     assert len(found) == 1, (script, found)
@@ -64,7 +68,7 @@ def _run(argv, tmp):
 
 @pytest.fixture(scope='module')
 def inputs(tmp_path_factory):
-  """What the README's lines name: the converted checkpoint (random micro weights with its
+  """What the guide's lines name: the converted checkpoint (random micro weights with its
   tokenizer/ folder, as `python -m axturbo.convert --t5` writes it) and a TFDS dataset."""
   tmp = tmp_path_factory.mktemp('official')
   c = micro_official_config.get_config()
@@ -92,7 +96,7 @@ def inputs(tmp_path_factory):
                                            'huggingface.co/t5-base']),
     ('--config.train.init_from', ['--config.train.init_from=DIR', 'axturbo.convert'])])
 def test_a_missing_input_is_one_line_before_any_work(inputs, drop, needles):
-  argv = [a for a in _substitute(readme_official_lines()['train.py'], inputs)
+  argv = [a for a in _substitute(guide_official_lines()['train.py'], inputs)
           if not a.startswith(drop)]
   r = _run(argv, inputs)
   assert r.returncode == 1, r.stderr[-2000:]
@@ -102,8 +106,8 @@ def test_a_missing_input_is_one_line_before_any_work(inputs, drop, needles):
   assert not (inputs / 'gcs' / 'mybucket' / 'teacher').exists()   # stopped before the workdir
 
 
-def test_the_readme_official_lines_run(inputs):
-  lines = readme_official_lines()
+def test_the_guide_official_lines_run(inputs):
+  lines = guide_official_lines()
   for script in ('train.py', 'distill.py'):
     r = _run(_substitute(lines[script], inputs), inputs)
     assert r.returncode == 0, r.stderr[-3000:]

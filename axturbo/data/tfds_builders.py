@@ -21,7 +21,7 @@ MAX_SKIP_MESSAGES of the decoder's messages); `fail_fast=True` stops at the firs
 
 Builders are not registered with TFDS (nothing happens on import): build by calling them; read
 through `tfds.data_source(name, data_dir=...)`, which finds the files without this module.
-No TensorFlow is needed to build or read (docs/training.md).
+No TensorFlow is needed to build or read (docs/guide/data.md).
 """
 import contextlib
 import dataclasses

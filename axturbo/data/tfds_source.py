@@ -44,7 +44,7 @@ def features(shapes: dict):
 
   Arrays are stored as raw bytes: ArrayRecord already compresses each record (its zeros:
   padding, silence, absent modalities), and a second zlib pass on top kept the same size and
-  read 1.6-2.6x slower (docs/training.md).
+  read 1.6-2.6x slower (docs/guide/data.md).
   """
   import tensorflow_datasets as tfds
   f = tfds.features

@@ -126,8 +126,8 @@ def check_inputs(config, data_source: str, init_from: str = '', require_init_fro
         'config.train.init_from is empty, and this config (train.require_init_from) fine-tunes '
         'released weights (its T5, CLIP and VAE are frozen): pass --config.train.init_from=DIR, '
         'a checkpoint written by `python -m axturbo.convert --config configs/official.py '
-        '--checkpoint audiox_turbo.ckpt ...` from the official AudioX-Turbo release (README, '
-        '"Official weights"), or --config.train.require_init_from=False to start from random '
+        '--checkpoint audiox_turbo.ckpt ...` from the official AudioX-Turbo release (docs/guide/'
+        'generating.md, "With the official weights"), or --config.train.require_init_from=False to start from random '
         'weights')
   if init_from and not (checkpoints.as_path(init_from) / checkpoints.CONFIG_FILE).is_file():
     raise FileNotFoundError(f'--config.train.init_from={init_from}: not an axturbo checkpoint '
