@@ -3,7 +3,8 @@
 Fixture tests/fixtures/mmdit.npz was made by `python -m tests.fixtures.make_official --only mmdit`
 (torch 2.13.0+cpu, official code at af50898): `MMDiTWrapper(io_channels=8, embed_dim=48,
 depth=3, num_heads=12, cond_token_dim=32, global_cond_dim=32, project_cond_tokens=False,
-transformer_type='continuous_transformer', _latent_seq_len=16)` with `dit.ContinuousMMDiTTransformer` patched to the training script's
+transformer_type='continuous_transformer', _latent_seq_len=16)` with
+`dit.ContinuousMMDiTTransformer` patched to the training script's
 `ContinuousMMDiTTransformerAblation` (adds `active_num_layers`). The 64x24 head quirk appears in
 miniature: config num_heads 12 gives dim_heads 48 // 12 = 4, used as the head count, so blocks
 have 4 heads of dimension 12. The hard-wired 768->D and 384->237 maps were replaced by
