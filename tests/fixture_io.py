@@ -4,8 +4,10 @@ A fixture is one compressed .npz with:
   'meta'      a JSON string: the module's config and how the fixture was made,
   'sd/<key>'  PyTorch state-dict tensors under their official names (random weights),
   'in/<name>' inputs, 'out/<name>' the PyTorch module's outputs.
-The scripts that produced them import the official PyTorch code and are not part of this
-repository; each test's docstring says what was run.
+tests/fixtures/README.md names each file's generator: tests/make_hf_fixtures.py (Hugging Face
+models) or tests/fixtures/make_official.py (the official PyTorch code, from a local checkout
+named by $AXTURBO_OFFICIAL, which is not part of this repository); each test's docstring says
+what was run.
 """
 import json
 import pathlib
@@ -28,14 +30,15 @@ def load_fixture(name: str) -> tuple[dict, dict, dict, dict]:
   return groups['sd'], groups['in'], groups['out'], meta
 
 
-def save_fixture(name: str, state_dict: dict, inputs: dict, outputs: dict, meta: dict) -> None:
-  """Writes a fixture (used by the out-of-tree generators; float64 is stored as float32)."""
+def save_fixture(name: str, state_dict: dict, inputs: dict, outputs: dict, meta: dict,
+                 folder: pathlib.Path = FIXTURES) -> None:
+  """Writes <folder>/<name>.npz (float64 is stored as float32)."""
   arrays = {'meta': np.array(json.dumps(meta))}
   for group, d in (('sd', state_dict), ('in', inputs), ('out', outputs)):
     for k, v in d.items():
       v = np.asarray(v)
       arrays[f'{group}/{k}'] = v.astype(np.float32) if v.dtype == np.float64 else v
-  np.savez_compressed(FIXTURES / f'{name}.npz', **arrays)
+  np.savez_compressed(pathlib.Path(folder) / f'{name}.npz', **arrays)
 
 
 def rel_err(a, b) -> float:

@@ -14,7 +14,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from tests.fixture_io import save_fixture
+from tests.fixture_io import FIXTURES, save_fixture
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:
@@ -42,7 +42,7 @@ def _versions() -> dict:
   return {'torch': torch.__version__, 'transformers': transformers.__version__}
 
 
-def make_t5(name: str, feed_forward_proj: str, seed: int) -> None:
+def make_t5(name: str, feed_forward_proj: str, seed: int, folder=FIXTURES) -> None:
   cfg = transformers.T5Config(vocab_size=64, d_model=32, d_kv=6, d_ff=48, num_layers=2,
                               num_heads=4, relative_attention_num_buckets=16,
                               relative_attention_max_distance=20, dropout_rate=0.0,
@@ -69,10 +69,10 @@ def make_t5(name: str, feed_forward_proj: str, seed: int) -> None:
   save_fixture(name, _saved_state(model),
                {'input_ids': ids.astype(np.int32), 'attention_mask': mask.astype(np.int32)},
                {'last_hidden_state': out.last_hidden_state.numpy(),
-                'buckets_32_128': buckets.numpy().astype(np.int32)}, meta)
+                'buckets_32_128': buckets.numpy().astype(np.int32)}, meta, folder)
 
 
-def make_clip(name: str, seed: int) -> None:
+def make_clip(name: str, seed: int, folder=FIXTURES) -> None:
   cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, image_size=32, patch_size=8,
                                       projection_dim=16, hidden_act='quick_gelu',
@@ -91,10 +91,17 @@ def make_clip(name: str, seed: int) -> None:
                      f'attention), random weights, seed {seed}; pixels = (frames/255-mean)/std'}
   save_fixture(name, _saved_state(model), {'frames': frames},
                {'pixels': pixels.numpy(), 'last_hidden_state': out.last_hidden_state.numpy()},
-               meta)
+               meta, folder)
+
+
+# name -> (function, args): what __main__ writes and what make_official --check regenerates.
+HF_FIXTURES = {
+    'hf_t5_tiny': (make_t5, ('hf_t5_tiny', 'relu', 0)),
+    'hf_t5_gated_tiny': (make_t5, ('hf_t5_gated_tiny', 'gated-gelu', 1)),
+    'hf_clip_tiny': (make_clip, ('hf_clip_tiny', 2)),
+}
 
 
 if __name__ == '__main__':
-  make_t5('hf_t5_tiny', 'relu', seed=0)
-  make_t5('hf_t5_gated_tiny', 'gated-gelu', seed=1)
-  make_clip('hf_clip_tiny', seed=2)
+  for fn, args in HF_FIXTURES.values():
+    fn(*args)

@@ -1,9 +1,10 @@
 """Parity and layout tests of the MMDiT trunk (axturbo.models.mmdit, axturbo.convert.mmdit).
 
-Fixture tests/fixtures/mmdit.npz was made with torch 2.13.0+cpu from the official code at
-af50898: `MMDiTWrapper(io_channels=8, embed_dim=48, depth=3, num_heads=12, cond_token_dim=32,
-global_cond_dim=32, project_cond_tokens=False, transformer_type='continuous_transformer',
-_latent_seq_len=16)` with `dit.ContinuousMMDiTTransformer` patched to the training script's
+Fixture tests/fixtures/mmdit.npz was made by `python -m tests.fixtures.make_official --only mmdit`
+(torch 2.13.0+cpu, official code at af50898): `MMDiTWrapper(io_channels=8, embed_dim=48,
+depth=3, num_heads=12, cond_token_dim=32, global_cond_dim=32, project_cond_tokens=False,
+transformer_type='continuous_transformer', _latent_seq_len=16)` with
+`dit.ContinuousMMDiTTransformer` patched to the training script's
 `ContinuousMMDiTTransformerAblation` (adds `active_num_layers`). The 64x24 head quirk appears in
 miniature: config num_heads 12 gives dim_heads 48 // 12 = 4, used as the head count, so blocks
 have 4 heads of dimension 12. The hard-wired 768->D and 384->237 maps were replaced by
@@ -16,7 +17,7 @@ forward with cfg_scale 3.5 (batched with zero null tokens), and the truncated fo
 active_num_layers = 1, 2, 3. The state dict is stored under the canonical 'model.model.' keys.
 The generator also re-drew to_q, the j = 1 half of to_kv, to_cond_embed and to_global_embed and
 found the output unchanged (max abs diff 0.0, stored in meta); torch fp32 vs fp64 differed by
-rel 3.6e-7.
+rel 3.3e-7.
 """
 import ast
 import collections
