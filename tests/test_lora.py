@@ -267,3 +267,30 @@ def test_merge_cli_then_sample_equals_sample_with_lora(base_dir, tmp_path):
                        capture_output=True, text=True, timeout=600)
   last = bad.stderr.strip().splitlines()[-1]
   assert bad.returncode == 1 and str(other) in last and str(base_dir) in last, bad.stderr[-2000:]
+
+
+@pytest.mark.e2e
+def test_train_py_lora_resumes_and_writes_adapter_and_merged_export(base_dir, tmp_path):
+  """train.py from a base export: 2 steps, then rerun to 4 (resumed from the orbax state);
+  <workdir>/adapter records the base, and <workdir>/export is the base with it merged."""
+  workdir = tmp_path / 'w'
+  config = str(script_runs.REPO / 'tests' / 'micro_train_config.py')
+
+  def train(steps):
+    proc = script_runs.start(
+        'train.py', workdir, tmp_path, f'--config={config}', f'--config.train.total_steps={steps}',
+        '--config.train.lora.enabled=True', '--config.train.lora.rank=2',
+        f'--config.train.init_from={base_dir}', devices=8)
+    script_runs.wait_ok(proc, workdir, 1500)
+
+  train(2)
+  train(4)
+  log = script_runs.log_path(workdir).read_text()
+  assert 'resumed from step 2' in log and 'base is frozen' in log
+  adapters, info = lora.load_adapter(workdir / 'adapter')
+  assert info['base'] == lora.base_identity(base_dir) and info['rank'] == 2
+  assert checkpoints.load_meta(workdir / 'adapter')['step'] == 4
+  checkpoints.assert_same_tree(
+      jax.tree.map(np.asarray, lora.apply(_base_params(), adapters, info['alpha'] / 2)),
+      checkpoints.load_params(workdir / 'export'), 'export vs base + adapter')
+  assert any(np.any(x) for x in jax.tree.leaves(adapters))   # B moved off zero
