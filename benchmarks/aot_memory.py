@@ -2,6 +2,7 @@
 
   python -m benchmarks.aot_memory --config configs/official.py --devices 8 --mesh 1,-1,1 \
       --batch 8 [--config.model.trunk.remat_policy=full] [--config.model.dtype=bfloat16]
+      [--config.train.lora.enabled=True --config.train.lora.rank=16]   # the LoRA step
 
 Builds fake CPU devices, the abstract TrainState (jax.eval_shape: no parameter is ever
 materialised), ShapeDtypeStruct batches, then jit(...).lower(...).compile() and prints
@@ -53,7 +54,7 @@ def main(argv):
   secs = time.perf_counter() - t0
 
   count = aot_report.count
-  trainable, _ = optim.split_params(abstract.params, config.train.trainable)
+  trainable, _ = optim.split_params(abstract.params, state_lib.trainable_prefixes(config.train))
   print(f'mesh {dict(mesh.shape)}  global batch {b}  dtype {m.dtype}  '
         f'remat {m.trunk.remat_policy}  scan {m.trunk.scan_layers}  compile {secs:.0f} s')
   print(f'params {count(abstract.params) / 1e6:.1f} M (trainable {count(trainable) / 1e6:.1f} M, '
