@@ -38,6 +38,7 @@ A duration shorter than a window generates one window and trims it.
   python sample.py --checkpoint ckpt/ --prompt "thunder" --out out/ [--steps 4] [--seed 0]
   python sample.py --checkpoint ckpt/ --teacher --steps 100 --cfg 6 --prompt "..." --out out/
   python sample.py --checkpoint ckpt/ --prompt "rain on a roof" --duration 60 --out out/
+  python sample.py --checkpoint base/ --lora finetune/adapter --teacher --prompt "..." --out out/
   python sample.py --checkpoint ckpt/ --captions_file captions.txt --duration 60 --out out/
 """
 import dataclasses
@@ -50,6 +51,9 @@ from absl import logging
 from axturbo.runtime import compile_cache
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (axturbo format).')
+_LORA = flags.DEFINE_string('lora', None, 'LoRA adapter directory (train.py with train.lora: '
+                            '<workdir>/adapter) merged into --checkpoint, the base it was '
+                            'trained on, at load time.')
 _PROMPT = flags.DEFINE_string('prompt', '', 'Text prompt ("" is allowed with other conditions).')
 _VIDEO = flags.DEFINE_string('video', None, 'Video file (video-to-audio / -music, text+video).')
 _SYNC = flags.DEFINE_string('sync', None, 'Synchformer features (.npy / .pth) for --video.')
@@ -125,7 +129,7 @@ def main(argv):
     out = jobs.writable_dir(_OUT.value)
     first = jobs.first_free_index(out)
     compile_cache.enable(_COMPILE_CACHE.value, '--compile_cache')
-    gen = jobs.load_generator(_CHECKPOINT.value)
+    gen = jobs.load_generator(_CHECKPOINT.value, lora=_LORA.value)
     options = gen.resolve(SamplerOptions(sampler='teacher' if _TEACHER.value else None,
                                          steps=_STEPS.value, cfg_scale=_CFG.value,
                                          seed=_SEED.value))

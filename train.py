@@ -15,6 +15,9 @@ saved the same way).
 Order (top to bottom): mesh -> abstract state and its shardings -> restore the latest
 checkpoint or initialize in shards -> jit the pure step with donation -> loop (log, checkpoint)
 -> final checkpoint, inference export (EMA merged), loss curve.
+
+LoRA (--config.train.lora.enabled=True, docs/finetuning.md): the base from `train.init_from` is
+frozen, the adapters train; the run also writes <workdir>/adapter, the adapters alone.
 """
 import sys
 
@@ -34,7 +37,7 @@ def train(config, workdir: str) -> None:
   import numpy as np
 
   from axturbo.models import audiox
-  from axturbo.runtime import checkpoints, loop, observe, optim, sharding
+  from axturbo.runtime import checkpoints, lora, loop, observe, optim, sharding
   from axturbo.train import observe as train_observe, state as state_lib, step as step_lib
 
   t = config.train
@@ -59,9 +62,17 @@ def train(config, workdir: str) -> None:
   else:
     state = state_lib.init_state(init_fn, mesh, config.seed, rules)
     if t.init_from:
-      params = checkpoints.load_params(t.init_from, target=abstract.params, partial=True)
+      params = checkpoints.load_params(t.init_from, target=state_lib.base_target(abstract.params),
+                                       partial=True)
       state = state_lib.with_params(state, params, t)
       logging.info('initialized from %s', t.init_from)
+  if state_lib.lora_enabled(t):
+    n = sum(x.size for x in jax.tree.leaves(state.params[lora.ADAPTERS]))
+    logging.info('LoRA rank %d, alpha %g on %d kernels: %.3f M adapter parameters train, the '
+                 'base is frozen (train.trainable and train.ema.subtrees are not used)',
+                 t.lora.rank, t.lora.alpha,
+                 len(lora.modules(state.params[lora.ADAPTERS])),
+                 n / 1e6)
 
   # The jitted step, compiled once ahead of time (and its FLOPs read for MFU); a finished run
   # that is only re-exported compiles nothing.
@@ -89,6 +100,15 @@ def train(config, workdir: str) -> None:
               'ema': t.ema.enabled, 'skipped_steps': int(state.skipped),
               'data': observe.data_stats(data_iter)}
       params = state_lib.inference_params(state, t, use_ema=t.ema.enabled)
+      if state_lib.lora_enabled(t):
+        base = lora.base_identity(t.init_from)
+        adapters = state_lib.inference_params(state, t, use_ema=t.ema.enabled,
+                                              merge_adapters=False)[lora.ADAPTERS]
+        lora.save_adapter(workdir / 'adapter', adapters, config.model, t.lora, base,
+                          {k: v for k, v in meta.items() if k != 'kind'})
+        logging.info('LoRA adapter of step %d (base %s) in %s', step, t.init_from,
+                     workdir / 'adapter')
+        meta['lora_base'] = base
       checkpoints.export(out, checkpoints.with_extras(params, t.init_from), config.model, meta)
       logging.info('inference checkpoint of step %d (EMA merged: %s) in %s', step,
                    t.ema.enabled, out)

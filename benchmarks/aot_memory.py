@@ -2,7 +2,8 @@
 
   python -m benchmarks.aot_memory --config configs/official.py --devices 8 --mesh 1,-1,1 \
       --batch 8 [--config.model.trunk.remat_policy=full] [--config.model.dtype=bfloat16] \
-      [--config.mesh.dcn=(2,1,1)]
+      [--config.mesh.dcn=(2,1,1)] \
+      [--config.train.lora.enabled=True --config.train.lora.rank=16]   # the LoRA step
 
 Builds fake CPU devices, the abstract TrainState (jax.eval_shape: no parameter is ever
 materialised), ShapeDtypeStruct batches, then jit(...).lower(...).compile() and prints
@@ -59,7 +60,7 @@ def main(argv):
   secs = time.perf_counter() - t0
 
   count = aot_report.count
-  trainable, _ = optim.split_params(abstract.params, config.train.trainable)
+  trainable, _ = optim.split_params(abstract.params, state_lib.trainable_prefixes(config.train))
   print(f'mesh {dict(mesh.shape)}  across slices {dict(zip(mesh.axis_names, dcn))}  '
         f'global batch {b}  dtype {m.dtype}  '
         f'remat {m.trunk.remat_policy}  scan {m.trunk.scan_layers}  compile {secs:.0f} s')

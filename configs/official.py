@@ -140,6 +140,14 @@ def train_config() -> mlc.ConfigDict:
   # EMA as ema_pytorch(beta=0.9999, power=3/4, update_after_step=1); covers the trunk only.
   t.ema = mlc.ConfigDict(dict(enabled=True, subtrees=('trunk',), beta=0.9999, power=0.75,
                               update_after_step=1))
+  # LoRA fine-tune (axturbo/runtime/lora.py, docs/finetuning.md): when enabled, only rank-`rank`
+  # adapters on the kernels whose module paths match `targets` (fnmatch patterns) are trained;
+  # every base weight is frozen (`trainable` is not used) and the EMA covers the adapters
+  # (`ema.subtrees` is not used). Needs `init_from`, the base the adapters adapt.
+  t.lora = mlc.ConfigDict(dict(
+      enabled=False, rank=16, alpha=16.0, dropout=0.0,
+      targets=tuple(f'trunk/layers/*/{m}' for m in ('q', 'k', 'v', 'attn_out', 'ffn_w1',
+                                                    'ffn_w2', 'ffn_w3'))))
   t.cfg_dropout_prob = 0.1         # whole post-MAF condition zeroed per sample
   t.timestep_sampler = 'uniform'   # stratified uniform (official: scrambled Sobol); 'logit_normal'
   # Loop, checkpoints, observability.

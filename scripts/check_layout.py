@@ -18,6 +18,7 @@ ALLOWED = {
     'convert': {'runtime', 'models'},
     'eval': {'generation', 'convert', 'runtime', 'models', 'data', 'flow'},
     'evaluate': {'eval'},
+    'lora': {'runtime'},
     'demo': {'eval', 'generation', 'convert', 'runtime', 'models', 'data', 'flow'},
     '__init__': set(),
 }

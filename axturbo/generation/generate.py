@@ -53,6 +53,7 @@ from axturbo.generation.request import SamplerOptions
 from axturbo.generation import sync as sync_lib
 from axturbo.models import audiox
 from axturbo.runtime import checkpoints
+from axturbo.runtime import lora as lora_lib
 
 KINDS = ('student', 'teacher')
 _PROMPT_RNG_TAG = 0x5EED
@@ -113,8 +114,12 @@ class Generator:
   # ------------------------------------------------------------------------------ loading
 
   @classmethod
-  def load(cls, checkpoint_dir, *, kind: str | None = None) -> 'Generator':
+  def load(cls, checkpoint_dir, *, kind: str | None = None, lora: str | None = None
+           ) -> 'Generator':
     """A checkpoint written by `axturbo.runtime.checkpoints.save_params`.
+
+    `lora`: an adapter file (`train.py` with `train.lora`, <workdir>/adapter) merged into the
+    checkpoint's kernels at load time; it must have been trained on this checkpoint.
 
     `kind` ('student' or 'teacher') must agree with meta.json's 'kind' when both are given
     (a teacher is not silently run as a student); a checkpoint with no recorded kind is taken
@@ -126,6 +131,9 @@ class Generator:
     m = checkpoints.load_model_config(checkpoint_dir)
     meta = checkpoints.load_meta(checkpoint_dir)
     recorded = meta.get('kind')
+    if recorded == lora_lib.KIND:
+      raise ValueError(f'{checkpoint_dir}: a LoRA adapter, not a model checkpoint; load its base '
+                       'checkpoint with lora= (sample.py --lora)')
     if recorded not in (None, *KINDS):
       raise ValueError(f'{checkpoint_dir / checkpoints.META_FILE}: kind must be one of {KINDS}, '
                        f'got {recorded!r}')
@@ -137,6 +145,9 @@ class Generator:
     params = checkpoints.load_params(checkpoint_dir)
     params = params.get('params', params) if isinstance(params, dict) else params
     _check_params(params, m, checkpoint_dir)
+    if lora:
+      params = lora_lib.apply_adapter_file(params, lora, checkpoint_dir)
+      meta = {**meta, 'lora': str(lora)}
     bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params)
            if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
     if bad:

@@ -32,7 +32,7 @@ JOB_KEYS = ('text', 'video', 'audio', 'image', 'sync', 'inpaint', 'continuation'
 _SEGMENT = re.compile(r'^([-+0-9.eE]+)\s*s?\s*:\s*(.*)$')
 
 
-def load_generator(path, kind: str | None = None):
+def load_generator(path, kind: str | None = None, lora: str | None = None):
   """`Generator.load` without orbax's INFO line for every restore step."""
   from axturbo.generation import generate
   # The absl logger's own level, not get/set_verbosity: before flags are parsed the logger is
@@ -42,7 +42,7 @@ def load_generator(path, kind: str | None = None):
   level = logger.level
   logger.setLevel(logging.converter.absl_to_standard(logging.WARNING))
   try:
-    return generate.Generator.load(path, kind=kind)
+    return generate.Generator.load(path, kind=kind, lora=lora)
   finally:
     logger.setLevel(level)
 

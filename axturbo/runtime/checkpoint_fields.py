@@ -8,7 +8,7 @@ import pathlib
 
 from axturbo.models import fields
 
-KINDS = ('student', 'teacher')
+KINDS = ('student', 'teacher', 'lora')   # 'lora': an adapter file (runtime/lora.py)
 # meta.json fields written by train.py, distill.py and the converter: name -> (types, check).
 _COUNT = ((int,), lambda v: v >= 0, '>= 0')
 _TEXT_OR_NULL = ((str, type(None)), None, '')

@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 
 from axturbo import flow
 from axturbo.models import audiox
-from axturbo.runtime import optim, settings, sharding
+from axturbo.runtime import lora, optim, settings, sharding
 
 
 def check_train_config(config: mlc.ConfigDict) -> None:
@@ -22,6 +22,26 @@ def check_train_config(config: mlc.ConfigDict) -> None:
   settings.choice(t, 'timestep_sampler', 'train', tuple(flow.TIMESTEP_SAMPLERS))
   if not t.trainable:
     raise ValueError('--config.train.trainable=(): must name at least one parameter subtree')
+  if lora_enabled(t):
+    lora.check_config(t.lora)
+    if not t.init_from:
+      raise ValueError('--config.train.lora.enabled=True needs --config.train.init_from (the '
+                       'checkpoint the adapters adapt)')
+
+
+def lora_enabled(t: mlc.ConfigDict) -> bool:
+  return bool(t.get('lora') and t.lora.enabled)
+
+
+def trainable_prefixes(t: mlc.ConfigDict) -> tuple[str, ...]:
+  """What the optimizer updates: `train.trainable`, or only the adapters under LoRA."""
+  return (lora.ADAPTERS,) if lora_enabled(t) else tuple(t.trainable)
+
+
+def ema_prefixes(t: mlc.ConfigDict) -> tuple[str, ...]:
+  """What the EMA averages: `train.ema.subtrees`, or the adapters under LoRA (the frozen base
+  needs no average, and a copy of it would double the trunk's memory)."""
+  return (lora.ADAPTERS,) if lora_enabled(t) else tuple(t.ema.subtrees)
 
 
 @struct.dataclass
@@ -33,9 +53,11 @@ class TrainState:
   updates:   optimizer updates applied (steps with a non-finite loss/gradient excluded);
              drives the EMA decay (the LR schedule counts the same updates inside opt_state).
   skipped:   steps skipped because the loss or gradient norm was not finite.
-  params:    the full AudioX tree {'text', 'clip', ..., 'trunk', 'vae'}, float32 master weights.
-  opt_state: optimizer state of the `train.trainable` subtree only.
-  ema:       EMA of the `train.ema.subtrees` subtree (official: the trunk, not the MAF).
+  params:    the full AudioX tree {'text', 'clip', ..., 'trunk', 'vae'}, float32 master weights;
+             under LoRA also the adapters, {..., 'lora': {...}} (runtime/lora.py).
+  opt_state: optimizer state of the `train.trainable` subtree only (under LoRA: the adapters').
+  ema:       EMA of the `train.ema.subtrees` subtree (official: the trunk, not the MAF; under
+             LoRA: the adapters).
   rng:       base PRNG key data, uint32 (2,).
   """
   step: jax.Array
@@ -51,15 +73,18 @@ def make_init_fn(model: audiox.AudioX, config: mlc.ConfigDict,
                  tx) -> Callable[[jax.Array], TrainState]:
   """init(rng) -> TrainState with boxed (logically named) params, EMA and optimizer moments."""
   t = config.train
-  if 'vae' in [p.split('/')[0] for p in t.trainable]:
+  if not lora_enabled(t) and 'vae' in [p.split('/')[0] for p in t.trainable]:
     raise ValueError("train.trainable: 'vae' cannot be trained by the flow loss (its latents are "
                      "the regression target); train the autoencoder separately")
 
   def init(rng: jax.Array) -> TrainState:
     init_key, state_key = jax.random.split(rng)
     params = audiox.init_params(model, config.model, init_key)
-    trainable, _ = optim.split_params(params, t.trainable, 'train.trainable')
-    ema, _ = optim.split_params(params, t.ema.subtrees, 'train.ema.subtrees')
+    if lora_enabled(t):
+      params = {**params, lora.ADAPTERS: lora.init_adapters(jax.random.fold_in(init_key, 1),
+                                                              params, t.lora)}
+    trainable, _ = optim.split_params(params, trainable_prefixes(t), 'train.trainable')
+    ema, _ = optim.split_params(params, ema_prefixes(t), 'train.ema.subtrees')
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, updates=zero, skipped=zero, params=params,
                       opt_state=tx.init(trainable), ema=ema if t.ema.enabled else {},
@@ -86,16 +111,26 @@ def with_params(state: TrainState, params: Any, t: mlc.ConfigDict) -> TrainState
   A copy, not the same arrays: the train step donates the whole state, and XLA refuses to
   donate one buffer twice (params and ema would alias).
   """
+  if lora_enabled(t):   # the base from the checkpoint, the adapters as initialised
+    params = {**params, lora.ADAPTERS: state.params[lora.ADAPTERS]}
   ema = {}
   if t.ema.enabled:
-    ema, _ = optim.split_params(params, t.ema.subtrees, 'train.ema.subtrees')
+    ema, _ = optim.split_params(params, ema_prefixes(t), 'train.ema.subtrees')
     ema = jax.tree.map(lambda x: x.copy(), ema)
   return state.replace(params=params, ema=ema)
 
 
-def inference_params(state: TrainState, t: mlc.ConfigDict, use_ema: bool = True) -> Any:
-  """The full AudioX tree with the EMA subtree (if any) in place of the online weights."""
-  if not (use_ema and t.ema.enabled):
-    return state.params
-  _, rest = optim.split_params(state.params, t.ema.subtrees, 'train.ema.subtrees')
-  return optim.merge_params(rest, state.ema)
+def base_target(abstract_params: Any) -> Any:
+  """What `train.init_from` must provide: the model tree without the adapters."""
+  return lora.split(abstract_params)[0]
+
+
+def inference_params(state: TrainState, t: mlc.ConfigDict, use_ema: bool = True,
+                     merge_adapters: bool = True) -> Any:
+  """The full AudioX tree with the EMA subtree (if any) in place of the online weights; under
+  LoRA the (EMA) adapters merged into their kernels unless not `merge_adapters`."""
+  params = state.params
+  if use_ema and t.ema.enabled:
+    _, rest = optim.split_params(state.params, ema_prefixes(t), 'train.ema.subtrees')
+    params = optim.merge_params(rest, state.ema)
+  return lora.merged(params, t.lora) if lora_enabled(t) and merge_adapters else params

@@ -16,7 +16,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from axturbo import flow
 from axturbo.models import audiox
-from axturbo.runtime import optim, sharding
+from axturbo.runtime import lora, optim, sharding
+from axturbo.train import state as state_lib
 from axturbo.train.state import TrainState
 
 
@@ -66,8 +67,13 @@ def loss_fn(trainable: Any, frozen: Any, batch: dict, key: jax.Array, *,
   """The teacher objective for one batch; differentiable in `trainable` only.
 
   Work that depends only on `frozen` (e.g. a frozen T5 or the VAE) is not differentiated.
+  Under LoRA `trainable` is the adapters, merged here into the frozen kernels.
   """
   params = optim.merge_params(trainable, frozen)
+  if state_lib.lora_enabled(t):
+    base, adapters = lora.split(params)
+    params = lora.apply(base, adapters, lora.scale(t.lora), dropout=float(t.lora.dropout),
+                        key=jax.random.fold_in(key, 7))
   k_cond, k_lat, k_t, k_eps, k_cfg = jax.random.split(key, 5)
   cond = cfg_dropout(k_cfg, condition(model, params, batch, k_cond, train=True),
                      t.cfg_dropout_prob)
@@ -90,13 +96,13 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: audiox.
                ) -> tuple[TrainState, dict]:
   """One optimizer update; a non-finite loss or gradient norm leaves params/opt/EMA untouched."""
   t = config.train
-  trainable, frozen = optim.split_params(state.params, t.trainable)
+  trainable, frozen = optim.split_params(state.params, state_lib.trainable_prefixes(t))
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       trainable, frozen, batch, rng, model=model, t=t, time_shift=config.model.time_shift)
 
   def next_ema(new_trainable):
-    covered, _ = optim.split_params(optim.merge_params(new_trainable, frozen), t.ema.subtrees,
-                                    'train.ema.subtrees')
+    covered, _ = optim.split_params(optim.merge_params(new_trainable, frozen),
+                                    state_lib.ema_prefixes(t), 'train.ema.subtrees')
     decay = optim.ema_decay(state.updates, t.ema.beta, t.ema.power, t.ema.update_after_step)
     return optim.ema_update(state.ema, covered, decay)
 
