@@ -126,6 +126,11 @@ def main(argv):
     first = jobs.first_free_index(out)
     compile_cache.enable(_COMPILE_CACHE.value, '--compile_cache')
     gen = jobs.load_generator(_CHECKPOINT.value)
+    if long is not None:  # here, in the flags' names; generate_long checks it again
+      longform.check_duration(_DURATION.value, long.overlap_s, long.tail_s,
+                              sample_rate=gen.config.sample_rate,
+                              window_frames=gen.output_samples // gen.hop, hop=gen.hop,
+                              names=('--duration', '--overlap', '--tail'))
     options = gen.resolve(SamplerOptions(sampler='teacher' if _TEACHER.value else None,
                                          steps=_STEPS.value, cfg_scale=_CFG.value,
                                          seed=_SEED.value))
@@ -184,6 +189,7 @@ def _long_options():
   """(LongOptions of a long clip or None, its segments or None); ValueErrors."""
   from axturbo.generation import LongOptions
   from axturbo.generation import jobs
+  from axturbo.generation.request import check_segments, seconds
   if _CAPTIONS.value and (_PROMPT.value or _BATCH_FILE.value):
     raise ValueError('--captions_file gives the captions; leave out --prompt and --batch_file')
   if _DURATION.value is None:
@@ -194,7 +200,20 @@ def _long_options():
     if _NORMALIZE.value == 'window':
       raise ValueError('--normalize window applies to long clips; give --duration too')
     return None, None
+  seconds(_DURATION.value, '--duration')
+  if _INPAINT.value:
+    raise ValueError('--inpaint edits one window; give it without --duration')
+  if _AUDIO.value and not _CONTINUE.value:
+    raise ValueError('--audio with --duration is the beginning of the clip: give --continue too')
   segments = jobs.parse_captions_file(_CAPTIONS.value) if _CAPTIONS.value else None
+  if segments is not None:
+    try:
+      segments = check_segments(segments, _DURATION.value)
+    except ValueError as e:
+      raise ValueError(f'--captions_file {_CAPTIONS.value}: {e}') from None
+  for name, flag in (('overlap', _OVERLAP), ('tail', _TAIL)):
+    if flag.value is not None:
+      seconds(flag.value, f'--{name}')
   return LongOptions(overlap_s=_OVERLAP.value, tail_s=_TAIL.value, join=_JOIN.value), segments
 
 

@@ -135,8 +135,14 @@ def job_request(job: dict, *, keep_unmasked: bool = False, duration_s: float | N
                 segments=None) -> Request:
   """A batch-file job (`parse_batch_file`) -> a `Request`; keep_unmasked applies to the jobs
   that inpaint or continue, `duration_s` / `segments` make it a long clip (segments replace the
-  job's text)."""
+  job's text). What a long clip cannot take is named as a batch line names it, and the
+  duration as sample.py's flag."""
   edit = job.get('inpaint') is not None or bool(job.get('continuation'))
+  if duration_s is not None and job.get('inpaint') is not None:
+    raise ValueError('"inpaint" edits one window; give it without --duration')
+  if duration_s is not None and job.get('audio') and not job.get('continuation'):
+    raise ValueError('"audio" with --duration is the beginning of the clip: give '
+                     '"continuation": true too')
   return Request(text='' if segments is not None else job.get('text') or '',
                  video=job.get('video'), sync=job.get('sync'), audio=job.get('audio'),
                  image=job.get('image'), inpaint=job.get('inpaint'),
