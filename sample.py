@@ -167,8 +167,11 @@ def main(argv):
               for job in chunk]
     try:
       records = jobs.save_results(results, out, stems, normalize=_NORMALIZE.value,
-                                  videos=videos, spectrogram=_SPECTROGRAM.value)
-    except OSError as e:  # a full disk, a read-only or vanished --out
+                                  videos=videos, spectrogram=_SPECTROGRAM.value, create=False)
+    except FileNotFoundError as e:  # --out removed (or unmounted) during the run
+      sys.exit(f'error: --out {out} vanished during the run; nothing more was written, and the '
+               f'{done} output(s) written before went with it')
+    except OSError as e:  # a full disk, a read-only --out
       sys.exit(f'error: writing {e.filename or out} failed: {e.strerror or e}; no partial file '
                f'was left, and the {done} output(s) written before are kept in {out}')
     except ValueError as e:  # media.MediaError: the input video cannot be muxed
