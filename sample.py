@@ -130,6 +130,11 @@ def main(argv):
     first = jobs.first_free_index(out)
     compile_cache.enable(_COMPILE_CACHE.value, '--compile_cache')
     gen = jobs.load_generator(_CHECKPOINT.value, lora=_LORA.value)
+    if long is not None:  # here, in the flags' names; generate_long checks it again
+      longform.check_duration(_DURATION.value, long.overlap_s, long.tail_s,
+                              sample_rate=gen.config.sample_rate,
+                              window_frames=gen.output_samples // gen.hop, hop=gen.hop,
+                              names=('--duration', '--overlap', '--tail'))
     options = gen.resolve(SamplerOptions(sampler='teacher' if _TEACHER.value else None,
                                          steps=_STEPS.value, cfg_scale=_CFG.value,
                                          seed=_SEED.value))
@@ -166,8 +171,11 @@ def main(argv):
               for job in chunk]
     try:
       records = jobs.save_results(results, out, stems, normalize=_NORMALIZE.value,
-                                  videos=videos, spectrogram=_SPECTROGRAM.value)
-    except OSError as e:  # a full disk, a read-only or vanished --out
+                                  videos=videos, spectrogram=_SPECTROGRAM.value, create=False)
+    except FileNotFoundError as e:  # --out removed (or unmounted) during the run
+      sys.exit(f'error: --out {out} vanished during the run; nothing more was written, and the '
+               f'{done} output(s) written before went with it')
+    except OSError as e:  # a full disk, a read-only --out
       sys.exit(f'error: writing {e.filename or out} failed: {e.strerror or e}; no partial file '
                f'was left, and the {done} output(s) written before are kept in {out}')
     except ValueError as e:  # media.MediaError: the input video cannot be muxed
@@ -188,6 +196,7 @@ def _long_options():
   """(LongOptions of a long clip or None, its segments or None); ValueErrors."""
   from axturbo.generation import LongOptions
   from axturbo.generation import jobs
+  from axturbo.generation.request import check_segments, seconds
   if _CAPTIONS.value and (_PROMPT.value or _BATCH_FILE.value):
     raise ValueError('--captions_file gives the captions; leave out --prompt and --batch_file')
   if _DURATION.value is None:
@@ -198,7 +207,20 @@ def _long_options():
     if _NORMALIZE.value == 'window':
       raise ValueError('--normalize window applies to long clips; give --duration too')
     return None, None
+  seconds(_DURATION.value, '--duration')
+  if _INPAINT.value:
+    raise ValueError('--inpaint edits one window; give it without --duration')
+  if _AUDIO.value and not _CONTINUE.value:
+    raise ValueError('--audio with --duration is the beginning of the clip: give --continue too')
   segments = jobs.parse_captions_file(_CAPTIONS.value) if _CAPTIONS.value else None
+  if segments is not None:
+    try:
+      segments = check_segments(segments, _DURATION.value)
+    except ValueError as e:
+      raise ValueError(f'--captions_file {_CAPTIONS.value}: {e}') from None
+  for name, flag in (('overlap', _OVERLAP), ('tail', _TAIL)):
+    if flag.value is not None:
+      seconds(flag.value, f'--{name}')
   return LongOptions(overlap_s=_OVERLAP.value, tail_s=_TAIL.value, join=_JOIN.value), segments
 
 

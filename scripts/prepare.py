@@ -27,6 +27,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from axturbo.runtime import launch
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).')
 _NAME = flags.DEFINE_string('name', None, 'Builder config name (default: from data.tfds_name).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
@@ -77,4 +79,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=launch.parse_flags)

@@ -28,6 +28,26 @@ def test_default_is_jax_env_then_xdg_then_home(monkeypatch, tmp_path):
   assert compile_cache.resolve('default') == str(tmp_path / 'site')
 
 
+def test_a_default_folder_that_cannot_be_made_only_warns(monkeypatch, tmp_path, caplog):
+  """The default folder under a read-only home: a warning and no cache; the same folder given
+  explicitly: one ValueError naming the flag."""
+  import jax
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(blocker / 'cache'))
+  before = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+  try:
+    with caplog.at_level('WARNING'):
+      assert compile_cache.enable('default', '--compile_cache') is None
+    assert not jax.config.jax_enable_compilation_cache
+  finally:
+    jax.config.update('jax_enable_compilation_cache', before[0])
+    jax.config.update('jax_compilation_cache_dir', before[1])
+  assert f'compilation cache off: cannot create {blocker}/cache' in caplog.text
+  with pytest.raises(ValueError, match=r"^--compile_cache='.*/file/cache': cannot create"):
+    compile_cache.enable(str(blocker / 'cache'), '--compile_cache')
+
+
 def test_empty_is_off_paths_and_urls_are_kept(monkeypatch, tmp_path):
   monkeypatch.setenv('HOME', str(tmp_path))
   assert compile_cache.resolve('') is None and compile_cache.resolve('  ') is None

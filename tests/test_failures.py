@@ -222,6 +222,30 @@ def test_kind_mix_ups_and_non_finite_weights_are_refused(micro):
     generate.Generator.load(micro['nan'])
 
 
+@pytest.mark.slow  # the micro checkpoints: a jitted init, ~20 s on 2 cores
+def test_a_checkpoint_without_a_kind_is_a_student_with_a_warning(micro, tmp_path, caplog):
+  ckpt = tmp_path / 'c'
+  shutil.copytree(micro['student'], ckpt)
+  (ckpt / checkpoints.META_FILE).write_text('{}')
+  with caplog.at_level('WARNING'):
+    gen = generate.Generator.load(ckpt)
+  assert gen.kind == 'student'
+  assert f'{ckpt}: meta.json records no kind; taking it as a student' in caplog.text
+
+
+@pytest.mark.slow  # the micro checkpoints: a jitted init, ~20 s on 2 cores
+def test_non_finite_generation_is_an_error_naming_the_run(micro):
+  """Weights that reach generation with a NaN (not through `load`, which refuses them): the
+  error names the checkpoint, the prompts, the sampler and its steps; nothing is returned."""
+  from axturbo.generation import SamplerOptions
+  m = micro_train_config.get_config().model
+  gen = generate.Generator(m, checkpoints.load_params(micro['nan']), source='poisoned')
+  with pytest.raises(FloatingPointError) as e:
+    gen.generate([Request(text='rain'), Request(text='wind')], SamplerOptions(steps=1))
+  assert str(e.value) == ('poisoned: non-finite audio for prompt(s) [0, 1] (student sampler, '
+                          '1 steps, cfg 1)')
+
+
 def test_step_lines_and_tensorboard_count_skipped_samples(tmp_path, caplog):
   from axturbo.runtime import observe
   from axturbo.train import observe as train_observe
@@ -365,6 +389,19 @@ def test_train_console_export_refresh_and_checkpoint_fallback(tmp_path):
   assert f'{w}/checkpoints/40 unreadable' in r.stderr and f'{w}/checkpoints/30' in r.stderr
   assert (w / 'checkpoints' / 'unreadable.40').is_dir()
   assert checkpoints.load_meta(w / 'export')['step'] == 50
+  # Rerunning the finished run unchanged: nothing compiled, the current export kept.
+  export_files = {f: f.stat().st_mtime_ns for f in (w / 'export').rglob('*') if f.is_file()}
+  r = _train(w, tmp_path, '--config.train.total_steps=50')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'compiling the train step' not in r.stderr
+  assert f'{w}/export is already the export of step 50' in r.stderr
+  assert {f: f.stat().st_mtime_ns for f in (w / 'export').rglob('*') if f.is_file()} == (
+      export_files)
+  # No readable checkpoint at all: one line.
+  for f in (w / 'checkpoints').glob('[0-9]*/**/ocdbt.process_0/d/*'):
+    f.write_bytes(f.read_bytes()[:10])
+  _one_line_error(_train(w, tmp_path, '--config.train.total_steps=60'),
+                  f'{w}/checkpoints: no readable checkpoint')
 
 
 @pytest.mark.e2e

@@ -22,6 +22,7 @@ from axturbo.generation import jobs
 from axturbo.generation import longform
 from axturbo.models import audiox
 from axturbo.runtime import checkpoints
+from tests import media_files
 from tests import micro_train_config
 from tests import script_runs
 
@@ -300,12 +301,20 @@ def test_bad_long_requests_give_one_line_errors(micro_gen):
     Request(text='rain', segments=[(0, 'a')], duration_s=0.05)
 
 
-@pytest.mark.e2e
-def test_sample_py_long_clip_and_errors(tmp_path):
+@pytest.fixture(scope='module')
+def micro_ckpt(tmp_path_factory):
   m = micro_train_config.get_config().model
   params = jax.jit(lambda k: nn.unbox(audiox.init_params(audiox.build_model(m), m, k)))(
       jax.random.PRNGKey(0))
-  ckpt = checkpoints.save_params(tmp_path / 'student', params, m, {'kind': 'student'})
+  return checkpoints.save_params(tmp_path_factory.mktemp('micro') / 'student', params, m,
+                                 {'kind': 'student'})
+
+
+@pytest.mark.e2e
+def test_sample_py_long_clip_and_errors(micro_ckpt, tmp_path):
+  ckpt = micro_ckpt
+  audio = tmp_path / 'a.wav'
+  media_files.write_wav(audio, media_files.tone(0.05, 16000), 16000)
   captions = tmp_path / 'captions.txt'
   captions.write_text('0: rain\n0.03 s: thunder and rain\n')
   env = script_runs.env(tmp_path, devices=1)
@@ -323,14 +332,63 @@ def test_sample_py_long_clip_and_errors(tmp_path):
   assert [w['caption'] for w in rec['windows']][:2] == ['rain', 'rain']
   assert rec['windows'][-1]['caption'] == 'thunder and rain'
   assert len(rec['seams']['seam_flux']) == 6 and set(rec['files']) == {'wav', 'spectrogram'}
-  for args, needle in [(['--prompt=x', '--duration=0'], 'at least one latent frame'),
-                       (['--prompt=x', '--duration=1e6'], 'at most 256 windows'),
-                       ([f'--captions_file={captions}', '--duration=0.02'], 'at or past the end'),
-                       (['--prompt=x', '--overlap=0.01'], 'give --duration too')]:
+  # Each error names the flag the user gave (--duration, not the API's duration_s).
+  for args, needle in [
+      (['--prompt=x', '--duration=0'], '--duration must be at least one latent frame'),
+      (['--prompt=x', '--duration=nan'], '--duration must be a finite number of seconds'),
+      (['--prompt=x', '--duration=1e6'], '--duration (1e+06 s) needs '),
+      (['--prompt=x', '--duration=0.05', '--overlap=1'], '--overlap must lie between'),
+      (['--prompt=x', '--duration=0.05', f'--audio={audio}'],
+       '--audio with --duration is the beginning of the clip: give --continue too'),
+      (['--prompt=x', '--duration=0.05', f'--audio={audio}', '--inpaint=0:0.01'],
+       '--inpaint edits one window; give it without --duration'),
+      ([f'--captions_file={captions}', '--duration=0.02'], 'at or past the end'),
+      (['--prompt=x', '--overlap=0.01'], 'give --duration too')]:
     r = run(*args, '--steps=1', f'--out={tmp_path / "bad"}')
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and needle in last, last
+    assert 'Request.' not in last and '_s ' not in last, last
+
+
+def test_batch_line_long_clip_errors_name_the_line_keys():
+  with pytest.raises(ValueError, match=re.escape('"inpaint" edits one window; give it without '
+                                                 '--duration')):
+    jobs.job_request({'text': 'x', 'audio': 'a.wav', 'inpaint': (0, 1)}, duration_s=5.0)
+  with pytest.raises(ValueError, match=re.escape('"audio" with --duration is the beginning of '
+                                                 'the clip: give "continuation": true too')):
+    jobs.job_request({'text': 'x', 'audio': 'a.wav'}, duration_s=5.0)
+  assert jobs.job_request({'text': 'x', 'audio': 'a.wav', 'continuation': True},
+                          duration_s=5.0).duration_s == 5.0
+
+
+def test_check_duration_names_the_callers_values():
+  kw = dict(sample_rate=16000, window_frames=WINDOW, hop=HOP, names=('--d', '--o', '--t'))
+  for args, want in [((0.0, None), '--d must be at least one latent frame (0.001 s), got 0 s'),
+                     ((1e6, None), '--d (1e+06 s) needs'),
+                     ((1.0, 0.0), '--o must lie between'),
+                     ((1.0, None, float('nan')), '--t must be a finite number of seconds')]:
+    with pytest.raises(ValueError) as e:
+      longform.check_duration(*args, **kw)
+    assert str(e.value).startswith(want), str(e.value)
+
+
+@pytest.mark.e2e
+def test_eval_long_suite_errors_name_its_flags(micro_ckpt, tmp_path):
+  """The long suite's clip length comes from --long_windows: an error about it names that flag,
+  not --duration_s, a flag of the other suites the user never gave."""
+  def run(*args):
+    r = subprocess.run([sys.executable, '-m', 'axturbo.eval', '--suite=long',
+                        f'--checkpoint={micro_ckpt}', '--clips=1', f'--out={tmp_path / "o"}',
+                        *args], cwd=script_runs.REPO, env=script_runs.env(tmp_path, devices=1),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    return r.stderr.strip().splitlines()[-1]
+  assert run('--long_windows=1e6').startswith(
+      'error: --long_windows=1e+06 (16000 s) needs 1999999 windows of 0.016 s')
+  assert run('--long_windows=nan') == (
+      'error: --long_windows must be a finite number of windows > 0, got nan')
+  assert run('--overlap_s=1').startswith('error: --overlap_s must lie between')
 
 
 @pytest.mark.e2e

@@ -220,6 +220,19 @@ def test_skip_limit_stops_a_mostly_bad_train_stream(media):
   assert again.stats == stats
 
 
+def test_a_thousand_bad_samples_in_a_row_stop_the_stream(media):
+  """With no fraction limit (max_skip_fraction 1), a stream of only bad lines still stops, after
+  MAX_CONSECUTIVE_SKIPS in a row, naming the last file."""
+  c = _config(batch_size=4, max_skip_fraction=1.0)
+  c.data.manifest = _write_manifest(media / 'allbad.jsonl', [_line(media / 'corrupt.wav')])
+  it = pipeline.make_iterator(c, process_index=0, process_count=1)
+  with pytest.raises(pipeline.SkipLimitError,
+                     match=rf'^{pipeline.MAX_CONSECUTIVE_SKIPS} samples in a row failed to load; '
+                     r'last: .*corrupt.wav'):
+    next(it)
+  assert it.stats['skipped'] == pipeline.MAX_CONSECUTIVE_SKIPS
+
+
 def test_fail_fast_raises_naming_the_file(media):
   c = _config(batch_size=2, fail_fast=True, heldout_manifest=_mixed_manifest(media))
   with pytest.raises(Exception, match='corrupt.wav'):

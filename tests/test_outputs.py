@@ -81,6 +81,21 @@ def test_full_disk_leaves_no_partial_output(tmp_path):
     assert not [f for f in disk.iterdir() if f.name.endswith('.partial')]
 
 
+def test_a_vanished_out_is_named_and_not_made_again(tmp_path):
+  # sample.py saves with create=False: a --out removed during the run is an error naming it,
+  # not a new folder that looks like the whole run's output.
+  import shutil
+  out = tmp_path / 'out'
+  out.mkdir()
+  jobs.save_results([_result(0.1, 300.0)], out, ['0000_a'], spectrogram=False, create=False)
+  assert _outputs(out) == ['0000_a.json', '0000_a.wav']
+  shutil.rmtree(out)
+  with pytest.raises(FileNotFoundError) as e:
+    jobs.save_results([_result(0.1, 500.0)], out, ['0001_b'], spectrogram=False, create=False)
+  assert e.value.errno == errno.ENOENT and e.value.filename == str(out)
+  assert not out.exists()
+
+
 @pytest.fixture(scope='module')
 def micro_student(tmp_path_factory):
   import flax.linen as nn
@@ -156,6 +171,50 @@ def test_train_on_a_full_disk_is_one_line(tmp_path):
     # (XLA's own slow-compile alarm may add lines on a loaded machine; orbax adds none.)
     assert not [l for l in r.stderr.splitlines() if 'orbax' in l or 'future.py' in l]
     assert not (w / 'export').exists()
+
+
+def _disk_bytes(folder: pathlib.Path) -> int:
+  """What `folder`'s files take on their file system (whole pages, as tmpfs counts them)."""
+  return sum(f.stat().st_blocks * 512 for f in folder.rglob('*') if f.is_file())
+
+
+def _contents(folder: pathlib.Path) -> dict:
+  return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob('*'))
+          if f.is_file()}
+
+
+@pytest.mark.e2e
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_old_export(tmp_path):
+  """A finished run continued (total_steps raised) on a real tmpfs with room for its next
+  checkpoint but not for the new export: one console line naming the export folder, no
+  traceback, the previous export byte for byte, no partial folder left."""
+  import subprocess
+  import sys
+  from tests import script_runs
+  with small_disk.mounted(tmp_path / 'disk', 16384) as disk:
+    w = disk / 'w'
+
+    def train(total_steps):
+      return subprocess.run(
+          [sys.executable, 'train.py', '--config=tests/micro_train_config.py', f'--workdir={w}',
+           '--config.train.log_every=10', '--config.train.checkpoint_every=10',
+           f'--config.train.total_steps={total_steps}'], cwd=script_runs.REPO,
+          env=script_runs.env(tmp_path, devices=1), capture_output=True, text=True, timeout=1200)
+    r = train(10)
+    assert r.returncode == 0, r.stderr[-3000:]
+    old = _contents(w / 'export')
+    checkpoint, export = _disk_bytes(w / 'checkpoints' / '10'), _disk_bytes(w / 'export')
+    # Room for checkpoint 20 (the same size as 10) and half an export.
+    small_disk.fill(disk, leave_bytes=checkpoint + export // 2)
+    r = train(20)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert 'Traceback' not in r.stderr, r.stderr[:3000]
+    assert not [l for l in r.stderr.splitlines() if 'orbax' in l or 'future.py' in l]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: no space left on device while writing {w}/export;'), last
+    assert sorted(script_runs.checkpoint_steps(w)) == [10, 20]  # the checkpoint fitted
+    assert _contents(w / 'export') == old
+    assert [f.name for f in w.iterdir() if f.name.startswith('.export')] == []
 
 
 def test_read_only_out_leaves_nothing_and_names_the_path(tmp_path):

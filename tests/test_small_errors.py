@@ -46,6 +46,20 @@ def test_eval_duration_nan_is_named(tmp_path):
       'error: --duration_s must be a finite number of seconds > 0, got nan')
 
 
+@pytest.mark.e2e
+def test_eval_out_that_is_a_file_is_one_line(tmp_path):
+  taken = tmp_path / 'taken'
+  taken.write_text('x')
+  r = subprocess.run([sys.executable, '-m', 'axturbo.eval', '--suite=events', f'--out={taken}',
+                      '--checkpoint=/none'], cwd=script_runs.REPO,
+                     env=script_runs.env(tmp_path, devices=1), capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1] == (
+      f'error: --out {taken}: exists and is not a directory')
+  assert taken.read_text() == 'x'
+
+
 def test_duplicate_manifest_lines_are_stated(tmp_path, caplog):
   from axturbo.data import manifest
   rows = [{'path': 'a.wav', 'caption': 'rain'}, {'path': 'b.wav', 'caption': 'wind'},

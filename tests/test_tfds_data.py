@@ -243,6 +243,46 @@ def test_prepare_command_line(tmp_path):
   assert 'axturbo_events/tiny train: 100%' in r.stderr   # the progress bar
 
 
+def test_a_manifest_of_only_bad_files_is_one_line(media, tmp_path):
+  """No example to write: one ValueError naming the manifest and the first file, not TFDS's
+  'No examples were yielded' AssertionError."""
+  path = _manifest(tmp_path / 'bad.jsonl', [_line(media / 'corrupt.wav'),
+                                            _line(media / 'gone.wav')])
+  c = _config(source='manifest', manifest=path)
+  with pytest.raises(ValueError) as e:
+    _build(c, 'allbad', tmp_path / 'tfds')
+  assert str(e.value).startswith(f'manifest {path}: none of its 2 file(s) could be read, nothing '
+                                 f'to build for the train split (first: {media / "corrupt.wav"}')
+  assert not list((tmp_path / 'tfds').glob('axturbo_manifest/allbad/*/*.json'))
+
+
+@pytest.mark.e2e
+def test_prepare_command_line_errors_are_one_line(media, tmp_path):
+  """A bad --config.data.* override and a manifest of only bad files: one line each, no
+  traceback."""
+  def prepare(*args):
+    r = subprocess.run([sys.executable, '-m', 'scripts.prepare', '--config=configs/tiny.py',
+                        f'--data_dir={tmp_path / "tfds"}', *args], cwd=script_runs.REPO,
+                       env=script_runs.env(tmp_path, devices=1), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    return r.stderr.strip().splitlines()
+  lines = prepare('--config.data.nosuch=1')
+  assert len(lines) == 1 and lines[0].endswith(
+      "prepare.py: unknown config key 'data.nosuch' (in '--config.data.nosuch=1'): the config "
+      "has no field 'nosuch' there; see the config file for the fields"), lines
+  lines = prepare('--config.data.batch_size=two')
+  assert lines[0].endswith("prepare.py: flag --config.data.batch_size=two: invalid literal for "
+                           "int() with base 10: 'two'"), lines
+  assert lines[1:] == ['Try --helpfull for the list of flags.']
+  path = _manifest(tmp_path / 'bad.jsonl', [_line(media / 'corrupt.wav')])
+  lines = prepare('--config.data.source=manifest', f'--config.data.manifest={path}',
+                  '--config.data.tfds_name=axturbo_manifest/allbad')
+  assert lines[-1].startswith(f'error: manifest {path}: none of its 1 file(s) could be read'), (
+      lines)
+  assert not [l for l in lines if 'AssertionError' in l or 'No examples' in l], lines
+
+
 def test_sync_batches_keep_order_and_hold_back_little():
   """The builder's batching of examples for the Synchformer: in order, cut after `size` videos
   or `max_items` examples; one example a batch when there is no extractor (size 0)."""

@@ -213,7 +213,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(**kwargs)
 
   def _sources(self) -> dict:
-    """{split: (items, convert(item, rng) -> example)} (subclasses)."""
+    """{split: (source, items, convert(item, rng) -> example)} (subclasses); `source` names
+    where the items come from, in errors."""
     raise NotImplementedError
 
   def _info(self):
@@ -227,10 +228,10 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split, items, convert)
-            for split, (items, convert) in self._sources().items()}
+    return {split: self._generate_examples(split, source, items, convert)
+            for split, (source, items, convert) in self._sources().items()}
 
-  def _generate_examples(self, split, items, convert):
+  def _generate_examples(self, split, source, items, convert):
     from tqdm import tqdm
     seed = getattr(self.builder_config, 'seed', 0)
     bar = tqdm(total=len(items), desc=f'{self.name}/{self.builder_config.name} {split}',
@@ -250,6 +251,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             bar.set_postfix(skipped=skipped)
             continue
           yield index, example
+    if items and skipped == len(items):  # else TFDS's AssertionError: "No examples were yielded"
+      raise ValueError(f'{source}: none of its {len(items)} file(s) could be read, nothing to '
+                       f'build for the {split} split (first: {messages[0]})')
     self.info.metadata['skipped'][split] = skipped
     self.info.metadata['skipped_messages'][split] = messages
     self.info.metadata['sync_computed'][split] = synced
@@ -304,7 +308,8 @@ class AxturboManifest(_FilesBuilder, skip_registration=True):
   def _sources(self):
     c = self.builder_config
     paths = {'train': c.manifest, 'heldout': c.heldout_manifest}
-    return {split: (manifest.read_manifest(path, c.root), self._file_example(split))
+    return {split: (f'manifest {path}', manifest.read_manifest(path, c.root),
+                    self._file_example(split))
             for split, path in paths.items() if path}
 
 
@@ -314,7 +319,7 @@ class AxturboFolder(_FilesBuilder, skip_registration=True):
   def _sources(self):
     c = self.builder_config
     paths = {'train': c.folder, 'heldout': c.heldout_folder}
-    return {split: (manifest.scan_folder(path), self._file_example(split))
+    return {split: (f'folder {path}', manifest.scan_folder(path), self._file_example(split))
             for split, path in paths.items() if path}
 
 
@@ -326,7 +331,8 @@ class AxturboEvents(_Builder, skip_registration=True):
     m = model_view(shapes_of(c))
     sizes = {'train': c.num_clips, 'heldout': c.heldout_clips}
     probs = tuple(c.caption_probs) or None
-    return {split: (pipeline.EmbeddedSource(split, n, m, c.duration_s, probs).clips,
+    return {split: (f'embedded clips ({split})',
+                    pipeline.EmbeddedSource(split, n, m, c.duration_s, probs).clips,
                     EventsExample(m))
             for split, n in sizes.items() if n}
 

@@ -123,7 +123,8 @@ def _long() -> tuple[dict, str]:
   duration = long_clips.grid_s(_LONG_WINDOWS.value * gen.output_samples / m.sample_rate)
   short_s = long_clips.grid_s(_SHORT.value or gen.output_samples / m.sample_rate / 2)
   windows = long_clips.plan(m.sample_rate, frames, gen.hop, duration, _OVERLAP.value,
-                            _TAIL.value)
+                            _TAIL.value, names=(f'--long_windows={_LONG_WINDOWS.value:g}',
+                                                '--overlap_s', '--tail_s'))
   window = windows[0].length / m.sample_rate
   long = long_clips.long_clips(m, _CLIPS.value, duration)
   short = benchmark.heldout_clips(m, _CLIPS.value, short_s)
@@ -218,6 +219,9 @@ def main(argv):
       sys.exit(f'error: --{name} must be >= {low}, got {flag.value}')
   if _DURATION.value is not None and not (math.isfinite(_DURATION.value) and _DURATION.value > 0):
     sys.exit(f'error: --duration_s must be a finite number of seconds > 0, got {_DURATION.value}')
+  if not (math.isfinite(_LONG_WINDOWS.value) and _LONG_WINDOWS.value > 0):
+    sys.exit(f'error: --long_windows must be a finite number of windows > 0, got '
+             f'{_LONG_WINDOWS.value}')
   if not flags.FLAGS['verbosity'].present:  # per-prompt INFO lines would bury the progress bar
     logging.set_verbosity(logging.WARNING)
   suite = {'events': _events, 'manifest': _manifest, 'table': _table,

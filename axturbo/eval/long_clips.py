@@ -107,12 +107,14 @@ def seam_events(clip: dict, seam_samples: Sequence[int]) -> int:
 
 
 def plan(sample_rate: int, window_frames: int, hop: int, duration_s: float,
-         overlap_s: float | None, tail_s: float = 0.0) -> list[longform.Window]:
+         overlap_s: float | None, tail_s: float = 0.0,
+         names: tuple[str, str, str] = ('duration_s', 'overlap_s', 'tail_s')
+         ) -> list[longform.Window]:
   """The windows `longform.generate_long` uses (`Generator.output_samples // hop`
-  frames per generated window)."""
+  frames per generated window); `names` as in `longform.check_duration`."""
   samples, used, overlap = longform.check_duration(
       duration_s, overlap_s, tail_s, sample_rate=sample_rate, window_frames=window_frames,
-      hop=hop)
+      hop=hop, names=names)
   return longform.plan_windows(samples, used, overlap, hop)
 
 

@@ -135,8 +135,14 @@ def job_request(job: dict, *, keep_unmasked: bool = False, duration_s: float | N
                 segments=None) -> Request:
   """A batch-file job (`parse_batch_file`) -> a `Request`; keep_unmasked applies to the jobs
   that inpaint or continue, `duration_s` / `segments` make it a long clip (segments replace the
-  job's text)."""
+  job's text). What a long clip cannot take is named as a batch line names it, and the
+  duration as sample.py's flag."""
   edit = job.get('inpaint') is not None or bool(job.get('continuation'))
+  if duration_s is not None and job.get('inpaint') is not None:
+    raise ValueError('"inpaint" edits one window; give it without --duration')
+  if duration_s is not None and job.get('audio') and not job.get('continuation'):
+    raise ValueError('"audio" with --duration is the beginning of the clip: give '
+                     '"continuation": true too')
   return Request(text='' if segments is not None else job.get('text') or '',
                  video=job.get('video'), sync=job.get('sync'), audio=job.get('audio'),
                  image=job.get('image'), inpaint=job.get('inpaint'),
@@ -225,8 +231,8 @@ def _publish(tmp: pathlib.Path, final: pathlib.Path) -> None:
   tmp.unlink()
 
 
-def claim_files(out_dir, stem: str, contents: Callable[[str], dict[str, bytes]]
-                ) -> dict[str, pathlib.Path]:
+def claim_files(out_dir, stem: str, contents: Callable[[str], dict[str, bytes]], *,
+                create: bool = True) -> dict[str, pathlib.Path]:
   """Writes the files `contents(stem)` ({suffix: bytes}) as `out_dir/<stem><suffix>` under a
   number no other file in `out_dir` has, and returns {suffix: path}.
 
@@ -234,10 +240,14 @@ def claim_files(out_dir, stem: str, contents: Callable[[str], dict[str, bytes]]
   `first_free_index`: concurrent runs into one folder never share a number or a name, and
   nothing is overwritten. Files are written into a hidden folder first and linked into place
   under an exclusive lock, so a failure (a full disk) leaves no 0-byte or partial output; the
-  OSError names the path.
+  OSError names the path. `create` False: a missing `out_dir` is a FileNotFoundError, not made
+  again (a folder that vanished during a run took that run's earlier outputs with it).
   """
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  if create:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  elif not out_dir.is_dir():
+    raise FileNotFoundError(errno.ENOENT, 'the folder is gone', str(out_dir))
   index, slug = stem.split('_', 1)
   index = int(index)
   with _claim_lock(out_dir):
@@ -273,13 +283,14 @@ def claim_files(out_dir, stem: str, contents: Callable[[str], dict[str, bytes]]
 
 
 def save_results(results: Sequence, out_dir, stems: Sequence[str], *, normalize: str = 'clip',
-                 videos: Sequence | None = None, spectrogram: bool = True) -> list[dict]:
+                 videos: Sequence | None = None, spectrogram: bool = True,
+                 create: bool = True) -> list[dict]:
   """Writes <stem>.wav (+ .mp4 when a video file was given, .png, .json) per result.
 
   normalize: 'clip' (peak per clip, default; a long clip's peak over its whole length),
   'batch' (one peak for all results, official), 'window' (a long clip's windows each to their
-  own peak, `longform.normalize_per_window`) or 'none' (only clamped to [-1, 1]). Returns the
-  sidecar records.
+  own peak, `longform.normalize_per_window`) or 'none' (only clamped to [-1, 1]); `create` as
+  in `claim_files`. Returns the sidecar records.
   """
   if normalize not in ('clip', 'batch', 'window', 'none'):
     raise ValueError(f"normalize must be 'clip', 'batch', 'window' or 'none', got {normalize!r}")
@@ -312,6 +323,6 @@ def save_results(results: Sequence, out_dir, stems: Sequence[str], *, normalize:
       record.clear()
       record.update({**r.meta, 'normalize': normalize, 'files': files})
       return {**blobs, '.json': media.sidecar_bytes(record)}
-    claim_files(out_dir, stem, contents)
+    claim_files(out_dir, stem, contents, create=create)
     records.append(record)
   return records

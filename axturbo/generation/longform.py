@@ -91,36 +91,39 @@ class Window:
 # ------------------------------------------------------------------------------ the plan
 
 def check_duration(duration_s, overlap_s, tail_s=0.0, *, sample_rate: int,
-                   window_frames: int, hop: int) -> tuple[int, int, int]:
+                   window_frames: int, hop: int,
+                   names: tuple[str, str, str] = ('duration_s', 'overlap_s', 'tail_s')
+                   ) -> tuple[int, int, int]:
   """Validates a request -> (clip samples, frames used per window, overlap frames).
 
   A window's last `tail_s` seconds are generated but not used (a model whose training clips
   always end in silence ends every window in silence; docs/results.md). overlap_s None is half
   of the used window. The duration must hold at least one latent frame and need at most
   MAX_WINDOWS windows; the overlap must leave at least one new frame per window. One-line
-  ValueErrors.
+  ValueErrors that call the three values `names` (a command line's flags: '--duration', ...).
   """
+  d_name, o_name, t_name = names
   sec = lambda frames: f'{frames * hop / sample_rate:g} s'
-  duration_s = seconds(duration_s, 'duration_s')
+  duration_s = seconds(duration_s, d_name)
   if round(duration_s * sample_rate) < hop:
-    raise ValueError(f'duration_s must be at least one latent frame ({sec(1)}), got '
-                     f'{duration_s:g}')
-  tail = round(seconds(tail_s, 'tail_s') * sample_rate / hop)
+    raise ValueError(f'{d_name} must be at least one latent frame ({sec(1)}), got '
+                     f'{duration_s:g} s')
+  tail = round(seconds(tail_s, t_name) * sample_rate / hop)
   if not 0 <= tail <= window_frames - 2:
-    raise ValueError(f'tail_s must lie between 0 and the window ({sec(window_frames)}) minus two '
-                     f'frames, got {tail_s:g}')
+    raise ValueError(f'{t_name} must lie between 0 and the window ({sec(window_frames)}) minus '
+                     f'two frames, got {tail_s:g}')
   used = window_frames - tail
   if overlap_s is None:
     overlap = used // 2
   else:
-    overlap = round(seconds(overlap_s, 'overlap_s') * sample_rate / hop)
+    overlap = round(seconds(overlap_s, o_name) * sample_rate / hop)
     if not 1 <= overlap < used:
-      raise ValueError(f'overlap_s must lie between one latent frame ({sec(1)}) and the used '
+      raise ValueError(f'{o_name} must lie between one latent frame ({sec(1)}) and the used '
                        f'window ({sec(used)}) minus one frame, got {overlap_s:g}')
   samples = int(round(duration_s * sample_rate))
   count = window_count(samples, used * hop, (used - overlap) * hop)
   if count > MAX_WINDOWS:
-    raise ValueError(f'duration_s {duration_s:g} needs {count} windows of {sec(used)} (overlap '
+    raise ValueError(f'{d_name} ({duration_s:g} s) needs {count} windows of {sec(used)} (overlap '
                      f'{sec(overlap)}); at most {MAX_WINDOWS} windows per clip')
   return samples, used, overlap
 

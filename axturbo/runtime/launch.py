@@ -260,6 +260,8 @@ def _outside_world(e: BaseException) -> str | None:
     m = re.search(r'(?:local file|Failed writing:) "([^"]+)"', text)
     path = m.group(1) if m else '?'
   path = re.sub(r'\.orbax-checkpoint-tmp.*$', '', str(path))
+  # save_params writes `<dir>/.<name>.partial-<tag>/...` first: name the folder it replaces.
+  path = re.sub(r'/\.([^/]+)\.partial-[0-9a-f]+(/.*)?$', r'/\1', path)
   return (f'no space left on device while writing {path}; the unfinished write was not kept, '
           'every checkpoint and export finished before it is (traceback in the log file)')
 
