@@ -243,6 +243,9 @@ def suite_help(suite: str) -> str:
     f = flags.FLAGS[name]
     spelled = f'--[no]{name}' if f.boolean else f'--{name}'
     default = '' if f.default is None else f' (default: {f.default_as_str})'
+    if (suite, name) == ('long', 'tasks'):   # _long's own default when --tasks is absent
+      from axturbo.eval import long_clips
+      default = f" (default: '{','.join(long_clips.LONG_TASKS)}')"
     lines += textwrap.wrap(f'{spelled}: {f.help}{default}', 98, initial_indent='  ',
                            subsequent_indent='      ')
   lines += ['', 'Shared absl flags (--verbosity, ...): --helpfull.']
