@@ -285,7 +285,7 @@ def parse_flags(argv: list[str]) -> str:
 
 def main(suite: str):
   if not _OUT.value:
-    sys.exit('error: --out is required (see --help)')
+    sys.exit(f'error: --out is required (see python -m axturbo.eval {suite} --help)')
   for name, flag, low in (('clips', _CLIPS, 1), ('batch_size', _BATCH, 1), ('runs', _RUNS, 1),
                           ('warmup', _WARMUP, 0)):
     if flag.value < low:
