@@ -19,7 +19,7 @@ python3 sample.py --checkpoint "$OUT/student/export" --batch_file "$OUT/inputs/t
 echo "== 5/5 scoreboard: teacher vs student on 32 held-out clips (event benchmark)"
 # Teacher rows at CFG 3: on the same tiny teachers it beat the official 6 on timestamps, order,
 # sync and inpainting (docs/research/training.md, "Sampling CFG").
-python3 -m axturbo.eval --suite table --teacher_checkpoint "$OUT/teacher/export" \
+python3 -m axturbo.eval table --teacher_checkpoint "$OUT/teacher/export" \
     --student_checkpoint "$OUT/student/export" --teacher_steps 50,4 --cfg 3 --undistilled_steps 4 \
     --student_steps 4,2,1 --tasks t2a,v2a,inpaint --clips 32 --runs 5 --warmup 2 \
     --out "$OUT/samples/scoreboard"

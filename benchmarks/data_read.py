@@ -10,18 +10,24 @@ random order from the direct source (synthesis / file decoding) and from the bui
 batching; data.read_threads reader threads). Results go to stdout; docs/guide/data.md records
 them. Not part of the library: nothing imports this file.
 """
-import argparse
 import json
 import pathlib
+import sys
 import tempfile
 import time
 
 import numpy as np
 import soundfile
+from absl import app
+from absl import flags
 
 from axturbo.data import pipeline
 from axturbo.data import tfds_builders
 from configs import tiny
+
+_CLIPS = flags.DEFINE_integer('clips', 32, 'Embedded clips built into axturbo_events.')
+_FILES = flags.DEFINE_integer('files', 32, 'WAV files built into axturbo_manifest.')
+_BATCHES = flags.DEFINE_integer('batches', 8, 'Pipeline batches timed per source.')
 
 
 def per_second(fn, count: int) -> float:
@@ -69,24 +75,21 @@ def compare(config, name: str, data_dir: str, batches: int) -> None:
           f'(batch {c.data.batch_size}, {c.data.read_threads} reader threads)')
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--clips', type=int, default=32)
-  parser.add_argument('--files', type=int, default=32)
-  parser.add_argument('--batches', type=int, default=8)
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   with tempfile.TemporaryDirectory() as tmp:
     c = tiny.get_config()
-    c.data.update(num_clips=args.clips, heldout_clips=0)
-    compare(c, 'bench', tmp, args.batches)
+    c.data.update(num_clips=_CLIPS.value, heldout_clips=0)
+    compare(c, 'bench', tmp, _BATCHES.value)
     folder = pathlib.Path(tmp) / 'wavs'
     folder.mkdir()
     c = tiny.get_config()
-    c.data.update(source='manifest', manifest=write_manifest(folder, args.files))
-    compare(c, 'bench', tmp, args.batches)
+    c.data.update(source='manifest', manifest=write_manifest(folder, _FILES.value))
+    compare(c, 'bench', tmp, _BATCHES.value)
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

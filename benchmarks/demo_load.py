@@ -10,6 +10,7 @@ the latency of each (send to result, queueing included), p50 / p95 and the error
 if any request failed or none finished within --timeout.
 """
 import json
+import sys
 import threading
 import time
 import urllib.parse
@@ -57,7 +58,7 @@ def main(argv):
   del argv
   host = urllib.parse.urlparse(_URL.value).hostname
   if host not in ('127.0.0.1', 'localhost'):
-    raise app.UsageError(f'--url {_URL.value}: localhost only')
+    sys.exit(f'error: --url {_URL.value}: localhost only')
   if not 1 <= _REQUESTS.value <= 64:
     raise app.UsageError('--requests must be in 1..64')
   results = [None] * _REQUESTS.value

@@ -28,7 +28,7 @@ convolutions layer by layer). `x_floor` = median / floor.
 Rows are merged into DIR/ours.json after every setting (a run that stops early keeps what it
 measured); the last thing printed is the table. `--size micro` shrinks every tower (CPU test).
 """
-import argparse
+import functools
 import json
 import math
 import os
@@ -37,6 +37,10 @@ import statistics
 import sys
 import time
 import traceback
+import types
+
+from absl import app
+from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -681,40 +685,75 @@ def report(directory) -> str:
 
 # ------------------------------------------------------------------------------- main
 
-def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--out', help='Directory of ours.json (rows are merged into it).')
-  p.add_argument('--report', help='Print the table of DIR/ours.json + DIR/official.json.')
-  p.add_argument('--size', default='official', choices=('official', 'micro'))
-  p.add_argument('--sections', default=','.join(SECTIONS[:-1]),
-                 help=f'Comma-separated, from {SECTIONS} (default: all but aot).')
-  p.add_argument('--runs', type=int, default=20)
-  p.add_argument('--warmup', type=int, default=3)
-  p.add_argument('--train_runs', type=int, default=10)
-  p.add_argument('--batches', default='8,32', help='Throughput batch sizes.')
-  p.add_argument('--teacher_steps', type=int, default=50, help='Euler steps (NFE = 2x).')
-  p.add_argument('--train_batch', type=int, default=8)
-  p.add_argument('--distill_batch', type=int, default=4)
-  p.add_argument('--remat', default='none', help='Trunk remat policy of the train steps.')
-  p.add_argument('--unroll_layers', default='auto', choices=('auto', 'yes', 'no'),
-                 help="Trunk loop of the fast pipeline outside 't2a' (which times both and "
-                      "picks); 'auto': what a 't2a' run recorded in --out, else scanned.")
-  p.add_argument('--cache_dir', default='', help='Persistent compilation cache ("" = none).')
-  p.add_argument('--budget_s', type=float, default=0,
-                 help='Skip the remaining sections after this many seconds (0 = no limit).')
-  args = p.parse_args(argv)
-  args.sections = [s for s in args.sections.split(',') if s]
+def define_flags(fv: flags.FlagValues) -> list[flags.FlagHolder]:
+  """This program's flags, defined in `fv`.
+
+  Only `python -m benchmarks.gpu_suite` defines them (in flags.FLAGS): tests and
+  benchmarks/official_reference.py import this module, and importing it defines no flag.
+  """
+  return [
+      flags.DEFINE_string('out', None, 'Directory of ours.json (rows are merged into it).',
+                          flag_values=fv),
+      flags.DEFINE_string('report', None,
+                          'Print the table of DIR/ours.json + DIR/official.json.',
+                          flag_values=fv),
+      flags.DEFINE_enum('size', 'official', ['official', 'micro'], 'Model size.', flag_values=fv),
+      flags.DEFINE_list('sections', list(SECTIONS[:-1]),
+                        f'Comma-separated, from {",".join(SECTIONS)} (default: all but aot).',
+                        flag_values=fv),
+      flags.DEFINE_integer('runs', 20, 'Timed calls per setting.', flag_values=fv),
+      flags.DEFINE_integer('warmup', 3, 'Untimed calls per setting after the first.',
+                           flag_values=fv),
+      flags.DEFINE_integer('train_runs', 10, 'Timed train / distillation steps.', flag_values=fv),
+      flags.DEFINE_list('batches', ['8', '32'], 'Throughput batch sizes.', flag_values=fv),
+      flags.DEFINE_integer('teacher_steps', 50, 'Euler steps (NFE = 2x).', flag_values=fv),
+      flags.DEFINE_integer('train_batch', 8, 'Batch of the teacher train step.', flag_values=fv),
+      flags.DEFINE_integer('distill_batch', 4, 'Batch of the distillation steps.',
+                           flag_values=fv),
+      flags.DEFINE_string('remat', 'none', 'Trunk remat policy of the train steps.',
+                          flag_values=fv),
+      flags.DEFINE_enum('unroll_layers', 'auto', ['auto', 'yes', 'no'],
+                        "Trunk loop of the fast pipeline outside 't2a' (which times both and "
+                        "picks); 'auto': what a 't2a' run recorded in --out, else scanned.",
+                        flag_values=fv),
+      flags.DEFINE_string('cache_dir', '', 'Persistent compilation cache ("" = none).',
+                          flag_values=fv),
+      flags.DEFINE_float('budget_s', 0, 'Skip the remaining sections after this many seconds '
+                         '(0 = no limit).', flag_values=fv),
+  ]
+
+
+def args_from(holders: list[flags.FlagHolder]) -> types.SimpleNamespace:
+  """The parsed flags as the Suite's arguments; exits with one line on a bad value."""
+  args = types.SimpleNamespace(**{h.name: h.value for h in holders})
   bad = set(args.sections) - set(SECTIONS)
   if bad:
-    p.error(f'unknown sections {sorted(bad)}; choose from {SECTIONS}')
-  args.batches = [int(x) for x in args.batches.split(',') if x]
+    sys.exit(f'error: --sections: unknown {sorted(bad)}; choose from {SECTIONS}')
+  try:
+    args.batches = [int(x) for x in args.batches]
+  except ValueError:
+    sys.exit(f'error: --batches must be comma-separated integers, got {",".join(args.batches)}')
   if not args.report and not args.out:
-    p.error('give --out DIR (or --report DIR)')
+    sys.exit('error: give --out DIR (or --report DIR)')
   return args
 
 
-def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str]) -> types.SimpleNamespace:
+  """`argv` (flags only, no program name) parsed in flags of its own (tests)."""
+  fv = flags.FlagValues()
+  holders = define_flags(fv)
+  fv(['gpu_suite', *argv])
+  return args_from(holders)
+
+
+def main(argv: list[str], holders: list[flags.FlagHolder]) -> int:
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  return run(args_from(holders))
+
+
+def run(args: types.SimpleNamespace) -> int:
+  """The suite (or --report's table); 1 if a section failed."""
   if args.report:
     print(report(args.report))
     return 0
@@ -745,4 +784,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(functools.partial(main, holders=define_flags(flags.FLAGS)))

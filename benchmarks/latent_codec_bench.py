@@ -10,18 +10,29 @@ Plus the trunk cost each latent implies (jitted MMDiT forward+backward on one ba
 Results go to stdout; docs/latent_codec.md records the numbers and the decision.
 Not part of the library: nothing imports this file.
 """
-import argparse
+import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app
+from absl import flags
 
 from axturbo.data import embedded
 from axturbo.models import mmdit as mmdit_lib
 from axturbo.models.patch_codec import PatchCodec
 from axturbo.models.vae import OobleckVAE
+
+_CLIPS = flags.DEFINE_integer('clips', 32, '4 s clips per split (2 crops each).')
+_VAE_STEPS = flags.DEFINE_integer('vae_steps', 300, 'Training steps of the tiny Oobleck VAE.')
+_VAE_BATCH = flags.DEFINE_integer('vae_batch', 4, 'Its batch.')
+_VAE_CROP = flags.DEFINE_integer('vae_crop', 4096, 'Its crop, in samples.')
+_KL_WEIGHT = flags.DEFINE_float('kl_weight', 1e-4, 'Its KL loss weight.')
+_LR = flags.DEFINE_float('lr', 3e-4, 'Its learning rate.')
+_SKIP_TRUNK = flags.DEFINE_bool('skip_trunk', False, 'Skip the trunk cost lines.')
 
 SR = 16000
 N = 32768
@@ -137,16 +148,13 @@ def trunk_cost(seq_len: int, io: int, embed: int, heads: int, mlp: int, head_dim
         f'fwd+bwd batch {batch}: {time_fn(grad, params, reps=3):.3f} s', flush=True)
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument('--clips', type=int, default=32, help='4 s clips per split (2 crops each)')
-  ap.add_argument('--vae_steps', type=int, default=300)
-  ap.add_argument('--vae_batch', type=int, default=4)
-  ap.add_argument('--vae_crop', type=int, default=4096)
-  ap.add_argument('--kl_weight', type=float, default=1e-4)
-  ap.add_argument('--lr', type=float, default=3e-4)
-  ap.add_argument('--skip_trunk', action='store_true')
-  args = ap.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  args = types.SimpleNamespace(clips=_CLIPS.value, vae_steps=_VAE_STEPS.value,
+                               vae_batch=_VAE_BATCH.value, vae_crop=_VAE_CROP.value,
+                               kl_weight=_KL_WEIGHT.value, lr=_LR.value,
+                               skip_trunk=_SKIP_TRUNK.value)
   print('devices', jax.devices())
   train, held = clips('train', args.clips), clips('heldout', args.clips // 2)
   print(f'data: train {train.shape}, heldout {held.shape}, std {train.std():.4f}')
@@ -172,4 +180,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

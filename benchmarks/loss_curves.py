@@ -1,18 +1,23 @@
 """Plots the flow-matching loss of several train.py runs against wall time and step.
 
-  python -m benchmarks.loss_curves --out docs/images/tiny_runs.png NAME=train.log [NAME=...]
+  python -m benchmarks.loss_curves --out docs/images/tiny_runs.png --logs NAME=train.log[,NAME=...]
 
 Reads the step lines that `axturbo.train.observe` logs ("step N | loss X | ...") and their
 absl timestamps; wall time counts from the first step line. Not part of the library.
 """
-import argparse
 import datetime
 import re
+import sys
 
 import matplotlib
+from absl import app
+from absl import flags
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+_OUT = flags.DEFINE_string('out', None, 'The PNG to write.', required=True)
+_LOGS = flags.DEFINE_list('logs', None, 'NAME=path/to/train.log, one per run.', required=True)
 
 _LINE = re.compile(r'^I\d{4} (\d\d:\d\d:\d\d\.\d+) .*\] step +(\d+) \| loss ([0-9.eE+-]+)')
 
@@ -33,14 +38,14 @@ def read_log(path: str) -> tuple[list[float], list[int], list[float]]:
   return [t - times[0] for t in times], steps, losses
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--out', required=True)
-  parser.add_argument('runs', nargs='+', help='NAME=path/to/train.log')
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]} (runs go in --logs)')
   fig, (ax_step, ax_time) = plt.subplots(1, 2, figsize=(11, 4))
-  for run in args.runs:
-    name, _, path = run.partition('=')
+  for run in _LOGS.value:
+    name, sep, path = run.partition('=')
+    if not sep:
+      sys.exit(f'error: --logs entry {run!r} is not NAME=path/to/train.log')
     times, steps, losses = read_log(path)
     ax_step.plot(steps, losses, label=name)
     ax_time.plot([t / 60 for t in times], losses, label=name)
@@ -51,9 +56,9 @@ def main():
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(args.out, dpi=100)
-  print(f'wrote {args.out}')
+  fig.savefig(_OUT.value, dpi=100)
+  print(f'wrote {_OUT.value}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

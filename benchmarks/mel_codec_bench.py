@@ -7,17 +7,21 @@ config would store), then held-out clips encoded, decoded (jitted, batched) and 
 Cat / Cnt / Ord / TS against their annotations, clean and with Gaussian noise of std 0.5 added
 to the normalised latent. Not part of the library: nothing imports this file.
 """
-import argparse
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app
+from absl import flags
 
 from axturbo.data import embedded
 from axturbo.eval import event_scores
 from axturbo.eval import events
 from axturbo.models import mel_codec
+
+_CLIPS = flags.DEFINE_integer('clips', 48, 'Held-out clips scored per setting.')
 
 SR, N, DURATION = 16000, 32768, 2.0
 SETTINGS = (dict(), dict(n_mels=80), dict(gl_iters=64), dict(nnls_iters=0), dict(eps=1e-4),
@@ -38,12 +42,11 @@ def scores(clips: list[dict], y: np.ndarray) -> list[int]:
   return [round(agg[k]) for k in ('cat', 'count', 'order', 'timestamp')]
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--clips', type=int, default=48)
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
   _, train = waves('train', 64)
-  clips, x = waves('heldout', args.clips)
+  clips, x = waves('heldout', _CLIPS.value)
   print('| setting | latent T x C | mean / std | clean | + noise 0.5 | encode | decode |')
   for kw in SETTINGS:
     z_train = mel_codec.MelCodec(**kw).encode(train)
@@ -63,4 +66,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -31,7 +31,6 @@ all-zero video and a silent audio prompt, which the official conditioners encode
 prompt VAE encoder run), generate, crop to 10 s, copy the waveform to the host. Rows are merged
 into DIR/official.json after each setting.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -39,6 +38,10 @@ import pathlib
 import sys
 import time
 import traceback
+import types
+
+from absl import app
+from absl import flags
 
 from benchmarks import gpu_suite   # its configs/official.py sizes and its timing
 
@@ -46,6 +49,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 STUBS = ROOT / 'benchmarks' / 'official_stubs'
 PROMPT = 'A dog barks twice, then a bell rings over distant traffic.'
 SECTIONS = ('t2a', 'throughput', 'teacher', 'v2a')
+
+# gpu_suite defines its flags only when it runs as the program, so these names do not clash.
+_OFFICIAL = flags.DEFINE_string('official', os.environ.get('AXTURBO_OFFICIAL',
+                                                           str(ROOT / '.official')),
+                                'Folder of the official code (env AXTURBO_OFFICIAL).')
+_OUT = flags.DEFINE_string('out', None, 'Directory of official.json (rows are merged into it).',
+                           required=True)
+_SIZE = flags.DEFINE_enum('size', 'official', ['official', 'micro'], 'Model size.')
+_SECTIONS = flags.DEFINE_list('sections', list(SECTIONS), f'From {",".join(SECTIONS)}.')
+_PRECISIONS = flags.DEFINE_list('precisions', ['fp32', 'bf16'], 'From fp32,bf16.')
+_BATCHES = flags.DEFINE_list('batches', ['32'], 'Throughput batch sizes.')
+_TEACHER_STEPS = flags.DEFINE_integer('teacher_steps', 50, 'Euler steps of the teacher.')
+_RUNS = flags.DEFINE_integer('runs', 20, 'Timed calls per setting.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed calls per setting after the first.')
+_DEVICE = flags.DEFINE_string('device', 'cuda', 'torch device.')
+_BUDGET_S = flags.DEFINE_float('budget_s', 0,
+                               'Start no new setting after this many seconds (0 = no limit).')
 
 
 def add_official_to_path(official: pathlib.Path) -> None:
@@ -273,24 +293,17 @@ class _Null:
     pass
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--official', default=os.environ.get('AXTURBO_OFFICIAL', str(ROOT / '.official')))
-  p.add_argument('--out', required=True)
-  p.add_argument('--size', default='official', choices=('official', 'micro'))
-  p.add_argument('--sections', default=','.join(SECTIONS))
-  p.add_argument('--precisions', default='fp32,bf16')
-  p.add_argument('--batches', default='32', help='Throughput batch sizes.')
-  p.add_argument('--teacher_steps', type=int, default=50)
-  p.add_argument('--runs', type=int, default=20)
-  p.add_argument('--warmup', type=int, default=3)
-  p.add_argument('--device', default='cuda')
-  p.add_argument('--budget_s', type=float, default=0,
-                 help='Start no new setting after this many seconds (0 = no limit).')
-  args = p.parse_args(sys.argv[1:] if argv is None else argv)
-  args.sections = [s for s in args.sections.split(',') if s]
-  args.precisions = [s for s in args.precisions.split(',') if s]
-  args.batches = [int(x) for x in args.batches.split(',') if x]
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  try:
+    batches = [int(x) for x in _BATCHES.value]
+  except ValueError:
+    sys.exit(f'error: --batches must be integers, got {",".join(_BATCHES.value)}')
+  args = types.SimpleNamespace(
+      official=_OFFICIAL.value, out=_OUT.value, size=_SIZE.value, sections=_SECTIONS.value,
+      precisions=_PRECISIONS.value, batches=batches, teacher_steps=_TEACHER_STEPS.value,
+      runs=_RUNS.value, warmup=_WARMUP.value, device=_DEVICE.value, budget_s=_BUDGET_S.value)
   ref = Reference(args)
   failed = 0
   for section in args.sections:
@@ -306,4 +319,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main)

@@ -11,13 +11,16 @@ weights and frames, so the official size costs no memory or run time). Sizes: mi
 parity test's (width 32, depth 2), small is width 192 / depth 4 / 3 heads, official is the
 released ViT-B/16 (width 768, depth 12). Not part of the library: nothing imports this file.
 """
-import argparse
 import statistics
+import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app
+from absl import flags
 
 from axturbo.models import synchformer as sf
 
@@ -27,6 +30,13 @@ SIZES = {
     'official': dict(),
 }
 
+_SIZE = flags.DEFINE_enum('size', 'small', sorted(SIZES), 'Model size (see above).')
+_FRAMES = flags.DEFINE_integer('frames', sf.num_sync_frames(10), 'Video frames (default: 10 s).')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls (median).')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+_FLOPS_ONLY = flags.DEFINE_bool('flops_only', False,
+                                "Only XLA's FLOP count, compiled for abstract weights and frames.")
+
 
 def _flops(compiled) -> float:
   cost = compiled.cost_analysis()
@@ -34,14 +44,11 @@ def _flops(compiled) -> float:
   return float(cost.get('flops', float('nan')))
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--size', choices=sorted(SIZES), default='small')
-  parser.add_argument('--frames', type=int, default=sf.num_sync_frames(10))
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
-  parser.add_argument('--flops_only', action='store_true')
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  args = types.SimpleNamespace(size=_SIZE.value, frames=_FRAMES.value, repeats=_REPEATS.value,
+                               dtype=_DTYPE.value, flops_only=_FLOPS_ONLY.value)
   model = sf.Synchformer(**SIZES[args.size], dtype=jnp.dtype(args.dtype))
   window = jnp.zeros((1, model.num_frames, model.image_size, model.image_size, 3), jnp.uint8)
   encode = jax.jit(lambda p, f: model.apply(p, f, method='encode_frames'))
@@ -77,4 +84,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

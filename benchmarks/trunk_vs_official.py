@@ -27,7 +27,6 @@ untimed ones (ours: after its compiling call) and reports the median. The table 
 size, the median over rounds of official / ours and the range. The machine's float32 matmul
 ceiling (2048^3, jax and torch) is measured in the same run: compare ratios, not seconds.
 """
-import argparse
 import json
 import os
 import pathlib
@@ -37,8 +36,24 @@ import sys
 import time
 import types
 
+from absl import app
+from absl import flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 SIZES = '512x8x1,512x8x8,1536x2x1'
+
+_OFFICIAL = flags.DEFINE_string('official', os.environ.get('AXTURBO_OFFICIAL', '/work/official'),
+                                'Folder holding the official audiox_turbo/ (env AXTURBO_OFFICIAL).')
+_SIZES = flags.DEFINE_list('sizes', SIZES.split(','), 'WIDTHxDEPTHxBATCH sizes.')
+_LAYOUTS = flags.DEFINE_list('layouts', ['inference'],
+                             "Our layouts to time: 'inference' (the default one) and/or 'scanned'.")
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating process rounds.')
+_RUNS = flags.DEFINE_integer('runs', 3, 'Timed calls per process (median).')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed calls per process.')
+_WORKER = flags.DEFINE_list('worker', None, 'Internal: run one measurement (KIND[,SIZE[,LAYOUT]]) '
+                            'and print it as JSON.')
+
 # Official `num_heads` C per width: a head *width* (docs/official.md); 1536 -> 64 heads of 24.
 OFFICIAL_C = {512: 16, 1536: 24}
 IO, COND_LEN, COND_DIM, SEQ = 64, 384, 768, 236
@@ -169,7 +184,7 @@ def worker_ceiling(args) -> dict:
 
 def spawn(args, *worker: str) -> dict:
   cmd = [sys.executable, '-m', 'benchmarks.trunk_vs_official', '--official', args.official,
-         '--runs', str(args.runs), '--warmup', str(args.warmup), '--worker', *worker]
+         '--runs', str(args.runs), '--warmup', str(args.warmup), '--worker', ','.join(worker)]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   if out.returncode:
@@ -177,20 +192,11 @@ def spawn(args, *worker: str) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split('\n', 2)[2])
-  p.add_argument('--official', default=os.environ.get('AXTURBO_OFFICIAL', '/work/official'),
-                 help='Folder holding the official audiox_turbo/ (env AXTURBO_OFFICIAL).')
-  p.add_argument('--sizes', default=SIZES, help='WIDTHxDEPTHxBATCH, comma separated.')
-  p.add_argument('--layouts', default='inference',
-                 help="Our layouts to time: 'inference' (the default one) and/or 'scanned'.")
-  p.add_argument('--rounds', type=int, default=5, help='Alternating process rounds.')
-  p.add_argument('--runs', type=int, default=3, help='Timed calls per process (median).')
-  p.add_argument('--warmup', type=int, default=1, help='Untimed calls per process.')
-  p.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
-  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  args = types.SimpleNamespace(official=_OFFICIAL.value, runs=_RUNS.value, warmup=_WARMUP.value,
+                               worker=_WORKER.value)
 
   if args.worker:
     kind, *rest = args.worker
@@ -203,10 +209,10 @@ def main(argv=None) -> int:
     print(json.dumps({'ms': ms}))
     return 0
 
-  sizes = [s for s in args.sizes.split(',') if s]
+  sizes = _SIZES.value
   for s in sizes:
     parse_size(s)
-  layouts = [s for s in args.layouts.split(',') if s]
+  layouts = _LAYOUTS.value
   for layout in layouts:
     if layout not in ('inference', 'scanned'):
       sys.exit(f"error: --layouts {layout!r}: choose 'inference' or 'scanned'")
@@ -216,7 +222,7 @@ def main(argv=None) -> int:
         f"{ceiling['torch_gflops']:.0f} GFLOP/s ({ceiling['torch_threads']} torch threads, "
         f"{ceiling['cpus']} CPUs); load {os.getloadavg()[0]:.1f}", flush=True)
   ratios = {(s, l): [] for s in sizes for l in layouts}
-  for r in range(args.rounds):
+  for r in range(_ROUNDS.value):
     for s in sizes:
       official = spawn(args, 'official', s)['ms']
       for layout in layouts:
@@ -237,4 +243,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main)

@@ -3,6 +3,7 @@ reference-set metrics and the CLI (tiny random checkpoint, a few held-out clips)
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -153,12 +154,76 @@ def test_reference_metrics_from_a_manifest(tmp_path):
 
 # ---------------------------------------------------------------------------- CLI
 
-def _cli(tmp_path, *args):
+def _cli(tmp_path, *args, module='axturbo.evaluate'):
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
              JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / 'jax_cache_evaluate'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  return subprocess.run([sys.executable, '-m', 'axturbo.evaluate', *map(str, args)], cwd=REPO,
+  return subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
+
+
+def _eval(tmp_path, *args):
+  """`python -m axturbo.eval` (the current name; _cli alone runs the former one)."""
+  return _cli(tmp_path, *args, module='axturbo.eval')
+
+
+_SAMPLER_FLAGS = {'steps', 'teacher', 'cfg', 'seed'}
+_SUITE_FLAGS = {   # what each suite reads (axturbo/eval/cli.py), and --compile_cache
+    'events': {'checkpoint', 'out', 'clips', 'tasks', 'batch_size', 'keep_unmasked',
+               'duration_s', 'compile_cache'} | _SAMPLER_FLAGS,
+    'manifest': {'checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', 'clips',
+                 'batch_size', 'compile_cache'} | _SAMPLER_FLAGS,
+    'long': {'checkpoint', 'out', 'clips', 'tasks', 'batch_size', 'long_windows', 'overlap_s',
+             'tail_s', 'join', 'short_s', 'compile_cache'} | _SAMPLER_FLAGS,
+    'table': {'teacher_checkpoint', 'student_checkpoint', 'out', 'teacher_steps',
+              'student_steps', 'undistilled_steps', 'cfg', 'runs', 'warmup', 'clips', 'tasks',
+              'batch_size', 'seed', 'duration_s', 'compile_cache'},
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('args', [('events', '--help'), ('manifest', '-h'), ('long', '--help'),
+                                  ('table', '--help'), ('--help', '--suite=table')])
+def test_cli_help_per_suite_lists_its_flags_only(tmp_path, args):
+  suite = next(a.split('=')[-1] for a in args if a.split('=')[-1] in _SUITE_FLAGS)
+  run = _eval(tmp_path, *args)
+  assert run.returncode == 0, run.stderr[-2000:]
+  listed = re.findall(r'^  --(?:\[no\])?(\w+):', run.stdout, re.MULTILINE)
+  assert len(listed) == len(set(listed)) and set(listed) == _SUITE_FLAGS[suite], run.stdout
+  assert run.stdout.startswith(f'python -m axturbo.eval {suite} [flags]')
+
+
+@pytest.mark.e2e
+def test_cli_help_without_a_suite_lists_the_suites(tmp_path):
+  run = _eval(tmp_path, '--help')
+  assert run.returncode == 0, run.stderr[-2000:]
+  for suite in _SUITE_FLAGS:
+    assert f'python -m axturbo.eval {suite} ' in run.stdout
+  assert 'python -m axturbo.eval SUITE --help' in run.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('args,line', [
+    (('table', '--checkpoint=x'),
+     'error: --checkpoint is not a flag of the table suite (it is one of events, manifest, long); '
+     'see python -m axturbo.eval table --help'),
+    (('--suite=events', '--runs=3'),
+     'error: --runs is not a flag of the events suite (it is one of table); '
+     'see python -m axturbo.eval events --help'),
+    (('--warmup=2',),   # no suite: events, as before the suite word
+     'error: --warmup is not a flag of the events suite (it is one of table); '
+     'see python -m axturbo.eval events --help'),
+    (('long', '--keep_unmasked'),
+     'error: --keep_unmasked is not a flag of the long suite (it is one of events); '
+     'see python -m axturbo.eval long --help'),
+    (('leaderboard',), "error: unknown suite 'leaderboard': choose from events, manifest, long, "
+     'table'),
+    (('events', '--suite=table'), "error: suite 'events' and --suite table disagree"),
+])
+def test_cli_refuses_another_suites_flag_in_one_line(tmp_path, args, line):
+  run = _eval(tmp_path, *args, f'--out={tmp_path / "o"}')
+  assert run.returncode == 1 and run.stderr.strip() == line, run.stderr[-2000:]
+  assert not (tmp_path / 'o').exists()
 
 
 def _check_fractions(metrics, counts):
@@ -172,7 +237,7 @@ def _check_fractions(metrics, counts):
 @pytest.mark.e2e
 def test_cli_events_suite(tiny_checkpoint, tmp_path):
   out = tmp_path / 'events'
-  run = _cli(tmp_path, '--suite=events', f'--checkpoint={tiny_checkpoint}', '--clips=3',
+  run = _eval(tmp_path, 'events', f'--checkpoint={tiny_checkpoint}', '--clips=3',
              '--steps=1', '--batch_size=3', '--seed=1', f'--out={out}')
   assert run.returncode == 0, run.stderr[-3000:]
   res = json.loads((out / 'results.json').read_text())

@@ -12,6 +12,10 @@ import importlib
 import importlib.util
 import json
 import pathlib
+import subprocess
+import sys
+
+from absl import flags
 
 import flax.linen as nn
 import jax
@@ -24,11 +28,28 @@ gpu_suite = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_suite)
 
 
+def test_command_line():
+  """absl flags, defined only when run as a program: importing the module defined none."""
+  assert 'sections' not in flags.FLAGS and 'train_batch' not in flags.FLAGS
+  root = _PATH.parents[1]
+  run = lambda *a: subprocess.run([sys.executable, '-m', 'benchmarks.gpu_suite', *a], cwd=root,
+                                  capture_output=True, text=True, check=False)
+  helped = run('--help')   # absl's --help exits with status 1
+  for name in ('--out', '--report', '--sections', '--batches', '--budget_s', '--unroll_layers'):
+    assert name in helped.stdout
+  bad = run('--out', '/tmp/unused', '--sections', 't2a,nope')
+  assert bad.returncode != 0 and bad.stderr.strip() == (
+      f"error: --sections: unknown ['nope']; choose from {gpu_suite.SECTIONS}")
+  args = gpu_suite.parse_args(['--out', 'o', '--batches', '4,16', '--size', 'micro'])
+  assert (args.batches, args.sections, args.size) == ([4, 16], list(gpu_suite.SECTIONS[:-1]),
+                                                       'micro')
+
+
 @pytest.mark.slow
 def test_inference_sections_write_rows_and_table(tmp_path, capsys):
-  rc = gpu_suite.main(['--out', str(tmp_path), '--size', 'micro', '--runs', '1', '--warmup', '0',
-                       '--sections', 't2a,teacher,v2a,aot',
-                       '--teacher_steps', '2'])
+  rc = gpu_suite.run(gpu_suite.parse_args([
+      '--out', str(tmp_path), '--size', 'micro', '--runs', '1', '--warmup', '0',
+      '--sections', 't2a,teacher,v2a,aot', '--teacher_steps', '2']))
   assert rc == 0
   rows = json.loads((tmp_path / 'ours.json').read_text())
   timed = {(r['section'], r['variant']): r for r in rows if 'median_ms' in r}

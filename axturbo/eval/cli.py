@@ -1,25 +1,29 @@
-r"""Evaluate checkpoints: event benchmark, reference-set metrics, efficiency table.
+r"""Evaluate checkpoints: event benchmark, reference-set metrics, long clips, efficiency table.
 
-Suites (each writes --out/results.json and --out/results.md):
+  python -m axturbo.eval SUITE [flags]        python -m axturbo.eval SUITE --help
+
+Suites (each writes --out/results.json and --out/results.md; each has its own flags, and a flag
+of another suite is refused; `--suite SUITE` is the former spelling of the word, and a command
+without a suite runs events):
   events    the embedded held-out split (axturbo/eval/benchmark.py): T2A-bench-style Cat / Cnt /
             Ord / TS accuracy of text-to-audio, video sync of video-to-audio and text+video,
             inpainting and continuation accuracy.
-              python -m axturbo.eval --checkpoint ckpt/ --suite events --out eval/ \
+              python -m axturbo.eval events --checkpoint ckpt/ --out eval/ \
                   [--steps 4] [--teacher --cfg 6] [--clips 64] [--batch_size 8]
   manifest  FD / KL / IS (PANNs CNN14) of generations for the captions of an official manifest
             vs its audio (axturbo/eval/manifest_suite.py); needs a local CNN14 checkpoint.
-              python -m axturbo.eval --checkpoint ckpt/ --suite manifest \
+              python -m axturbo.eval manifest --checkpoint ckpt/ \
                   --manifest test.jsonl --cnn14 Cnn14_16k_mAP=0.438.pth --cnn14_variant 16k \
                   --out eval/
   long      long clips (axturbo/eval/long_clips.py): held-out clips --long_windows windows long,
             generated window by window (--overlap_s, --join) and scored on the whole clip, with
             the seam metric at every join; and clips shorter than a window (--short_s), trimmed.
-              python -m axturbo.eval --suite long --checkpoint ckpt/ --out eval/ \
+              python -m axturbo.eval long --checkpoint ckpt/ --out eval/ \
                   [--long_windows 4] [--overlap_s 0.944] [--tail_s 0.16] [--join latent|crossfade]
   table     the paper's Table II protocol (axturbo/eval/efficiency.py): per sampler and step
             count, NFE, latency (batch 1, mean ± std over --runs after --warmup), RTF and the
             event benchmark; teacher rows use Euler + CFG --cfg, student rows denoise-renoise.
-              python -m axturbo.eval --suite table --teacher_checkpoint T/ \
+              python -m axturbo.eval table --teacher_checkpoint T/ \
                   --student_checkpoint S/ --out eval/ [--teacher_steps 4,25,50] \
                   [--student_steps 1,2,4] [--undistilled_steps 4] [--runs 20] [--warmup 5]
 """
@@ -27,6 +31,7 @@ import json
 import math
 import pathlib
 import sys
+import textwrap
 
 from absl import app
 from absl import flags
@@ -39,14 +44,14 @@ from axturbo.generation.request import LongOptions
 from axturbo.generation.request import SamplerOptions
 from axturbo.runtime import compile_cache
 
-_SUITE = flags.DEFINE_enum('suite', 'events', ['events', 'manifest', 'table', 'long'],
-                          'What to run.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint (events, manifest suites).')
+_SUITE = flags.DEFINE_enum('suite', None, ['events', 'manifest', 'long', 'table'],
+                          'Former spelling of the suite word: `--suite events` = `events`.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (local or gs://).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (results.json, results.md).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: 4 student, 250 teacher).')
 _TEACHER = flags.DEFINE_bool('teacher', False, 'Use the teacher sampler (Euler + CFG).')
 _CFG = flags.DEFINE_float('cfg', None, 'CFG scale of the teacher sampler (default 6).')
-_CLIPS = flags.DEFINE_integer('clips', 64, 'Held-out clips (events, table) / manifest lines.')
+_CLIPS = flags.DEFINE_integer('clips', 64, 'Held-out clips (manifest: manifest lines).')
 _TASKS = flags.DEFINE_list('tasks', list(benchmark.TASKS), 'Event benchmark tasks.')
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Prompts generated per call.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (clip i uses seed + i).')
@@ -58,19 +63,35 @@ _OVERLAP = flags.DEFINE_float('overlap_s', None, 'Long clips: window overlap (de
 _TAIL = flags.DEFINE_float('tail_s', 0.0, 'Long clips: unused end of each generated window.')
 _JOIN = flags.DEFINE_enum('join', 'latent', ['latent', 'crossfade'], 'Long clips: the join.')
 _SHORT = flags.DEFINE_float('short_s', None, 'Short clips: length (default half a window).')
-_MANIFEST = flags.DEFINE_string('manifest', None, 'Manifest JSONL (suite manifest).')
+_MANIFEST = flags.DEFINE_string('manifest', None, 'Manifest JSONL (official manifest format).')
 _ROOT = flags.DEFINE_string('root', '', 'Root of relative manifest paths.')
 _CNN14 = flags.DEFINE_string('cnn14', None, 'Local PANNs CNN14 checkpoint (.pth).')
 _CNN14_VARIANT = flags.DEFINE_enum('cnn14_variant', '32k', ['32k', '16k'], 'CNN14 front end.')
-_TEACHER_CKPT = flags.DEFINE_string('teacher_checkpoint', None, 'Teacher checkpoint (table).')
-_STUDENT_CKPT = flags.DEFINE_string('student_checkpoint', None, 'Student checkpoint (table).')
-_TEACHER_STEPS = flags.DEFINE_list('teacher_steps', ['4', '25', '50'], 'Teacher rows (table).')
-_STUDENT_STEPS = flags.DEFINE_list('student_steps', ['1', '2', '4'], 'Student rows (table).')
+_TEACHER_CKPT = flags.DEFINE_string('teacher_checkpoint', None, 'Teacher checkpoint: its rows.')
+_STUDENT_CKPT = flags.DEFINE_string('student_checkpoint', None, 'Student checkpoint: its rows.')
+_TEACHER_STEPS = flags.DEFINE_list('teacher_steps', ['4', '25', '50'], 'Teacher rows: Euler step counts.')
+_STUDENT_STEPS = flags.DEFINE_list('student_steps', ['1', '2', '4'], 'Student rows: step counts.')
 _UNDISTILLED_STEPS = flags.DEFINE_list(
-    'undistilled_steps', [], 'Rows of the student sampler on the teacher checkpoint (table).')
-_RUNS = flags.DEFINE_integer('runs', 20, 'Timed runs per row (table).')
-_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed warm-up runs per row (table).')
+    'undistilled_steps', [], 'Rows of the student sampler on the teacher checkpoint.')
+_RUNS = flags.DEFINE_integer('runs', 20, 'Timed runs per row.')
+_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed warm-up runs per row.')
 _COMPILE_CACHE = compile_cache.define_flag()
+
+# Each suite's flags, in --help order; a flag of this module outside the chosen suite's list is
+# refused (it would be silently ignored otherwise). --compile_cache and absl's own are shared.
+_SAMPLER = ('steps', 'teacher', 'cfg', 'seed')
+SUITES = {
+    'events': ('checkpoint', 'out', *_SAMPLER, 'clips', 'tasks', 'batch_size', 'keep_unmasked',
+               'duration_s'),
+    'manifest': ('checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', *_SAMPLER,
+                 'clips', 'batch_size'),
+    'long': ('checkpoint', 'out', *_SAMPLER, 'clips', 'tasks', 'batch_size', 'long_windows',
+             'overlap_s', 'tail_s', 'join', 'short_s'),
+    'table': ('teacher_checkpoint', 'student_checkpoint', 'out', 'teacher_steps',
+              'student_steps', 'undistilled_steps', 'cfg', 'runs', 'warmup', 'clips', 'tasks',
+              'batch_size', 'seed', 'duration_s'),
+}
+_HELP = ('--help', '-help', '-h', '--helpshort', '-helpshort', '-?')
 
 
 def _load(path: str, kind: str | None = None):
@@ -152,9 +173,9 @@ def _long() -> tuple[dict, str]:
 def _manifest() -> tuple[dict, str]:
   from axturbo.eval import manifest_suite
   if not _MANIFEST.value:
-    raise ValueError('--suite manifest needs --manifest FILE.jsonl (official manifest format)')
+    raise ValueError('manifest needs --manifest FILE.jsonl (official manifest format)')
   if not _CNN14.value:
-    raise ValueError('--suite manifest needs --cnn14 PATH: a local PANNs CNN14 checkpoint '
+    raise ValueError('manifest needs --cnn14 PATH: a local PANNs CNN14 checkpoint '
                      '(Cnn14_mAP=0.431.pth with --cnn14_variant 32k, or Cnn14_16k_mAP=0.438.pth '
                      'with --cnn14_variant 16k, from zenodo.org/record/3987831) to compute '
                      'FD / KL / IS')
@@ -181,7 +202,7 @@ def _manifest() -> tuple[dict, str]:
 def _table() -> tuple[dict, str]:
   from axturbo.eval import efficiency
   if not _TEACHER_CKPT.value and not _STUDENT_CKPT.value:
-    raise ValueError('--suite table needs --teacher_checkpoint and/or --student_checkpoint')
+    raise ValueError('table needs --teacher_checkpoint and/or --student_checkpoint')
   cfg = 6.0 if _CFG.value is None else _CFG.value
   rows = efficiency.table_rows(jobs.parse_step_counts(_TEACHER_STEPS.value, 'teacher_steps'),
                                jobs.parse_step_counts(_STUDENT_STEPS.value, 'student_steps'), cfg,
@@ -208,11 +229,64 @@ def _table() -> tuple[dict, str]:
   return result, efficiency.table_markdown(results, title)
 
 
-def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments: {argv[1:]}')
+def _own_flags() -> list[str]:
+  return [f.name for f in flags.FLAGS.get_flags_for_module(__name__) if f.name != 'suite']
+
+
+def suite_help(suite: str) -> str:
+  """`python -m axturbo.eval SUITE --help`: the suite's line of the docstring and its flags."""
+  lines = [f'python -m axturbo.eval {suite} [flags]', '']
+  doc = __doc__.split('\n')
+  start = next(i for i, line in enumerate(doc) if line.startswith(f'  {suite} '))
+  end = next((i for i in range(start + 1, len(doc)) if doc[i][:3].strip()), len(doc))
+  lines += [line for line in doc[start:end] if line.strip()] + ['', 'flags:']
+  for name in (*SUITES[suite], 'compile_cache'):
+    f = flags.FLAGS[name]
+    spelled = f'--[no]{name}' if f.boolean else f'--{name}'
+    default = '' if f.default is None else f' (default: {f.default_as_str})'
+    if (suite, name) == ('long', 'tasks'):   # _long's own default when --tasks is absent
+      from axturbo.eval import long_clips
+      default = f" (default: '{','.join(long_clips.LONG_TASKS)}')"
+    lines += textwrap.wrap(f'{spelled}: {f.help}{default}', 98, initial_indent='  ',
+                           subsequent_indent='      ')
+  lines += ['', 'Shared absl flags (--verbosity, ...): --helpfull.']
+  return '\n'.join(lines)
+
+
+def parse_flags(argv: list[str]) -> str:
+  """absl flags, then the suite (the word, or --suite, else events); returns the suite.
+
+  `SUITE --help` prints that suite's flags only; a flag of another suite exits with one line.
+  """
+  wants_help = any(a in _HELP for a in argv[1:])
+  try:
+    rest = flags.FLAGS([a for a in argv if a not in _HELP])
+  except flags.Error as e:
+    sys.exit(f'error: {e} (see python -m axturbo.eval SUITE --help)')
+  words = rest[1:]
+  if len(words) > 1:
+    sys.exit(f'error: unexpected arguments {words[1:]}: give one suite, then its flags')
+  if words and words[0] not in SUITES:
+    sys.exit(f'error: unknown suite {words[0]!r}: choose from {", ".join(SUITES)}')
+  if words and _SUITE.value and _SUITE.value != words[0]:
+    sys.exit(f'error: suite {words[0]!r} and --suite {_SUITE.value} disagree')
+  suite = words[0] if words else _SUITE.value
+  if wants_help:
+    print(suite_help(suite) if suite else __doc__ + '\nEach suite\'s flags: '
+          'python -m axturbo.eval SUITE --help')
+    sys.exit(0)
+  suite = suite or 'events'
+  for name in _own_flags():
+    if flags.FLAGS[name].present and name not in SUITES[suite]:
+      owners = ', '.join(s for s, names in SUITES.items() if name in names)
+      sys.exit(f'error: --{name} is not a flag of the {suite} suite (it is one of {owners}); '
+               f'see python -m axturbo.eval {suite} --help')
+  return suite
+
+
+def main(suite: str):
   if not _OUT.value:
-    sys.exit('error: --out is required (see --help)')
+    sys.exit(f'error: --out is required (see python -m axturbo.eval {suite} --help)')
   for name, flag, low in (('clips', _CLIPS, 1), ('batch_size', _BATCH, 1), ('runs', _RUNS, 1),
                           ('warmup', _WARMUP, 0)):
     if flag.value < low:
@@ -224,8 +298,7 @@ def main(argv):
              f'{_LONG_WINDOWS.value}')
   if not flags.FLAGS['verbosity'].present:  # per-prompt INFO lines would bury the progress bar
     logging.set_verbosity(logging.WARNING)
-  suite = {'events': _events, 'manifest': _manifest, 'table': _table,
-           'long': _long}[_SUITE.value]
+  suite = {'events': _events, 'manifest': _manifest, 'table': _table, 'long': _long}[suite]
   try:
     out = jobs.writable_dir(_OUT.value)
     compile_cache.enable(_COMPILE_CACHE.value, '--compile_cache')
@@ -246,4 +319,4 @@ def _jsonable(x):
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
