@@ -50,6 +50,22 @@ def tiny_teacher_checkpoint(tiny_checkpoint):
   return directory
 
 
+
+@pytest.fixture(scope='session')
+def micro_student_checkpoint(tmp_path_factory):
+  """An inference checkpoint (kind 'student') of tests/micro_train_config.py's model, random
+  weights (seed 0): for the command-line tests that need any checkpoint, fast."""
+  import flax.linen as nn
+  import jax
+  from axturbo.models import audiox
+  from axturbo.runtime import checkpoints
+  from tests import micro_train_config
+  m = micro_train_config.get_config().model
+  params = jax.jit(lambda k: nn.unbox(audiox.init_params(audiox.build_model(m), m, k)))(
+      jax.random.PRNGKey(0))
+  return checkpoints.save_params(tmp_path_factory.mktemp('micro') / 'student', params, m,
+                                 {'kind': 'student'})
+
 def pytest_collection_modifyitems(config, items):
   """`gpu` tests skip where no accelerator is visible (this file pins JAX to the CPU unless
   JAX_PLATFORMS says otherwise)."""

@@ -21,7 +21,6 @@ from axturbo.generation import LongOptions, Request, SamplerOptions, generate_lo
 from axturbo.generation import jobs
 from axturbo.generation import longform
 from axturbo.models import audiox
-from axturbo.runtime import checkpoints
 from tests import media_files
 from tests import micro_train_config
 from tests import script_runs
@@ -301,18 +300,9 @@ def test_bad_long_requests_give_one_line_errors(micro_gen):
     Request(text='rain', segments=[(0, 'a')], duration_s=0.05)
 
 
-@pytest.fixture(scope='module')
-def micro_ckpt(tmp_path_factory):
-  m = micro_train_config.get_config().model
-  params = jax.jit(lambda k: nn.unbox(audiox.init_params(audiox.build_model(m), m, k)))(
-      jax.random.PRNGKey(0))
-  return checkpoints.save_params(tmp_path_factory.mktemp('micro') / 'student', params, m,
-                                 {'kind': 'student'})
-
-
 @pytest.mark.e2e
-def test_sample_py_long_clip_and_errors(micro_ckpt, tmp_path):
-  ckpt = micro_ckpt
+def test_sample_py_long_clip_and_errors(micro_student_checkpoint, tmp_path):
+  ckpt = micro_student_checkpoint
   audio = tmp_path / 'a.wav'
   media_files.write_wav(audio, media_files.tone(0.05, 16000), 16000)
   captions = tmp_path / 'captions.txt'
@@ -374,12 +364,12 @@ def test_check_duration_names_the_callers_values():
 
 
 @pytest.mark.e2e
-def test_eval_long_suite_errors_name_its_flags(micro_ckpt, tmp_path):
+def test_eval_long_suite_errors_name_its_flags(micro_student_checkpoint, tmp_path):
   """The long suite's clip length comes from --long_windows: an error about it names that flag,
   not --duration_s, a flag of the other suites the user never gave."""
   def run(*args):
     r = subprocess.run([sys.executable, '-m', 'axturbo.eval', '--suite=long',
-                        f'--checkpoint={micro_ckpt}', '--clips=1', f'--out={tmp_path / "o"}',
+                        f'--checkpoint={micro_student_checkpoint}', '--clips=1', f'--out={tmp_path / "o"}',
                         *args], cwd=script_runs.REPO, env=script_runs.env(tmp_path, devices=1),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]

@@ -96,20 +96,6 @@ def test_a_vanished_out_is_named_and_not_made_again(tmp_path):
   assert not out.exists()
 
 
-@pytest.fixture(scope='module')
-def micro_student(tmp_path_factory):
-  import flax.linen as nn
-  import jax
-  from axturbo.models import audiox
-  from axturbo.runtime import checkpoints
-  from tests import micro_train_config
-  m = micro_train_config.get_config().model
-  params = jax.jit(lambda k: nn.unbox(audiox.init_params(audiox.build_model(m), m, k)))(
-      jax.random.PRNGKey(0))
-  return checkpoints.save_params(tmp_path_factory.mktemp('micro') / 'student', params, m,
-                                 {'kind': 'student'})
-
-
 def _sample(checkpoint, out, tmp, *args):
   import subprocess
   import sys
@@ -121,11 +107,11 @@ def _sample(checkpoint, out, tmp, *args):
 
 
 @pytest.mark.e2e
-def test_two_sample_runs_into_one_out(micro_student, tmp_path):
+def test_two_sample_runs_into_one_out(micro_student_checkpoint, tmp_path):
   batch = tmp_path / 'prompts.txt'
   batch.write_text('rain\nwind\nrain\n')
   out = tmp_path / 'out'
-  runs = [_sample(micro_student, out, tmp_path, f'--batch_file={batch}', '--batch_size=1',
+  runs = [_sample(micro_student_checkpoint, out, tmp_path, f'--batch_file={batch}', '--batch_size=1',
                   f'--seed={seed}') for seed in (0, 100)]
   for r in runs:
     _, err = r.communicate(timeout=900)
@@ -141,7 +127,7 @@ def test_two_sample_runs_into_one_out(micro_student, tmp_path):
   with small_disk.mounted(tmp_path / 'disk', 256) as disk:
     (disk / 'out').mkdir()
     small_disk.fill(disk)
-    r = _sample(micro_student, disk / 'out', tmp_path, '--prompt=rain')
+    r = _sample(micro_student_checkpoint, disk / 'out', tmp_path, '--prompt=rain')
     _, err = r.communicate(timeout=900)
     assert r.returncode == 1 and 'Traceback' not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
