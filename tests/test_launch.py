@@ -34,3 +34,4 @@ def test_missing_coordinator_process_count_is_explained(tmp_path):
   r = _run('train.py', '--workdir', str(tmp_path), '--coordinator_address=localhost:1')
   assert r.returncode != 0
   assert '--num_processes' in r.stderr and 'Traceback' not in r.stderr
+

@@ -215,3 +215,46 @@ def test_read_only_out_leaves_nothing_and_names_the_path(tmp_path):
       jobs.save_results([_result(0.1, 500.0)], out, ['0001_b'], spectrogram=False)
     assert e.value.errno == errno.EROFS and str(out) in str(e.value.filename)
     assert _outputs(out) == ['0000_a.json', '0000_a.wav']
+
+
+def test_late_tensorstore_writes_go_to_the_log_file(tmp_path):
+  """The full-disk race behind test_train_on_a_full_disk_is_one_line (orbax closes its event
+  loop while tensorstore writes are in flight): each late write's 'Event loop is closed' goes
+  to the run's log, never to the previous (console) hook; any other unraisable error does."""
+  import asyncio
+  import gc
+  import logging
+  import sys
+  from axturbo.runtime import launch
+
+  class LateWriter:
+    def __init__(self, loop, error=None):
+      self.loop, self.error = loop, error
+
+    def __del__(self):
+      if self.error:
+        raise self.error
+      self.loop.call_soon_threadsafe(print)   # raises: the loop is closed
+
+  loop = asyncio.new_event_loop()
+  loop.close()
+  console = []
+  log = logging.FileHandler(tmp_path / 'run.log')
+  previous, logger = sys.unraisablehook, launch._traceback_logger()
+  level = logger.level
+  logger.addHandler(log)
+  logger.setLevel(logging.INFO)
+  try:
+    sys.unraisablehook = launch._late_writer_hook(lambda u: console.append(u.exc_value))
+    LateWriter(loop)
+    gc.collect()
+    LateWriter(loop, ValueError('a real bug'))
+    gc.collect()
+  finally:
+    sys.unraisablehook = previous
+    logger.removeHandler(log)
+    logger.setLevel(level)
+    log.close()
+  assert [str(e) for e in console] == ['a real bug']
+  text = (tmp_path / 'run.log').read_text()
+  assert 'late tensorstore write' in text and 'Event loop is closed' in text, text

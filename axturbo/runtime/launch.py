@@ -182,6 +182,26 @@ class _RunLogHandler(pylogging.FileHandler):
     del record
 
 
+def _late_writer_hook(previous):
+  """sys.unraisablehook that sends one known library race to the log file: after an async
+  checkpoint write fails (a full disk), orbax closes its event loop while tensorstore's other
+  writes are still in flight; each of them, finishing later on its own thread, reports
+  'Event loop is closed' as an unraisable error: hundreds of tracebacks around the run's one
+  `error:` line. Everything else goes to `previous`."""
+
+  def hook(unraisable):
+    if (unraisable.exc_type is RuntimeError
+        and str(unraisable.exc_value) == 'Event loop is closed'):
+      _traceback_logger().info(
+          'late tensorstore write after its event loop closed',
+          exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+      return
+    previous(unraisable)
+
+  hook.axturbo_late_writer = True
+  return hook
+
+
 def log_to_workdir(path) -> pathlib.Path:
   """Every INFO line (all libraries) is appended to `path`; unless --verbosity was given, the
   console shows only `_console_filter`'s lines. A second run in the same process (a notebook)
@@ -199,6 +219,8 @@ def log_to_workdir(path) -> pathlib.Path:
   handler.setLevel(pylogging.INFO)
   pylogging.getLogger().addHandler(handler)
   _traceback_logger().addHandler(handler)
+  if not getattr(sys.unraisablehook, 'axturbo_late_writer', False):
+    sys.unraisablehook = _late_writer_hook(sys.unraisablehook)
   absl_handler = logging.get_absl_handler()
   if not (flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].present):
     if _console_filter not in absl_handler.filters:
