@@ -138,12 +138,13 @@ def check_inputs(config, data_source: str, init_from: str = '', require_init_fro
 def start_run(config, workdir, log_name: str):
   """Creates `workdir` (a local folder or an etils.epath URL such as gs://bucket/run), locks it
   (`workdir_lock`: one run at a time), starts its log file (`log_to_workdir`), logs this
-  process's devices, and builds the mesh from `config.mesh` (checking that
-  `config.data.batch_size` divides over it). Returns (absolute workdir as an epath.Path, mesh,
+  process's devices, builds the mesh from `config.mesh` (checking that
+  `config.data.batch_size` divides over it), and records the run (`run_record`: config.json,
+  run_record.json; a resume under a changed `model.*` config stops here). Returns (absolute workdir as an epath.Path, mesh,
   logical-axis rules)."""
   import jax
 
-  from axturbo.runtime import checkpoints, sharding, workdir_lock
+  from axturbo.runtime import checkpoints, run_record, sharding, workdir_lock
   workdir = checkpoints.as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f'--workdir {workdir}: exists and is not a directory')
@@ -155,6 +156,7 @@ def start_run(config, workdir, log_name: str):
                jax.device_count(), log)
   mesh = sharding.make_mesh(config.mesh.shape)
   sharding.check_batch_size(config.data.batch_size, mesh)
+  run_record.record_start(workdir, config, mesh, log_name)
   return workdir, mesh, sharding.mesh_rules(config.mesh)
 
 
