@@ -112,14 +112,15 @@ def distill(config, teacher_dir: str, workdir: str):
     inputs = compiled['inputs'](state, teacher, batch)
     metrics = {}
     for kind, adv in _plan(d, step):
-      state, m = compiled[(kind, adv)](state, teacher, inputs)
+      with jax.profiler.TraceAnnotation(kind):  # names the student and fake steps in a profile
+        state, m = compiled[(kind, adv)](state, teacher, inputs)
       metrics.update(m)
     return state, metrics
 
   state, step, reporter = loop.run_steps(
       step_fn, state, section=d, reporter_cls=observe.Reporter, workdir=workdir,
       global_batch=config.data.batch_size, flops=flops, data_iter=data_iter, local=local,
-      mesh=mesh, manager=manager)
+      mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='distill')
   reporter.close()
 
   out = workdir / 'export'

@@ -77,7 +77,7 @@ def train(config, workdir: str) -> None:
       lambda state, _, batch: compiled(state, batch), state, section=t,
       reporter_cls=train_observe.Reporter, workdir=workdir,
       global_batch=config.data.batch_size, flops=flops, data_iter=data_iter, local=local,
-      mesh=mesh, manager=manager)
+      mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='train')
   curve = reporter.close()
 
   if t.export_ema or not t.ema.enabled:

@@ -206,6 +206,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.train = train_config()
   c.distill = distill_config()
   c.mesh = mesh_config()
+  # A jax.profiler trace of steps START..END (--config.profile.steps=START,END) into
+  # <workdir>/tensorboard/plugins/profile (axturbo/runtime/profiling.py); () traces nothing.
+  c.profile = mlc.ConfigDict(dict(steps=()))
   c.seed = 42
   # JAX's persistent compilation cache (axturbo/runtime/compile_cache.py): 'default' is
   # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/axturbo/jax_compile (XDG); '' turns it off.

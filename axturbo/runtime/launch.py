@@ -144,7 +144,8 @@ def start_run(config, workdir, log_name: str):
   logical-axis rules)."""
   import jax
 
-  from axturbo.runtime import checkpoints, run_record, sharding, workdir_lock
+  from axturbo.runtime import checkpoints, profiling, run_record, sharding, workdir_lock
+  profiling.check_profile(config.profile)
   workdir = checkpoints.as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f'--workdir {workdir}: exists and is not a directory')
