@@ -144,6 +144,7 @@ def train_config() -> mlc.ConfigDict:
   t.timestep_sampler = 'uniform'   # stratified uniform (official: scrambled Sobol); 'logit_normal'
   # Loop, checkpoints, observability.
   t.log_every = 50
+  t.eval_every = 0                 # held-out loss of the EMA weights (runtime/evaluation.py); 0 = off
   t.checkpoint_every = 10_000      # official defaults.ini
   t.keep_checkpoints = 3
   t.async_checkpointing = True
@@ -180,6 +181,7 @@ def distill_config() -> mlc.ConfigDict:
   # EMA of the student (official: none, the raw student is released); exported when enabled.
   d.ema = mlc.ConfigDict(dict(enabled=True, beta=0.999, power=0.75, update_after_step=1))
   d.log_every = 50
+  d.eval_every = 0                 # held-out loss of the student's EMA (runtime/evaluation.py)
   d.checkpoint_every = 2_000
   d.keep_checkpoints = 3
   d.async_checkpointing = True

@@ -13,6 +13,7 @@ from axturbo.models import audiox
 from axturbo.runtime import profiling, run_record
 from tests import micro_train_config
 from tests import script_runs
+from tests import tb_events
 
 CONFIG = str(script_runs.REPO / 'tests' / 'micro_train_config.py')
 
@@ -76,7 +77,7 @@ def test_compile_report_reads_memory_and_flops():
 def _train(workdir, tmp, *extra):
   proc = script_runs.start('train.py', workdir, tmp, f'--config={CONFIG}',
                            '--config.train.log_every=1', '--config.train.checkpoint_every=2',
-                           *extra, devices=1)
+                           '--config.train.eval_every=2', *extra, devices=1)
   return proc.wait(timeout=1500)
 
 
@@ -94,6 +95,7 @@ def test_train_writes_the_run_record(first_run):
   _, workdir = first_run
   c = micro_train_config.get_config()
   c.train.log_every, c.train.checkpoint_every, c.train.total_steps = 1, 2, 2
+  c.train.eval_every = 2
   assert json.loads((workdir / 'config.json').read_text()) == run_record.config_json(c)
   record = json.loads((workdir / 'run_record.json').read_text())
   assert record['kind'] == 'train' and record['changes'] == []
@@ -144,3 +146,22 @@ def test_resume_with_more_steps_is_accepted_logged_and_profiled(first_run):
   traces = list((workdir / 'tensorboard' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
   assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
   assert max(script_runs.checkpoint_steps(workdir)) == 4
+
+
+@pytest.mark.e2e
+def test_heldout_loss_every_eval_step_in_tensorboard(first_run):
+  """eval_every=2 over both runs (steps 1-2, resumed 3-4): the held-out loss of steps 2 and 4
+  (overall and per task present in the held-out batch) in TensorBoard, one console line
+  each, and the weights that moved between them moved the loss."""
+  _, workdir = first_run
+  if max(script_runs.checkpoint_steps(workdir)) < 4:
+    pytest.skip('needs test_resume_with_more_steps_is_accepted_logged_and_profiled first')
+  got = tb_events.scalars(workdir / 'tensorboard')
+  assert set(got['heldout/loss']) == {2, 4}, got.keys()
+  per_task = [k for k in got if k.startswith('heldout/loss_')]
+  assert per_task and all(set(got[k]) == {2, 4} for k in per_task), per_task
+  assert all(np.isfinite(v) and v > 0 for v in got['heldout/loss'].values())
+  assert got['heldout/loss'][2] != got['heldout/loss'][4]
+  lines = [l for l in script_runs.log_path(workdir).read_text().splitlines()
+           if 'eval step ' in l]
+  assert len(lines) == 2 and 'heldout/loss ' in lines[0], lines

@@ -268,15 +268,15 @@ def _outside_world(e: BaseException) -> str | None:
 
 
 def make_data_iterator(config, source: str, field: str, process_index: int,
-                       process_count: int):
-  """The training split's iterator from `source` ('pipeline': grain over the configured data;
-  'synthetic': learnable tones with the batch's shapes, for benchmarks and smoke runs); `field`
-  names the config entry for the error message."""
+                       process_count: int, split: str = 'train'):
+  """The `split` ('train' or 'heldout') iterator from `source` ('pipeline': grain over the
+  configured data; 'synthetic': learnable tones with the batch's shapes, for benchmarks and
+  smoke runs); `field` names the config entry for the error message."""
   if source == 'synthetic':
     from axturbo.data import synthetic as data
   elif source == 'pipeline':
     from axturbo.data import pipeline as data
   else:
     raise ValueError(f"{field}={source!r}; expected 'pipeline' or 'synthetic'")
-  return data.make_iterator(config, split='train', process_index=process_index,
+  return data.make_iterator(config, split=split, process_index=process_index,
                             process_count=process_count)

@@ -25,8 +25,8 @@ def compile_logged(what: str, compile_fn: Callable[[], Any]) -> Any:
 
 def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any, *, section,
               reporter_cls: type, workdir, global_batch: int, flops: float | None, data_iter,
-              local: dict | None, mesh, manager, profile_steps=(), step_name: str = 'train'
-              ) -> tuple[Any, int, Any]:
+              local: dict | None, mesh, manager, profile_steps=(), step_name: str = 'train',
+              evaluate: Callable[[Any], dict] | None = None) -> tuple[Any, int, Any]:
   """Steps from `state.step` to `section.total_steps`, a line every `section.log_every` steps
   and a checkpoint every `section.checkpoint_every` and at the last step.
 
@@ -39,6 +39,8 @@ def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any,
     local: this host's next batch if already drawn (compiling read its shapes), else None.
     profile_steps: `config.profile.steps`, (START, END) to trace or () (profiling.StepTrace);
       `step_name` names the steps in the trace.
+    evaluate: state -> {TensorBoard tag: value} (runtime/evaluation.py), run after every
+      `section.eval_every` steps and the last; None for none.
 
   Returns:
     (state, steps done, the reporter): the reporter is left open for the caller to read its
@@ -67,6 +69,11 @@ def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any,
       step += 1
       trace.after(step, state)
       reporter.record(step, metrics)
+      if evaluate is not None and (step % section.eval_every == 0 or
+                                   step == section.total_steps):
+        t0 = time.perf_counter()
+        scalars = evaluate(state)
+        reporter.evaluated(step, scalars, time.perf_counter() - t0)
       # The last step finishes the run (export) even when a stop was asked for during it.
       stop = watch.should_stop(manager, step) and step < section.total_steps
       if stop:

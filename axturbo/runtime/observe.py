@@ -132,6 +132,18 @@ class Reporter:
       self.writer.flush()
       upload()
 
+  def evaluated(self, step: int, scalars: dict[str, float], seconds: float) -> None:
+    """One line and the TensorBoard scalars of an in-training evaluation after `step` steps
+    (runtime/evaluation.py); its `seconds` are left out of the next line's step rate."""
+    self._t0 += seconds
+    logging.info('eval step %d | %s | %.1f s', step,
+                 ' | '.join(f'{k} {v:.5g}' for k, v in scalars.items()), seconds)
+    if self.writer is not None:
+      for k, v in {**scalars, 'perf/eval_seconds': seconds}.items():
+        self.writer.add_scalar(k, v, step)
+      self.writer.flush()
+      upload()
+
   def summarize(self, rows: list[tuple[int, dict]]) -> tuple[dict, str, int]:
     """Host metrics of the steps since the last line -> (TensorBoard scalars, the line's
     metric part, non-finite steps skipped); appends to `history` (the loss curve). Each
