@@ -145,6 +145,7 @@ def train_config() -> mlc.ConfigDict:
   # Loop, checkpoints, observability.
   t.log_every = 50
   t.eval_every = 0                 # held-out loss of the EMA weights (runtime/evaluation.py); 0 = off
+  t.eval_sample_steps = 25         # and their Euler samples of one held-out clip per task; 0 = none
   t.checkpoint_every = 10_000      # official defaults.ini
   t.keep_checkpoints = 3
   t.async_checkpointing = True
@@ -182,6 +183,7 @@ def distill_config() -> mlc.ConfigDict:
   d.ema = mlc.ConfigDict(dict(enabled=True, beta=0.999, power=0.75, update_after_step=1))
   d.log_every = 50
   d.eval_every = 0                 # held-out loss of the student's EMA (runtime/evaluation.py)
+  d.eval_sample_steps = 4          # and its samples (student sampler) of a clip per task; 0 = none
   d.checkpoint_every = 2_000
   d.keep_checkpoints = 3
   d.async_checkpointing = True

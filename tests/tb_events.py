@@ -29,3 +29,29 @@ def scalars(folder) -> dict[str, dict[int, float]]:
       if v.HasField('simple_value'):
         out.setdefault(v.tag, {})[e.step] = v.simple_value
   return out
+
+
+def audio(folder) -> dict[str, dict[int, tuple[int, "np.ndarray"]]]:
+  """{tag: {step: (sample rate, int16 samples)}} of the audio summaries, decoded from WAV."""
+  import io
+  import wave
+
+  import numpy as np
+  out: dict = {}
+  for e in events(folder):
+    for v in e.summary.value:
+      if v.HasField('audio'):
+        with wave.open(io.BytesIO(v.audio.encoded_audio_string)) as w:
+          clip = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+          out.setdefault(v.tag, {})[e.step] = (w.getframerate(), clip)
+  return out
+
+
+def images(folder) -> dict[str, dict[int, tuple[int, int]]]:
+  """{tag: {step: (height, width)}} of the image summaries."""
+  out: dict = {}
+  for e in events(folder):
+    for v in e.summary.value:
+      if v.HasField('image'):
+        out.setdefault(v.tag, {})[e.step] = (v.image.height, v.image.width)
+  return out

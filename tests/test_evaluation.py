@@ -58,3 +58,32 @@ def test_heldout_loss_is_the_flow_matching_loss_at_its_noise_and_times():
   again = jax.jit(functools.partial(evaluation.per_sample_loss, model))(params, batch, key,
                                                                          times)
   np.testing.assert_array_equal(np.asarray(losses), np.asarray(again))
+
+
+def test_spectrogram_image_puts_a_tone_in_its_row():
+  sr, f = 16000, 1000.0
+  tone = np.sin(2 * np.pi * f * np.arange(sr // 4) / sr)
+  img = evaluation.spectrogram_image(tone, n_fft=512)
+  assert img.dtype == np.uint8 and img.shape[0] == 257
+  row = int(np.argmax(img.mean(axis=1)))
+  assert abs((256 - row) * sr / 512 - f) <= sr / 512   # low frequencies at the bottom
+
+
+@pytest.mark.slow
+def test_one_step_samplers_are_the_x0_prediction_from_noise():
+  """On the grid [1, 0] the Euler step and the student's renoise both give z - v(z, 1)."""
+  c = micro_train_config.get_config()
+  model = audiox.build_model(c.model)
+  params = nn.meta.unbox(audiox.init_params(model, c.model, jax.random.key(0)))
+  batch = {k: jnp.asarray(v) for k, v in
+           next(synthetic.make_iterator(c, split='heldout')).items()}
+  key, grid = jax.random.key(3), jnp.array([1.0, 0.0])
+  euler, student = (evaluation.sample_latents(model, params, batch, key, grid, s)
+                    for s in (False, True))
+  apply = functools.partial(model.apply, {'params': params})
+  f = apply(batch, deterministic=True, method='encode_conditions')
+  cond = apply(f['text'], f['video'], f['audio'], deterministic=True, method='fuse')
+  z = jax.random.normal(key, euler.shape, jnp.float32)
+  expected = z - apply(z, jnp.ones(z.shape[0]), cond, method='velocity')
+  np.testing.assert_allclose(np.asarray(euler), np.asarray(expected), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(student), np.asarray(expected), atol=1e-5)

@@ -77,7 +77,8 @@ def test_compile_report_reads_memory_and_flops():
 def _train(workdir, tmp, *extra):
   proc = script_runs.start('train.py', workdir, tmp, f'--config={CONFIG}',
                            '--config.train.log_every=1', '--config.train.checkpoint_every=2',
-                           '--config.train.eval_every=2', *extra, devices=1)
+                           '--config.train.eval_every=2', '--config.train.eval_sample_steps=4',
+                           *extra, devices=1)
   return proc.wait(timeout=1500)
 
 
@@ -95,7 +96,7 @@ def test_train_writes_the_run_record(first_run):
   _, workdir = first_run
   c = micro_train_config.get_config()
   c.train.log_every, c.train.checkpoint_every, c.train.total_steps = 1, 2, 2
-  c.train.eval_every = 2
+  c.train.eval_every, c.train.eval_sample_steps = 2, 4
   assert json.loads((workdir / 'config.json').read_text()) == run_record.config_json(c)
   record = json.loads((workdir / 'run_record.json').read_text())
   assert record['kind'] == 'train' and record['changes'] == []
@@ -152,7 +153,8 @@ def test_resume_with_more_steps_is_accepted_logged_and_profiled(first_run):
 def test_heldout_loss_every_eval_step_in_tensorboard(first_run):
   """eval_every=2 over both runs (steps 1-2, resumed 3-4): the held-out loss of steps 2 and 4
   (overall and per task present in the held-out batch) in TensorBoard, one console line
-  each, and the weights that moved between them moved the loss."""
+  each, the weights that moved between them moved the loss; the fixed prompt's audio and
+  spectrogram at both steps."""
   _, workdir = first_run
   if max(script_runs.checkpoint_steps(workdir)) < 4:
     pytest.skip('needs test_resume_with_more_steps_is_accepted_logged_and_profiled first')
@@ -165,3 +167,11 @@ def test_heldout_loss_every_eval_step_in_tensorboard(first_run):
   lines = [l for l in script_runs.log_path(workdir).read_text().splitlines()
            if 'eval step ' in l]
   assert len(lines) == 2 and 'heldout/loss ' in lines[0], lines
+  # The fixed prompt (the synthetic held-out batch is all text_to_audio): 4-step Euler audio
+  # of the micro model's 256 samples at 16 kHz, and its spectrogram.
+  clips = tb_events.audio(workdir / 'tensorboard')
+  assert set(clips) == {'samples/text_to_audio'} and set(clips['samples/text_to_audio']) == {2, 4}
+  for rate, clip in clips['samples/text_to_audio'].values():
+    assert rate == 16000 and clip.shape == (256,) and np.any(clip != 0)
+  images = tb_events.images(workdir / 'tensorboard')['samples/text_to_audio/spectrogram']
+  assert set(images) == {2, 4} and all(h == 257 and w >= 1 for h, w in images.values())

@@ -39,8 +39,8 @@ def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any,
     local: this host's next batch if already drawn (compiling read its shapes), else None.
     profile_steps: `config.profile.steps`, (START, END) to trace or () (profiling.StepTrace);
       `step_name` names the steps in the trace.
-    evaluate: state -> {TensorBoard tag: value} (runtime/evaluation.py), run after every
-      `section.eval_every` steps and the last; None for none.
+    evaluate: state -> ({scalar tag: value}, {audio tag: clip}) (runtime/evaluation.py), run
+      after every `section.eval_every` steps and after the last; None for none.
 
   Returns:
     (state, steps done, the reporter): the reporter is left open for the caller to read its
@@ -72,8 +72,9 @@ def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any,
       if evaluate is not None and (step % section.eval_every == 0 or
                                    step == section.total_steps):
         t0 = time.perf_counter()
-        scalars = evaluate(state)
-        reporter.evaluated(step, scalars, time.perf_counter() - t0)
+        scalars, audio = evaluate(state)
+        reporter.evaluated(step, scalars, time.perf_counter() - t0, audio,
+                           getattr(evaluate, 'sample_rate', 0))
       # The last step finishes the run (export) even when a stop was asked for during it.
       stop = watch.should_stop(manager, step) and step < section.total_steps
       if stop:

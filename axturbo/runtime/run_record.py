@@ -138,7 +138,7 @@ def has_checkpoint(workdir) -> bool:
 def _write_whole(path, text: str) -> None:
   tmp = path.with_name(path.name + '.partial')
   tmp.write_text(text)
-  tmp.rename(path)  # local: os.rename, atomic; a URL: the object appears whole either way
+  tmp.replace(path)  # local: os.replace, atomic; a URL: the object appears whole either way
 
 
 def check_resume(workdir, config) -> list[tuple[str, Any, Any]]:
