@@ -175,3 +175,30 @@ def test_heldout_loss_every_eval_step_in_tensorboard(first_run):
     assert rate == 16000 and clip.shape == (256,) and np.any(clip != 0)
   images = tb_events.images(workdir / 'tensorboard')['samples/text_to_audio/spectrogram']
   assert set(images) == {2, 4} and all(h == 257 and w >= 1 for h, w in images.values())
+
+
+@pytest.mark.e2e
+def test_distill_records_evaluates_and_profiles(first_run):
+  """distill.py on the first run's teacher: its run record, the student's held-out loss and
+  samples in TensorBoard, and a trace whose steps are named distill, student and fake."""
+  import gzip
+  tmp, teacher = first_run
+  workdir = tmp / 'distill'
+  proc = script_runs.start('distill.py', workdir, tmp,
+                           f'--config={script_runs.REPO / "tests" / "micro_distill_config.py"}',
+                           f'--teacher={teacher / "export"}', '--config.distill.total_steps=6',
+                           '--config.distill.eval_every=6', '--config.profile.steps=5,6',
+                           devices=1)
+  script_runs.wait_ok(proc, workdir, timeout=1500)
+  record = json.loads((workdir / 'run_record.json').read_text())
+  assert record['kind'] == 'distill' and record['parameters']['trunk']['count'] > 0
+  tb = workdir / 'tensorboard'
+  assert set(tb_events.scalars(tb)['heldout/loss']) == {6}
+  (rate, clip), = tb_events.audio(tb)['samples/text_to_audio'].values()
+  assert rate == 16000 and clip.shape == (256,)
+  assert set(tb_events.images(tb)['samples/text_to_audio/spectrogram']) == {6}
+  profile = tb / 'plugins' / 'profile'
+  assert len(list(profile.glob('*/*.xplane.pb'))) == 1
+  for trace in profile.glob('*/*.trace.json.gz'):   # the CPU profiler also writes this
+    names = {e.get('name') for e in json.load(gzip.open(trace))['traceEvents']}
+    assert {'distill', 'student', 'fake'} <= names
