@@ -89,8 +89,9 @@ def summarize(losses: np.ndarray, task: np.ndarray | None, valid: np.ndarray | N
   return out
 
 
-class HeldoutLoss:
-  """`evaluate(state)` -> {TensorBoard tag: value}: the held-out loss of `params_fn(state)`.
+class Evaluator:
+  """`evaluate(state)` -> ({scalar tag: value}, {audio tag: clip}): the held-out loss of
+  `params_fn(state)` and its samples of the fixed prompts.
 
   model: the AudioX module; params_fn: state -> the full parameter tree to score (EMA merged);
   data_iter: the held-out split's iterator (its first batch is kept); seed: the noise.
@@ -113,34 +114,43 @@ class HeldoutLoss:
               'task': batch.get('task'), 'valid': batch.get('valid')}
     # Replicated out: every host reads the whole batch's rows.
     self._rows = jax.jit(rows, out_shardings=NamedSharding(mesh, P()))
-    # The fixed prompts: the first held-out row of each task in the batch (host 0's rows).
-    task = local.get('task', np.zeros(len(local['audio']), np.int32))
-    valid = local.get('valid', np.ones(len(local['audio']), bool))
+    self.sample_steps, self.student, self.model = sample_steps, student, model
+    self.grid = jnp.asarray(flow.time_grid(max(sample_steps, 1), config.model.time_shift))
+    self.replicated = NamedSharding(mesh, P())
+    self.prompts, self._audio = None, None
+
+  def _make_sampler(self, task: np.ndarray | None, valid: np.ndarray | None) -> None:
+    """The fixed prompts: the first valid row of each task in the (global, so every host picks
+    the same rows) held-out batch, and the jitted sampler of their audio."""
+    n = self.batch['audio'].shape[0]
+    task = np.zeros(n, np.int32) if task is None else task
+    valid = np.ones(n, bool) if valid is None else valid
     firsts = {}
     for i, (k, ok) in enumerate(zip(task.tolist(), valid.tolist())):
       if ok:
         firsts.setdefault(k, i)
     self.prompts = [(tasks.TASKS[k] if 0 <= k < len(tasks.TASKS) else f'task{k}', i)
                     for k, i in sorted(firsts.items())]
-    self._audio = None
-    if sample_steps and self.prompts:
-      grid = jnp.asarray(flow.time_grid(sample_steps, config.model.time_shift))
-      index = jnp.asarray([i for _, i in self.prompts])
+    if not (self.sample_steps and self.prompts):
+      return
+    index = jnp.asarray([i for _, i in self.prompts])
+    model, grid, student = self.model, self.grid, self.student
 
-      def audio(params, batch, key):
-        rows = jax.tree.map(lambda x: x[index], batch)
-        z = sample_latents(model, params, rows, key, grid, student)
-        return model.apply({'params': params}, z, method='decode_latents')
-      self._audio = jax.jit(audio, out_shardings=NamedSharding(mesh, P()))
-      self.what = f'{sample_steps}-step {"student" if student else "Euler"} samples'
+    def audio(params, batch, key):
+      rows = jax.tree.map(lambda x: x[index], batch)
+      z = sample_latents(model, params, rows, key, grid, student)
+      return model.apply({'params': params}, z, method='decode_latents')
+    self._audio = jax.jit(audio, out_shardings=self.replicated)
 
   def __call__(self, state: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """({scalar tag: value}, {audio tag: mono clip in [-1, 1]})."""
     params = self.params_fn(state)
     with self.context():
       out = self._rows(params, self.batch, self.key, self.times)
+      out = {k: None if v is None else np.asarray(jax.device_get(v)) for k, v in out.items()}
+      if self.prompts is None:
+        self._make_sampler(out['task'], out['valid'])
       audio = None if self._audio is None else self._audio(params, self.batch, self.key)
-    out = {k: None if v is None else np.asarray(jax.device_get(v)) for k, v in out.items()}
     clips = {}
     if audio is not None:
       audio = np.asarray(jax.device_get(audio), np.float32)
@@ -158,5 +168,5 @@ def make(config, section, where: str, model, params_fn: Callable[[Any], Any], me
   from axturbo.runtime import launch
   heldout = launch.make_data_iterator(config, section.data_source, f'{where}.data_source',
                                       jax.process_index(), jax.process_count(), split='heldout')
-  return HeldoutLoss(model, config, params_fn, heldout, mesh, rules, seed=config.seed,
-                     sample_steps=section.eval_sample_steps, student=where == 'distill')
+  return Evaluator(model, config, params_fn, heldout, mesh, rules, seed=config.seed,
+                   sample_steps=section.eval_sample_steps, student=where == 'distill')
