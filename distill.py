@@ -63,7 +63,7 @@ def distill(config, teacher_dir: str, workdir: str):
 
   from axturbo.distill import observe, state as state_lib, step as step_lib
   from axturbo.models import audiox
-  from axturbo.runtime import checkpoints, loop, sharding
+  from axturbo.runtime import checkpoints, evaluation, loop, sharding
   from axturbo.runtime import observe as runtime_observe
 
   if config.distill.batch_size and config.distill.batch_size != config.data.batch_size:
@@ -112,14 +112,18 @@ def distill(config, teacher_dir: str, workdir: str):
     inputs = compiled['inputs'](state, teacher, batch)
     metrics = {}
     for kind, adv in _plan(d, step):
-      state, m = compiled[(kind, adv)](state, teacher, inputs)
+      with jax.profiler.TraceAnnotation(kind):  # names the student and fake steps in a profile
+        state, m = compiled[(kind, adv)](state, teacher, inputs)
       metrics.update(m)
     return state, metrics
 
   state, step, reporter = loop.run_steps(
       step_fn, state, section=d, reporter_cls=observe.Reporter, workdir=workdir,
       global_batch=config.data.batch_size, flops=flops, data_iter=data_iter, local=local,
-      mesh=mesh, manager=manager)
+      mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='distill',
+      evaluate=evaluation.make(
+          config, d, 'distill', model,
+          lambda s: state_lib.student_export_params(s, teacher, d), mesh, rules))
   reporter.close()
 
   out = workdir / 'export'

@@ -37,7 +37,7 @@ def train(config, workdir: str) -> None:
   import numpy as np
 
   from axturbo.models import audiox
-  from axturbo.runtime import checkpoints, lora, loop, observe, optim, sharding
+  from axturbo.runtime import checkpoints, evaluation, lora, loop, observe, optim, sharding
   from axturbo.train import observe as train_observe, state as state_lib, step as step_lib
 
   t = config.train
@@ -88,7 +88,10 @@ def train(config, workdir: str) -> None:
       lambda state, _, batch: compiled(state, batch), state, section=t,
       reporter_cls=train_observe.Reporter, workdir=workdir,
       global_batch=config.data.batch_size, flops=flops, data_iter=data_iter, local=local,
-      mesh=mesh, manager=manager)
+      mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='train',
+      evaluate=evaluation.make(
+          config, t, 'train', model,
+          lambda s: state_lib.inference_params(s, t, use_ema=t.ema.enabled), mesh, rules))
   curve = reporter.close()
 
   if t.export_ema or not t.ema.enabled:

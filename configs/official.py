@@ -152,6 +152,8 @@ def train_config() -> mlc.ConfigDict:
   t.timestep_sampler = 'uniform'   # stratified uniform (official: scrambled Sobol); 'logit_normal'
   # Loop, checkpoints, observability.
   t.log_every = 50
+  t.eval_every = 0                 # held-out loss of the EMA weights (runtime/evaluation.py); 0 = off
+  t.eval_sample_steps = 25         # and their Euler samples of one held-out clip per task; 0 = none
   t.checkpoint_every = 10_000      # official defaults.ini
   t.keep_checkpoints = 3
   t.async_checkpointing = True
@@ -188,6 +190,8 @@ def distill_config() -> mlc.ConfigDict:
   # EMA of the student (official: none, the raw student is released); exported when enabled.
   d.ema = mlc.ConfigDict(dict(enabled=True, beta=0.999, power=0.75, update_after_step=1))
   d.log_every = 50
+  d.eval_every = 0                 # held-out loss of the student's EMA (runtime/evaluation.py)
+  d.eval_sample_steps = 4          # and its samples (student sampler) of a clip per task; 0 = none
   d.checkpoint_every = 2_000
   d.keep_checkpoints = 3
   d.async_checkpointing = True
@@ -219,6 +223,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.train = train_config()
   c.distill = distill_config()
   c.mesh = mesh_config()
+  # A jax.profiler trace of steps START..END (--config.profile.steps=START,END) into
+  # <workdir>/tensorboard/plugins/profile (axturbo/runtime/profiling.py); () traces nothing.
+  c.profile = mlc.ConfigDict(dict(steps=()))
   c.seed = 42
   # JAX's persistent compilation cache (axturbo/runtime/compile_cache.py): 'default' is
   # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/axturbo/jax_compile (XDG); '' turns it off.

@@ -11,7 +11,7 @@ ALLOWED = {
     'models': set(),
     'flow': set(),
     'data': set(),
-    'runtime': {'models', 'data'},
+    'runtime': {'models', 'data', 'flow'},
     'train': {'runtime', 'models', 'data', 'flow'},
     'distill': {'runtime', 'models', 'data', 'flow'},
     'generation': {'runtime', 'models', 'data', 'flow'},

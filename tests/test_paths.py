@@ -1,6 +1,7 @@
 """Paths anywhere: a gs:// workdir, TFDS data dir, export and --teacher work end to end, on a
 fake GCS (tests/fake_gcs.py: gs://bucket/... is a local folder for etils.epath and for orbax's
 tensorstore). Nothing of axturbo is replaced; the scripts run as the real CLI."""
+import json
 import subprocess
 import sys
 
@@ -48,6 +49,9 @@ def test_train_distill_and_generator_on_gs_urls(tmp_path):
     assert sorted(p.name for p in (bucket / run / 'checkpoints').iterdir()) == ['2']
     assert 'done: step 2' in (bucket / run / log).read_text()
     assert list((bucket / run / 'tensorboard').iterdir())
+    assert json.loads((bucket / run / 'run_record.json').read_text())['parameters']['total']
+    assert json.loads((bucket / run / 'config.json').read_text())['model']
+    assert not list((bucket / run).glob('*.partial'))
   assert (bucket / 'student' / 'teacher.json').read_text() == (
       '{"teacher": "gs://bucket/teacher/export"}')
 

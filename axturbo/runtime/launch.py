@@ -138,12 +138,14 @@ def check_inputs(config, data_source: str, init_from: str = '', require_init_fro
 def start_run(config, workdir, log_name: str):
   """Creates `workdir` (a local folder or an etils.epath URL such as gs://bucket/run), locks it
   (`workdir_lock`: one run at a time), starts its log file (`log_to_workdir`), logs this
-  process's devices, and builds the mesh from `config.mesh` (checking that
-  `config.data.batch_size` divides over it). Returns (absolute workdir as an epath.Path, mesh,
+  process's devices, builds the mesh from `config.mesh` (checking that
+  `config.data.batch_size` divides over it), and records the run (`run_record`: config.json,
+  run_record.json; a resume under a changed `model.*` config stops here). Returns (absolute workdir as an epath.Path, mesh,
   logical-axis rules)."""
   import jax
 
-  from axturbo.runtime import checkpoints, sharding, workdir_lock
+  from axturbo.runtime import checkpoints, profiling, run_record, sharding, workdir_lock
+  profiling.check_profile(config.profile)
   workdir = checkpoints.as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f'--workdir {workdir}: exists and is not a directory')
@@ -155,6 +157,7 @@ def start_run(config, workdir, log_name: str):
                jax.device_count(), log)
   mesh = sharding.make_mesh(config.mesh.shape, dcn=config.mesh.get('dcn', (1, 1, 1)))
   sharding.check_batch_size(config.data.batch_size, mesh)
+  run_record.record_start(workdir, config, mesh, log_name)
   return workdir, mesh, sharding.mesh_rules(config.mesh)
 
 
@@ -289,15 +292,15 @@ def _outside_world(e: BaseException) -> str | None:
 
 
 def make_data_iterator(config, source: str, field: str, process_index: int,
-                       process_count: int):
-  """The training split's iterator from `source` ('pipeline': grain over the configured data;
-  'synthetic': learnable tones with the batch's shapes, for benchmarks and smoke runs); `field`
-  names the config entry for the error message."""
+                       process_count: int, split: str = 'train'):
+  """The `split` ('train' or 'heldout') iterator from `source` ('pipeline': grain over the
+  configured data; 'synthetic': learnable tones with the batch's shapes, for benchmarks and
+  smoke runs); `field` names the config entry for the error message."""
   if source == 'synthetic':
     from axturbo.data import synthetic as data
   elif source == 'pipeline':
     from axturbo.data import pipeline as data
   else:
     raise ValueError(f"{field}={source!r}; expected 'pipeline' or 'synthetic'")
-  return data.make_iterator(config, split='train', process_index=process_index,
+  return data.make_iterator(config, split=split, process_index=process_index,
                             process_count=process_count)

@@ -132,6 +132,26 @@ class Reporter:
       self.writer.flush()
       upload()
 
+  def evaluated(self, step: int, scalars: dict[str, float], seconds: float,
+                audio: dict[str, np.ndarray] | None = None, sample_rate: int = 0) -> None:
+    """One line and the TensorBoard scalars of an in-training evaluation after `step` steps
+    (runtime/evaluation.py), its mono clips as audio and their spectrograms as images; its
+    `seconds` are left out of the next line's step rate."""
+    from axturbo.runtime import evaluation
+    self._t0 += seconds
+    logging.info('eval step %d | %s%s | %.1f s', step,
+                 ' | '.join(f'{k} {v:.5g}' for k, v in scalars.items()),
+                 f' | {len(audio)} clips to TensorBoard' if audio else '', seconds)
+    if self.writer is not None:
+      for k, v in {**scalars, 'perf/eval_seconds': seconds}.items():
+        self.writer.add_scalar(k, v, step)
+      for k, clip in (audio or {}).items():
+        self.writer.add_audio(k, clip, step, sample_rate=sample_rate)
+        self.writer.add_image(f'{k}/spectrogram', evaluation.spectrogram_image(clip), step,
+                              dataformats='HW')
+      self.writer.flush()
+      upload()
+
   def summarize(self, rows: list[tuple[int, dict]]) -> tuple[dict, str, int]:
     """Host metrics of the steps since the last line -> (TensorBoard scalars, the line's
     metric part, non-finite steps skipped); appends to `history` (the loss curve). Each

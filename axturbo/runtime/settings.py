@@ -76,6 +76,8 @@ def check_loop(section, where: str) -> None:
   number(section, 'total_steps', where, low=1, integer=True)
   number(section, 'log_every', where, low=1, integer=True)
   number(section, 'checkpoint_every', where, low=1, integer=True)
+  number(section, 'eval_every', where, low=0, integer=True)
+  number(section, 'eval_sample_steps', where, low=0, integer=True)
   number(section, 'keep_checkpoints', where, low=1, integer=True)
   number(section, 'peak_flops_per_device', where, low=0, low_open=True)
   choice(section, 'data_source', where, ('pipeline', 'synthetic'))

@@ -103,18 +103,25 @@ def _release_all() -> None:
 def acquire_for_run(workdir: str | pathlib.Path) -> None:
   """`acquire` on process 0; every process of a multi-host run raises the same error."""
   import jax
-  from jax.experimental import multihost_utils
   message = ''
   if jax.process_index() == 0:
     try:
       acquire(workdir)
     except WorkdirInUseError as e:
       message = str(e)
-  if jax.process_count() > 1:
-    raw = np.zeros(_MESSAGE_BYTES, np.uint8)
-    encoded = message.encode()[:_MESSAGE_BYTES]
-    raw[:len(encoded)] = np.frombuffer(encoded, np.uint8)
-    raw = np.asarray(multihost_utils.broadcast_one_to_all(raw))
-    message = raw.tobytes().rstrip(b'\0').decode(errors='replace')
+  message = broadcast_text(message)
   if message:
     raise WorkdirInUseError(message)
+
+
+def broadcast_text(message: str) -> str:
+  """Process 0's `message` on every process (up to 2048 bytes); itself in a single process."""
+  import jax
+  from jax.experimental import multihost_utils
+  if jax.process_count() == 1:
+    return message
+  raw = np.zeros(_MESSAGE_BYTES, np.uint8)
+  encoded = message.encode()[:_MESSAGE_BYTES]
+  raw[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  raw = np.asarray(multihost_utils.broadcast_one_to_all(raw))
+  return raw.tobytes().rstrip(b'\0').decode(errors='replace')
