@@ -50,7 +50,8 @@ def wait_for_checkpoint(proc: subprocess.Popen, workdir, timeout: float, after: 
   while (time.time() < deadline and proc.poll() is None
          and max(checkpoint_steps(workdir), default=0) <= after):
     time.sleep(0.05)
-  assert proc.poll() is None, 'run finished before it could be stopped'
+  assert proc.poll() is None, ('run finished before it could be stopped (exit '
+                               f'{proc.returncode}):\n' + log_path(workdir).read_text()[-3000:])
   assert not (pathlib.Path(workdir) / 'export').exists()
 
 
