@@ -61,10 +61,10 @@ def _check_same_teacher(workdir, teacher: str) -> None:
 def distill(config, teacher_dir: str, workdir: str):
   import jax
 
-  from axturbo.distill import observe, state as state_lib, step as step_lib
+  from axturbo.distill import state as state_lib, step as step_lib
   from axturbo.models import audiox
   from axturbo.runtime import checkpoints, evaluation, loop, sharding
-  from axturbo.runtime import observe as runtime_observe
+  from axturbo.runtime import reporting
 
   if config.distill.batch_size and config.distill.batch_size != config.data.batch_size:
     config = config.copy_and_resolve_references()
@@ -104,7 +104,7 @@ def distill(config, teacher_dir: str, workdir: str):
                                      sharding.abstract_batch(local, mesh), mesh, rules,
                                      config.mesh.activation_constraints))
   # MFU uses the student step's FLOPs (the common step under the official schedule).
-  flops = runtime_observe.compiled_flops(next(c for k, c in compiled.items()
+  flops = reporting.compiled_flops(next(c for k, c in compiled.items()
                                             if k[0] == 'student'))
 
   def step_fn(state, step, batch):
@@ -118,7 +118,7 @@ def distill(config, teacher_dir: str, workdir: str):
     return state, metrics
 
   state, step, reporter = loop.run_steps(
-      step_fn, state, section=d, reporter_cls=observe.Reporter, workdir=workdir,
+      step_fn, state, section=d, reporter_cls=step_lib.Reporter, workdir=workdir,
       global_batch=config.data.batch_size, flops=flops, data_iter=data_iter, local=local,
       mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='distill',
       evaluate=evaluation.make(
@@ -135,7 +135,7 @@ def distill(config, teacher_dir: str, workdir: str):
     meta = {'kind': 'student', 'step': step, 'ema': bool(d.ema.enabled),
             'student_updates': int(state.student_updates),
             'fake_updates': int(state.fake_updates), 'skipped_steps': int(state.skipped),
-            'data': runtime_observe.data_stats(data_iter),
+            'data': reporting.data_stats(data_iter),
             'teacher': str(checkpoints.as_path(teacher_dir)), 'schedule': d.update_schedule,
             'num_steps': d.num_steps}
     checkpoints.export(out, params, config.model, meta)
@@ -143,8 +143,8 @@ def distill(config, teacher_dir: str, workdir: str):
                  d.ema.enabled, out)
   logging.info('done: step %d (%d student / %d fake updates); %s', step,
                int(state.student_updates), int(state.fake_updates),
-               runtime_observe.skip_summary(int(state.skipped),
-                                            runtime_observe.data_stats(data_iter)))
+               reporting.skip_summary(int(state.skipped),
+                                            reporting.data_stats(data_iter)))
   manager.close()
   return out
 

@@ -37,8 +37,8 @@ def train(config, workdir: str) -> None:
   import numpy as np
 
   from axturbo.models import audiox
-  from axturbo.runtime import checkpoints, evaluation, lora, loop, observe, optim, sharding
-  from axturbo.train import observe as train_observe, state as state_lib, step as step_lib
+  from axturbo.runtime import checkpoints, evaluation, lora, loop, optim, reporting, sharding
+  from axturbo.train import state as state_lib, step as step_lib
 
   t = config.train
   state_lib.check_train_config(config)  # a bad setting stops here, not after compiling
@@ -83,10 +83,10 @@ def train(config, workdir: str) -> None:
     compiled = loop.compile_logged('the train step', lambda: sharding.compile_step(
         step_fn, abstract, sharding.abstract_batch(local, mesh), mesh, rules,
         config.mesh.activation_constraints))
-    flops = observe.compiled_flops(compiled)
+    flops = reporting.compiled_flops(compiled)
   state, step, reporter = loop.run_steps(
       lambda state, _, batch: compiled(state, batch), state, section=t,
-      reporter_cls=train_observe.Reporter, workdir=workdir,
+      reporter_cls=step_lib.Reporter, workdir=workdir,
       global_batch=config.data.batch_size, flops=flops, data_iter=data_iter, local=local,
       mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='train',
       evaluate=evaluation.make(
@@ -101,7 +101,7 @@ def train(config, workdir: str) -> None:
     else:
       meta = {'kind': 'teacher', 'step': step, 'updates': int(state.updates),
               'ema': t.ema.enabled, 'skipped_steps': int(state.skipped),
-              'data': observe.data_stats(data_iter)}
+              'data': reporting.data_stats(data_iter)}
       params = state_lib.inference_params(state, t, use_ema=t.ema.enabled)
       if state_lib.lora_enabled(t):
         base = lora.base_identity(t.init_from)
@@ -118,8 +118,8 @@ def train(config, workdir: str) -> None:
   logging.info('done: step %d, %s; %s; loss curve %s', step,
                f'last loss {reporter.history[-1][1]:.5f}' if reporter.history
                else 'no steps run (already at total_steps)',
-               observe.skip_summary(int(np.asarray(jax.device_get(state.skipped))),
-                                    observe.data_stats(data_iter)), curve)
+               reporting.skip_summary(int(np.asarray(jax.device_get(state.skipped))),
+                                    reporting.data_stats(data_iter)), curve)
   manager.close()
 
 

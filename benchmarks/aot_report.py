@@ -25,7 +25,7 @@ def _gib(n: int) -> str:
 
 def print_memory(compiled) -> None:
   """Per-device `memory_analysis()` fields, the peak (args + out - alias + temp) and XLA's FLOPs."""
-  from axturbo.runtime import observe
+  from axturbo.runtime import reporting
   mem = compiled.memory_analysis()
   for field in ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
                 'temp_size_in_bytes', 'generated_code_size_in_bytes'):
@@ -33,6 +33,6 @@ def print_memory(compiled) -> None:
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
           + mem.temp_size_in_bytes)
   print(f'  per device {"peak (args + out - alias + temp)":32s} {_gib(peak)}')
-  flops = observe.compiled_flops(compiled)
+  flops = reporting.compiled_flops(compiled)
   if flops:
     print(f'  per device flops / step {flops / 1e12:.2f} TFLOP')

@@ -2,7 +2,7 @@
 
   python -m benchmarks.loss_curves --out docs/images/tiny_runs.png --logs NAME=train.log[,NAME=...]
 
-Reads the step lines that `axturbo.train.observe` logs ("step N | loss X | ...") and their
+Reads the step lines that `axturbo.train.step.Reporter` logs ("step N | loss X | ...") and their
 absl timestamps; wall time counts from the first step line. Not part of the library.
 """
 import datetime

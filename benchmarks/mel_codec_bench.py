@@ -18,7 +18,7 @@ from absl import flags
 
 from axturbo.data import embedded
 from axturbo.eval import event_scores
-from axturbo.eval import events
+from axturbo.eval import event_detector
 from axturbo.models import mel_codec
 
 _CLIPS = flags.DEFINE_integer('clips', 48, 'Held-out clips scored per setting.')
@@ -36,7 +36,7 @@ def waves(split: str, count: int) -> tuple[list[dict], jax.Array]:
 
 def scores(clips: list[dict], y: np.ndarray) -> list[int]:
   n = int(SR * DURATION)
-  agg = event_scores.aggregate([event_scores.score_clip(events.detect_events(w[:n], SR),
+  agg = event_scores.aggregate([event_scores.score_clip(event_detector.detect_events(w[:n], SR),
                                                         c['annotations'])
                                 for c, w in zip(clips, y)])
   return [round(agg[k]) for k in ('cat', 'count', 'order', 'timestamp')]

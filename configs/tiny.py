@@ -65,7 +65,7 @@ def data_config() -> mlc.ConfigDict:
   d = official.data_config()
   d.update(source='embedded', batch_size=16, num_clips=4096, heldout_clips=64, num_workers=0,
            read_threads=2, read_buffer=32, crop_grid_s=1.0)
-  # What `python -m scripts.prepare --config configs/tiny.py` builds from the embedded clips,
+  # What `python -m data.prepare --config configs/tiny.py` builds from the embedded clips,
   # and what --config.data.source=tfds then reads.
   d.tfds_name = 'axturbo_events/tiny'
   # Weighted towards what the event benchmark asks for: text first (its counts are the hardest

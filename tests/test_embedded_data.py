@@ -1,7 +1,7 @@
 """Tests of the embedded procedural dataset (axturbo/data) and its CLI writer.
 
 No fixtures: every check recomputes its expectation from the clip's own event
-list or from the signal definitions in axturbo/data/events.py.
+list or from the signal definitions in axturbo/data/event_sounds.py.
 """
 import itertools
 import json
@@ -15,8 +15,8 @@ import pytest
 import soundfile
 
 from axturbo.data import embedded
-from axturbo.data import events as ev
-from axturbo.data import video
+from axturbo.data import event_sounds as ev
+from axturbo.data import event_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NAME_RE = re.compile('|'.join(sorted(map(re.escape, ev.CATEGORIES), key=len, reverse=True)))
@@ -101,8 +101,8 @@ def test_categories_spectrally_distinct():
 
 
 def test_video_shape_exactly_in_event_frames():
-  colours = [look[0] for look in video.CATEGORY_LOOKS.values()]
-  assert len(set(colours)) == len(colours) and set(video.CATEGORY_LOOKS) == set(ev.CATEGORIES)
+  colours = [look[0] for look in event_video.CATEGORY_LOOKS.values()]
+  assert len(set(colours)) == len(colours) and set(event_video.CATEGORY_LOOKS) == set(ev.CATEGORIES)
   for clip in _clips(n=40, fps=5, video_size=32):
     frames = clip['video']
     assert frames.dtype == np.uint8 and frames.shape == (20, 32, 32, 3)
@@ -114,7 +114,7 @@ def test_video_shape_exactly_in_event_frames():
       if not active:
         assert lit.size == 0, (clip['seed'], f)
       else:
-        colour = video.CATEGORY_LOOKS[active[0]][0]
+        colour = event_video.CATEGORY_LOOKS[active[0]][0]
         assert len(lit) >= 50 and np.all(lit == colour), (clip['seed'], f)
 
 
@@ -217,7 +217,7 @@ def test_bad_arguments_raise(kwargs):
 @pytest.mark.e2e
 def test_cli_writes_parseable_manifest(tmp_path):
   out = str(tmp_path / 'emb')
-  cmd = [sys.executable, '-m', 'scripts.build_embedded', '--out', out,
+  cmd = [sys.executable, '-m', 'data/build_embedded', '--out', out,
          '--split', 'train', '--num_clips', '3', '--sample_rate', '16000', '--duration', '4']
   subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=120)
   with open(os.path.join(out, 'train_manifest.jsonl')) as f:

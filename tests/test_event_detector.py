@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from axturbo.data import events as data_events
+from axturbo.data import event_sounds
 from axturbo.data.embedded import make_clip
-from axturbo.eval import event_scores, events
+from axturbo.eval import event_detector, event_scores
 
 SEEDS = range(24)
 
@@ -28,17 +28,17 @@ def test_recovers_ground_truth_events(sample_rate, noise, gain, split):
   for seed in seeds:
     clip = make_clip(seed, split, sample_rate=sample_rate)
     wave = gain * (clip['waveform'] + noise * rng.standard_normal(clip['waveform'].shape))
-    hits += _matches(events.detect_events(wave, sample_rate), clip['events'])
+    hits += _matches(event_detector.detect_events(wave, sample_rate), clip['events'])
   assert hits == len(seeds)
 
 
 def test_every_category_is_recognized_alone():
   rng = np.random.default_rng(1)
   sr = 16000
-  for cat in data_events.CATEGORIES:
+  for cat in event_sounds.CATEGORIES:
     wave = np.zeros((2 * sr, 2), np.float32)
-    wave[int(0.5 * sr):int(1.5 * sr)] = data_events.render_event(cat, sr, sr, rng)
-    (detected,) = events.detect_events(wave, sr)
+    wave[int(0.5 * sr):int(1.5 * sr)] = event_sounds.render_event(cat, sr, sr, rng)
+    (detected,) = event_detector.detect_events(wave, sr)
     assert detected[0] == cat
     assert abs(detected[1] - 0.5) < 0.03 and abs(detected[2] - 1.5) < 0.1
 
@@ -46,18 +46,18 @@ def test_every_category_is_recognized_alone():
 def test_silence_and_noise_give_no_events():
   rng = np.random.default_rng(2)
   sr = 16000
-  assert events.detect_events(np.zeros((4 * sr, 2)), sr) == []
-  assert events.detect_events(1e-7 * rng.standard_normal((4 * sr, 2)), sr) == []
-  found = sum(len(events.detect_events(a * rng.standard_normal((4 * sr, 2)), sr))
+  assert event_detector.detect_events(np.zeros((4 * sr, 2)), sr) == []
+  assert event_detector.detect_events(1e-7 * rng.standard_normal((4 * sr, 2)), sr) == []
+  found = sum(len(event_detector.detect_events(a * rng.standard_normal((4 * sr, 2)), sr))
               for a in (0.01, 0.1, 0.5, 0.9) for _ in range(3))
   assert found == 0
   # Broadband clicks and a chord spreading energy across bands are not events either.
   clicks = np.zeros(4 * sr)
   clicks[::sr // 7] = 1.0
-  assert events.detect_events(clicks, sr) == []
+  assert event_detector.detect_events(clicks, sr) == []
   t = np.arange(2 * sr) / sr
   chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 1200.0, 5500.0))
-  assert events.detect_events(chord, sr) == []
+  assert event_detector.detect_events(chord, sr) == []
 
 
 def test_frame_labels_reject_out_of_band_tones():
@@ -65,11 +65,11 @@ def test_frame_labels_reject_out_of_band_tones():
   t = np.arange(sr) / sr
   in_band = np.sin(2 * np.pi * 1200 * t)    # 'alarm' band
   between = np.sin(2 * np.pi * 1500 * t)    # between 'alarm' and 'warble'
-  _, active, labels = events.frame_labels(in_band, sr)
-  assert active.all() and (labels[5:-5] == data_events.CATEGORIES.index('alarm')).all()
-  _, active, labels = events.frame_labels(between, sr)
+  _, active, labels = event_detector.frame_labels(in_band, sr)
+  assert active.all() and (labels[5:-5] == event_sounds.CATEGORIES.index('alarm')).all()
+  _, active, labels = event_detector.frame_labels(between, sr)
   assert active.all() and (labels == -1).all()
-  assert events.detect_events(between, sr) == []
+  assert event_detector.detect_events(between, sr) == []
 
 
 def test_scores_perfect_on_ground_truth_and_zero_on_noise():
@@ -77,10 +77,10 @@ def test_scores_perfect_on_ground_truth_and_zero_on_noise():
   truth_scores, noise_scores, styles = [], [], []
   for seed in SEEDS:
     clip = make_clip(seed)
-    detected = events.detect_events(clip['waveform'], 16000)
+    detected = event_detector.detect_events(clip['waveform'], 16000)
     truth_scores.append(event_scores.score_clip(detected, clip['annotations']))
     noise = 0.3 * rng.standard_normal(clip['waveform'].shape)
-    noise_scores.append(event_scores.score_clip(events.detect_events(noise, 16000),
+    noise_scores.append(event_scores.score_clip(event_detector.detect_events(noise, 16000),
                                                 clip['annotations']))
     styles.append(clip['caption_style'])
   truth = event_scores.aggregate(truth_scores, styles)
@@ -125,7 +125,7 @@ def test_video_sync():
     clip = make_clip(seed)
     visual = event_scores.video_events(clip['video'], clip['fps'])
     assert [c for c, _, _ in visual] == [c for c, _, _ in clip['events']]
-    detected = events.detect_events(clip['waveform'], 16000)
+    detected = event_detector.detect_events(clip['waveform'], 16000)
     synced += event_scores.video_sync(detected, clip['video'], clip['fps'])['synced']
     # Sound delayed by 0.3 s (1.5 frames): every event starts after its shape appeared.
     delayed = [(c, s + 0.3, e + 0.3) for c, s, e in detected]

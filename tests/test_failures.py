@@ -247,8 +247,8 @@ def test_non_finite_generation_is_an_error_naming_the_run(micro):
 
 
 def test_step_lines_and_tensorboard_count_skipped_samples(tmp_path, caplog):
-  from axturbo.runtime import observe
-  from axturbo.train import observe as train_observe
+  from axturbo.runtime import reporting
+  from axturbo.train import step as train_step
 
   class Stream:  # a pipeline iterator's counters (axturbo/data/pipeline.py)
     stats = {'batches': 4, 'seen': 40, 'skipped': 8, 'skip_fraction': 0.2, 'last_skipped': 'x',
@@ -256,7 +256,7 @@ def test_step_lines_and_tensorboard_count_skipped_samples(tmp_path, caplog):
 
   metrics = {'loss': np.float32(1.0), 'finite': np.bool_(True), 'grad_norm': np.float32(1.0),
              'lr': np.float32(1e-3), 'latent_std': np.float32(1.0)}
-  rep = train_observe.Reporter(tmp_path, 2, 8, None, 1.0, total_steps=10, data_iter=Stream())
+  rep = train_step.Reporter(tmp_path, 2, 8, None, 1.0, total_steps=10, data_iter=Stream())
   with caplog.at_level('INFO'):
     rep.record(1, metrics)
     rep.record(2, {**metrics, 'finite': np.bool_(False)})
@@ -265,7 +265,7 @@ def test_step_lines_and_tensorboard_count_skipped_samples(tmp_path, caplog):
   rep.close()
   events = ''.join(p.read_bytes().decode('latin-1') for p in (tmp_path / 'tensorboard').iterdir())
   assert 'data/skipped_samples' in events and 'data/skip_fraction' in events
-  summary = observe.skip_summary(1, Stream.stats)
+  summary = reporting.skip_summary(1, Stream.stats)
   assert summary == ('8 of 40 samples skipped (20.0 %); worst: m.jsonl:3 /d/a.wav (5x), '
                      'm.jsonl:9 /d/b.wav (3x); 1 non-finite steps skipped')
 

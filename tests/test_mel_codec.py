@@ -11,7 +11,7 @@ import pytest
 
 from axturbo.data import embedded
 from axturbo.eval import event_scores
-from axturbo.eval import events
+from axturbo.eval import event_detector
 from axturbo.models import audiox
 from axturbo.models import codec as codec_lib
 from axturbo.models import mel_codec
@@ -95,7 +95,7 @@ def test_round_trip_keeps_every_event(codec):
   assert y.shape == x.shape and np.all(np.isfinite(y))
   np.testing.assert_array_equal(y[..., 0], y[..., 1])
   for clip, wave in zip(clips, y):
-    scores = event_scores.score_clip(events.detect_events(wave[:32000], 16000),
+    scores = event_scores.score_clip(event_detector.detect_events(wave[:32000], 16000),
                                      clip['annotations'])
     assert all(scores.values()), (clip['annotations']['SED'], scores)
 

@@ -76,16 +76,16 @@ def test_duplicate_manifest_lines_are_stated(tmp_path, caplog):
 def test_loss_curve_after_a_resume_starts_at_step_one(tmp_path):
   """A run killed after its checkpoint at step 10 (its lines up to 15 logged) and resumed from
   10: the curve holds steps 1..10 of the first run and 11..20 of the second, each once."""
-  from axturbo.train import observe as train_observe
+  from axturbo.train import step as train_step
 
   def metrics(loss):
     return {'loss': loss, 'finite': True, 'grad_norm': 1.0, 'lr': 1e-3, 'latent_std': 1.0}
 
-  first = train_observe.Reporter(tmp_path, 5, 8, None, 1.0, first_step=0, total_steps=20)
+  first = train_step.Reporter(tmp_path, 5, 8, None, 1.0, first_step=0, total_steps=20)
   for step in range(1, 16):
     first.record(step, metrics(100.0 + step))
   first.writer.close()  # killed: no close(), so no PNG from this run
-  resumed = train_observe.Reporter(tmp_path, 5, 8, None, 1.0, first_step=10, total_steps=20)
+  resumed = train_step.Reporter(tmp_path, 5, 8, None, 1.0, first_step=10, total_steps=20)
   for step in range(11, 21):
     resumed.record(step, metrics(200.0 + step))
   assert resumed.close() == tmp_path / 'loss_curve.png'

@@ -21,8 +21,8 @@ import itertools
 
 import numpy as np
 
-from axturbo.data import events as ev
-from axturbo.data import video
+from axturbo.data import event_sounds as ev
+from axturbo.data import event_video
 
 SPLITS = ('train', 'heldout')
 TIME_STEP_S = 0.1
@@ -227,7 +227,7 @@ def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
   wave = np.zeros((n, 2), np.float32)
   for (cat, _, _), (s, e) in zip(evts, bounds):
     wave[s:e] = ev.render_event(cat, int(e - s), sample_rate, r_audio)
-  frames = video.render_video(evts, ticks, int(fps), video_size, r_video, TIME_STEP_S)
+  frames = event_video.render_video(evts, ticks, int(fps), video_size, r_video, TIME_STEP_S)
   captions = _captions(evts, r_text)
   if caption_style:
     style = caption_style

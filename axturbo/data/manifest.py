@@ -169,7 +169,7 @@ def decode_entry(entry: dict, rng: np.random.Generator, m, d, random_crop: bool,
 
   sync_frames: (fps, count, size). A video entry without a `sync_feature` then also carries
   SYNC_FRAMES: (count, size, size, 3) uint8 frames at `fps` from the crop's start, for a
-  Synchformer to turn into its `sync` (scripts/prepare.py).
+  Synchformer to turn into its `sync` (data/prepare.py).
   """
   sr, n = m.sample_rate, m.audio_samples
   audio = audio_io.load_clip(entry['path'], sr)

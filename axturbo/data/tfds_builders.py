@@ -1,7 +1,7 @@
 """TFDS dataset builders: manifests, audio folders and the embedded clips -> ArrayRecord files.
 
   builder = tfds_builders.build(config, 'vggsound', '/data/tfds', workers=8)
-  # -> /data/tfds/axturbo_manifest/vggsound/1.0.0/ (scripts/prepare.py is the command line)
+  # -> /data/tfds/axturbo_manifest/vggsound/1.0.0/ (data/prepare.py is the command line)
   tfds.data_source('axturbo_manifest/vggsound', split='train', data_dir='/data/tfds')
 
 Three builders, one per kind of source (config.data.source), each with a builder config that

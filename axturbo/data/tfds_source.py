@@ -71,17 +71,17 @@ def check_shapes(info, m, where: str) -> None:
   for key, (shape, dtype) in tensor_shapes(shapes).items():
     if key not in info.features:
       raise ValueError(f'{where} has no {key!r} feature; axturbo reads datasets with the '
-                       f'features {BASE_KEYS} (built by python -m scripts.prepare)')
+                       f'features {BASE_KEYS} (built by python -m data.prepare)')
     got = (tuple(info.features[key].shape), np.dtype(info.features[key].np_dtype))
     if got != (shape, np.dtype(dtype)):
       raise ValueError(f'{where}: feature {key!r} is {got}, but the model config needs '
-                       f'{(shape, np.dtype(dtype))}; rebuild it with python -m scripts.prepare '
+                       f'{(shape, np.dtype(dtype))}; rebuild it with python -m data.prepare '
                        'for this config')
   built = dict((info.metadata or {}).get('shapes', {}))
   for key in ('sample_rate', 'video_fps'):
     if key in built and built[key] != shapes[key]:
       raise ValueError(f'{where} was built with {key}={built[key]}, but the model config has '
-                       f'{key}={shapes[key]}; rebuild it with python -m scripts.prepare')
+                       f'{key}={shapes[key]}; rebuild it with python -m data.prepare')
 
 
 def base_example(ex: dict) -> dict:
@@ -102,9 +102,9 @@ class TfdsSource:
     try:
       builder = tfds.builder(name, data_dir=data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:
-      raise FileNotFoundError(f'no {where}; build it with python -m scripts.prepare') from None
+      raise FileNotFoundError(f'no {where}; build it with python -m data.prepare') from None
     if not builder.is_prepared():
-      raise FileNotFoundError(f'{where} is not built; build it with python -m scripts.prepare')
+      raise FileNotFoundError(f'{where} is not built; build it with python -m data.prepare')
     if split not in builder.info.splits:
       raise ValueError(f'{where} has no {split!r} split; it has {sorted(builder.info.splits)}')
     check_shapes(builder.info, m, where)

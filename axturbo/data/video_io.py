@@ -7,7 +7,7 @@ through here.
 Frames: every ceil(src_fps / target_fps)-th decoded frame from the seek point, squashed (no
 crop, aspect ratio not kept) to size x size, then padded by repeating the last frame or truncated
 to the requested count; uint8 (F, size, size, 3), channels last. Video files are decoded with
-PyAV; `.npy` arrays (F, H, W, 3) uint8 (scripts/build_embedded.py) are taken as already at the
+PyAV; `.npy` arrays (F, H, W, 3) uint8 (data/build_embedded.py) are taken as already at the
 target frame rate.
 """
 import math

@@ -19,7 +19,7 @@ from absl import logging
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'out/quickstart/student/export',
                                   'Checkpoint directory (default: the quickstart\'s student).')
 _INPUTS = flags.DEFINE_string('inputs', 'out/quickstart/inputs', 'Demo inputs for the '
-                              'examples (python -m scripts.make_demo_inputs writes them).')
+                              'examples (python -m data.make_demo_inputs writes them).')
 _OUT = flags.DEFINE_string('out', 'out/demo', 'Folder for the generated files.')
 _PORT = flags.DEFINE_integer('port', 7860, 'Port on 127.0.0.1.')
 _MAX_QUEUE = flags.DEFINE_integer('max_queue', 64, 'Requests that may wait; more are refused '

@@ -214,13 +214,13 @@ def status_line(record: dict) -> str:
 
 
 def load_examples(inputs_dir) -> list[list]:
-  """The quickstart's demo inputs (scripts/make_demo_inputs.py: tasks.jsonl and the task names
+  """The quickstart's demo inputs (data/make_demo_inputs.py: tasks.jsonl and the task names
   in tasks.txt) -> rows of (task, caption, video, image, audio, inpaint span 'START:END')."""
   inputs_dir = pathlib.Path(inputs_dir)
   jobs_file, names_file = inputs_dir / 'tasks.jsonl', inputs_dir / 'tasks.txt'
   for f in (jobs_file, names_file):
     if not f.is_file():
-      raise FileNotFoundError(f'{f}: not found (python -m scripts.make_demo_inputs writes it)')
+      raise FileNotFoundError(f'{f}: not found (python -m data.make_demo_inputs writes it)')
   names = [line.split(maxsplit=1)[1] for line in names_file.read_text().splitlines()
            if line.strip()]
   lines = [json.loads(line) for line in jobs_file.read_text().splitlines() if line.strip()]

@@ -17,7 +17,7 @@ Intended use by the evaluate CLI (not written yet; it needs trained checkpoints)
   KL  = metrics.kl_divergence(ref_logits, gen_logits)  (rows paired by clip; 'sigmoid' default,
         also report mode='softmax'); IS = metrics.inception_score(gen_logits, splits=10,
         shuffle_seed=2020)  (the AudioLDM toolbox settings).
-  Embedded data: det = events.detect_events(gen_wave, sample_rate);
+  Embedded data: det = event_detector.detect_events(gen_wave, sample_rate);
         s = event_scores.score_clip(det, clip['annotations']);
         event_scores.aggregate(all_s, [clip['caption_style'] ...]);
         event_scores.video_sync(det, clip['video'], clip['fps']) for video-conditioned runs.

@@ -13,7 +13,7 @@ training) yields one generation *request* per task:
 A *generator* maps requests to waveforms; swapping the model for the clips' own waveforms
 (`reference_generator`) or silence checks the scoring path end to end.
 
-Scoring (every output is annotated blindly by `events.detect_events`, then judged against the
+Scoring (every output is annotated blindly by `event_detector.detect_events`, then judged against the
 clip's annotations with `event_scores.score_clip`; all values are fractions in [0, 1]):
   cat, count, order, timestamp   t2a: T2A-bench Cat/Cnt/Ord/TS-acc; Cat over every clip, the
                                  others over the clips whose caption style asks for them.
@@ -35,7 +35,7 @@ import numpy as np
 from axturbo.data import embedded
 from axturbo.data import pipeline
 from axturbo.eval import event_scores
-from axturbo.eval import events
+from axturbo.eval import event_detector
 from axturbo.generation import longform
 from axturbo.generation.request import InputOptions
 from axturbo.generation.request import LongOptions
@@ -198,7 +198,7 @@ def region_ok(detected, sed, lo: float, hi: float) -> bool:
 
 def score_request(request: Request, wave, clip: dict, sample_rate: int) -> dict:
   """Detected events and binary judgments of one output."""
-  detected = events.detect_events(np.asarray(wave, np.float32), sample_rate)
+  detected = event_detector.detect_events(np.asarray(wave, np.float32), sample_rate)
   scores = event_scores.score_clip(detected, clip['annotations'])
   if request.task in ('v2a', 'tv2a'):
     sync = event_scores.video_sync(detected, clip['video'], clip['fps'])

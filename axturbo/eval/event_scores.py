@@ -2,7 +2,7 @@
 
 The paper's T2A-bench (App. A-C) judges each generated clip with binary, strict criteria; an
 MLLM annotates the audio blindly and a second pass compares against the prompt. Here the exact
-detector of `axturbo.eval.events` plays the annotator, and the clip's `annotations`
+detector of `axturbo.eval.event_detector` plays the annotator, and the clip's `annotations`
 ({'category': {name: count}, 'SED': [[name, start, end]], 'time_relation': [names]}) are the
 prompt's answer key:
   Cat-acc: every annotated category is detected (the paper's rule); `cat_exact` additionally
@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from axturbo.data import video as data_video
+from axturbo.data import event_video as data_video
 
 Event = tuple[str, float, float]
 TS_TOLERANCE_S = 1.0

@@ -5,7 +5,7 @@
                                 fps=extractor.fps, min_frames=2)
   feats = extractor(frames[None])                                    # (1, 240, 768)
 
-Used by `Generator` (a video given at generation time) and by `scripts/prepare.py` (manifest
+Used by `Generator` (a video given at generation time) and by `data/prepare.py` (manifest
 lines without a `sync_feature`, in batches).
 """
 import pathlib

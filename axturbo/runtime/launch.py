@@ -209,13 +209,13 @@ def log_to_workdir(path) -> pathlib.Path:
   """Every INFO line (all libraries) is appended to `path`; unless --verbosity was given, the
   console shows only `_console_filter`'s lines. A second run in the same process (a notebook)
   moves the log to its own workdir. A URL `path` (a bucket cannot be appended to) is written
-  locally (`observe.local_copy`) and uploaded at exit; returns the local file."""
-  from axturbo.runtime import observe
+  locally (`reporting.local_copy`) and uploaded at exit; returns the local file."""
+  from axturbo.runtime import reporting
   for logger in (pylogging.getLogger(), _traceback_logger()):
     for old in [h for h in logger.handlers if getattr(h, 'axturbo_run_log', False)]:
       logger.removeHandler(old)
       old.close()
-  path = observe.local_copy(path)
+  path = reporting.local_copy(path)
   handler = _RunLogHandler(path)
   handler.axturbo_run_log = True
   handler.setFormatter(logging.PythonFormatter())

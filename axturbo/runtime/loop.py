@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from absl import logging
 
-from axturbo.runtime import checkpoints, compile_cache, observe, preemption, profiling, sharding
+from axturbo.runtime import checkpoints, compile_cache, preemption, profiling, reporting, sharding
 
 
 def compile_logged(what: str, compile_fn: Callable[[], Any]) -> Any:
@@ -34,7 +34,7 @@ def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any,
     step_fn: (state, steps done before this one, global batch) -> (state, metrics).
     section: config.train or config.distill (total_steps, log_every, checkpoint_every,
       peak_flops_per_device).
-    reporter_cls: the trainer's `observe.Reporter` subclass.
+    reporter_cls: the trainer's `reporting.Reporter` subclass.
     flops: FLOPs of one step per device (for MFU), or None.
     local: this host's next batch if already drawn (compiling read its shapes), else None.
     profile_steps: `config.profile.steps`, (START, END) to trace or () (profiling.StepTrace);
@@ -54,7 +54,7 @@ def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any,
   reporter = reporter_cls(workdir, section.log_every, global_batch, flops,
                           section.peak_flops_per_device, first_step=step,
                           total_steps=section.total_steps, data_iter=data_iter)
-  trace = profiling.StepTrace(profile_steps, observe.local_copy(workdir / 'tensorboard'),
+  trace = profiling.StepTrace(profile_steps, reporting.local_copy(workdir / 'tensorboard'),
                               step_name, first_step=step)
   with preemption.Watch() as watch, contextlib.closing(trace):
     # Multi-host: tells JAX's preemption sync where this run starts, so that a notice during

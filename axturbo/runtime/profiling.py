@@ -45,8 +45,8 @@ def compile_report(compiled: Any) -> str:
                  f'{_mb(m.output_size_in_bytes)} ({_mb(m.alias_size_in_bytes)} of them donated '
                  f'arguments), temporaries {_mb(m.temp_size_in_bytes)}, peak {_mb(peak)} '
                  'per device')
-  from axturbo.runtime import observe
-  flops = observe.compiled_flops(compiled)
+  from axturbo.runtime import reporting
+  flops = reporting.compiled_flops(compiled)
   if flops:
     parts.append(f'{flops / 1e9:.3g} GFLOPs per device (XLA cost analysis)')
   return '; '.join(parts)

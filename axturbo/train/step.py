@@ -11,12 +11,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from axturbo import flow
 from axturbo.models import audiox
-from axturbo.runtime import lora, optim, sharding
+from axturbo.runtime import lora, optim, reporting, sharding
 from axturbo.train import state as state_lib
 from axturbo.train.state import TrainState
 
@@ -137,3 +138,22 @@ def jit_train_step(model: audiox.AudioX, tx: optax.GradientTransformation,
   replicated = NamedSharding(mesh, P())
   return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+class Reporter(reporting.Reporter):
+  """The teacher's log line and TensorBoard scalars, from `train_step`'s metrics."""
+
+  def summarize(self, rows: list[tuple[int, dict]]) -> tuple[dict, str, int]:
+    """Host metrics of the steps since the last line -> (TensorBoard scalars, the line's
+    metric part, non-finite steps skipped); appends to `history` (the loss curve)."""
+    for s, m in rows:
+      self.history.append((s, float(m['loss'])))
+    last = rows[-1][1]
+    mean_loss = float(np.mean([float(m['loss']) for _, m in rows]))
+    skipped = sum(int(not m['finite']) for _, m in rows)
+    scalars = {'train/loss': mean_loss, 'train/grad_norm': float(last['grad_norm']),
+               'train/lr': float(last['lr']), 'train/latent_std': float(last['latent_std']),
+               'train/skipped_nonfinite': skipped}
+    line = (f'loss {mean_loss:.5f} | grad_norm {scalars["train/grad_norm"]:.3g} | '
+            f'lr {scalars["train/lr"]:.3g}')
+    return scalars, line, skipped

@@ -1,7 +1,7 @@
 r"""Writes the embedded procedural dataset to disk in the official manifest format.
 
 Usage (from the repository root):
-  python -m scripts.build_embedded --out /tmp/emb --split train --num_clips 64 \
+  python -m data.build_embedded --out /tmp/emb --split train --num_clips 64 \
       --sample_rate 16000 --duration 4
 
 Layout under --out: audio/<split>_<i>.wav, video/<split>_<i>.npy ((F, H, W, 3)

@@ -7,7 +7,7 @@ frame shows at most one shape. The shape's centre is jittered per event by up to
 """
 import numpy as np
 
-from axturbo.data import events as ev
+from axturbo.data import event_sounds as ev
 
 # category -> (RGB colour, shape name); colours are pairwise distinct.
 CATEGORY_LOOKS = {

@@ -1,6 +1,6 @@
 r"""Writes demo inputs for every generation task from the embedded held-out split.
 
-  python -m scripts.make_demo_inputs --config configs/tiny.py --out out/inputs
+  python -m data.make_demo_inputs --config configs/tiny.py --out out/inputs
 
 Writes clip.wav (a held-out clip at the model rate), start.wav (its first half), clip.mp4 (its
 synthetic video), frame.png (a frame showing an event) and tasks.jsonl: one line per task

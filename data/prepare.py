@@ -1,6 +1,6 @@
 r"""Builds a TFDS dataset (ArrayRecord files) from config.data's source, for data.source='tfds'.
 
-  python -m scripts.prepare --config configs/official.py --name vggsound --data_dir /data/tfds \
+  python -m data.prepare --config configs/official.py --name vggsound --data_dir /data/tfds \
       --config.data.manifest=/data/train.jsonl --config.data.heldout_manifest=/data/test.jsonl \
       --workers 8
   python train.py --config configs/official.py --config.data.source=tfds \

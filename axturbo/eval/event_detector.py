@@ -1,6 +1,6 @@
 """Signal-processing detector of the embedded dataset's synthetic sound events.
 
-Every category of `axturbo.data.events` has its own dominant-frequency band, so a frame of
+Every category of `axturbo.data.event_sounds` has its own dominant-frequency band, so a frame of
 audio can be labelled from the peak of its spectrum. The detector:
   1. downmixes to mono and cuts the clip into frames (hop 10 ms);
   2. marks a frame *active* when its RMS (20 ms window) exceeds `rel_threshold_db` below the
@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from axturbo.data import events as data_events
+from axturbo.data import event_sounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,8 @@ def _frames(x: np.ndarray, centers: np.ndarray, length: int) -> np.ndarray:
 
 
 def _band_table():
-  names = data_events.CATEGORIES
-  bands = np.array([data_events.CATEGORY_BANDS[n] for n in names])
+  names = event_sounds.CATEGORIES
+  bands = np.array([event_sounds.CATEGORY_BANDS[n] for n in names])
   return names, bands[:, 0], bands[:, 1]
 
 
@@ -63,7 +63,7 @@ def frame_labels(audio, sample_rate: int, cfg: DetectorConfig = DetectorConfig()
 
   Returns:
     times (F,) frame centres in seconds, active (F,) bool, labels (F,) int: index into
-    data_events.CATEGORIES, or -1 (inactive or not attributable to any category).
+    event_sounds.CATEGORIES, or -1 (inactive or not attributable to any category).
   """
   x = _mono(audio)
   hop = max(1, int(round(cfg.hop_s * sample_rate)))
@@ -131,7 +131,7 @@ def detect_events(audio, sample_rate: int, cfg: DetectorConfig = DetectorConfig(
       merged.append([label, first, last])
   # Same-label runs are joined before short runs are dropped (a 'ticking' tick alone is ~20 ms);
   # a short blip of another label between two runs is removed here and healed afterwards.
-  names = data_events.CATEGORIES
+  names = event_sounds.CATEGORIES
   events = []
   for label, first, last in merged:
     start, end = times[first] - 0.5 * hop, times[last - 1] + 0.5 * hop

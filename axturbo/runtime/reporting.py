@@ -155,7 +155,7 @@ class Reporter:
   def summarize(self, rows: list[tuple[int, dict]]) -> tuple[dict, str, int]:
     """Host metrics of the steps since the last line -> (TensorBoard scalars, the line's
     metric part, non-finite steps skipped); appends to `history` (the loss curve). Each
-    trainer reports its own metrics (axturbo/train/observe.py, axturbo/distill/observe.py)."""
+    trainer reports its own metrics (the `Reporter` of axturbo/train/step.py and axturbo/distill/step.py)."""
     raise NotImplementedError
 
   def close(self) -> epath.Path | None:

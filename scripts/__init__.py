@@ -1,1 +1,0 @@
-"""Data preparation; run each from the repository root as `python -m scripts.<name>`."""
