@@ -12,7 +12,7 @@ python3 train.py --config "$CONFIG" --workdir "$OUT/teacher"
 echo "== 2/5 student: DMD + GAN distillation of the teacher"
 python3 distill.py --config "$CONFIG" --teacher "$OUT/teacher/export" --workdir "$OUT/student"
 echo "== 3/5 inputs for every task (held-out clip, its video, a frame, prompts)"
-python3 -m data/make_demo_inputs --config "$CONFIG" --out "$OUT/inputs"
+python3 -m data.make_demo_inputs --config "$CONFIG" --out "$OUT/inputs"
 echo "== 4/5 samples: student, 4 steps"
 python3 sample.py --checkpoint "$OUT/student/export" --batch_file "$OUT/inputs/tasks.jsonl" \
     --out "$OUT/samples"

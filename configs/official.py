@@ -92,7 +92,7 @@ def data_config() -> mlc.ConfigDict:
       continuation=0.15, audio_to_audio=0.05, all=0.05))
   # Weights of the embedded training clips' caption styles (data/embedded.py; held-out clips
   # stay uniform). Equal weights keep the original draw. A TFDS events dataset keeps the mix
-  # it was built with (`data/prepare` records it and refuses to reuse it under another).
+  # it was built with (`data.prepare` records it and refuses to reuse it under another).
   d.caption_styles = mlc.ConfigDict(dict(category=1.0, count=1.0, order=1.0, timestamp=1.0))
   d.random_crop = True            # official crop: offsets on a crop_grid_s grid
   d.crop_grid_s = 10.0

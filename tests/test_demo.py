@@ -102,7 +102,7 @@ def test_bad_forms_name_the_field(files, fields, message):
 
 
 def test_examples_read_the_demo_inputs(tmp_path):
-  subprocess.run([sys.executable, '-m', 'data/make_demo_inputs', '--config',
+  subprocess.run([sys.executable, '-m', 'data.make_demo_inputs', '--config',
                   'configs/tiny.py', '--out', str(tmp_path)], check=True,
                  cwd=script_runs.REPO, env=script_runs.env(tmp_path), capture_output=True)
   rows = app.load_examples(tmp_path)
@@ -194,7 +194,7 @@ def served(tiny_checkpoint, tmp_path_factory):
   tmp = tmp_path_factory.mktemp('demo_served')
   inputs, out = tmp / 'inputs', tmp / 'out'
   env = script_runs.env(tmp, devices=1)
-  subprocess.run([sys.executable, '-m', 'data/make_demo_inputs', '--config',
+  subprocess.run([sys.executable, '-m', 'data.make_demo_inputs', '--config',
                   'configs/tiny.py', '--out', str(inputs)], check=True, cwd=script_runs.REPO,
                  env=env, capture_output=True)
   port = _free_port()

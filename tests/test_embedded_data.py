@@ -217,7 +217,7 @@ def test_bad_arguments_raise(kwargs):
 @pytest.mark.e2e
 def test_cli_writes_parseable_manifest(tmp_path):
   out = str(tmp_path / 'emb')
-  cmd = [sys.executable, '-m', 'data/build_embedded', '--out', out,
+  cmd = [sys.executable, '-m', 'data.build_embedded', '--out', out,
          '--split', 'train', '--num_clips', '3', '--sample_rate', '16000', '--duration', '4']
   subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=120)
   with open(os.path.join(out, 'train_manifest.jsonl')) as f:

@@ -308,7 +308,7 @@ def test_sample_cli_extracts_sync_and_rejects_bad_video(sync_ckpt):
 
 @pytest.mark.slow
 def test_prepared_dataset_computes_the_missing_sync_features(sync_ckpt, tmp_path):
-  """The TFDS builder with an extractor (`data/prepare --sync_checkpoint`): a video line
+  """The TFDS builder with an extractor (`data.prepare --sync_checkpoint`): a video line
   without a "sync_feature" gets the features of its crop window's 25 fps frames, a line with
   one keeps its file, and a .npy frame array (no frame rate) is skipped with a message."""
   import tensorflow_datasets as tfds
@@ -366,7 +366,7 @@ def test_prepare_command_line_computes_sync_features(sync_ckpt, tmp_path):
       {'path': str(wav), 'video_path': str(video), 'caption': 'a dog',
        'type': 'video_condition-audio'}) + '\n')
   run = lambda *a: subprocess.run(
-      [sys.executable, '-m', 'data/prepare', '--config=tests/micro_train_config.py',
+      [sys.executable, '-m', 'data.prepare', '--config=tests/micro_train_config.py',
        '--config.model.video.num_frames=5', '--config.data.source=manifest',
        f'--config.data.manifest={tmp_path / "m.jsonl"}', '--name=s',
        f'--data_dir={tmp_path / "tfds"}', f'--sync_checkpoint={ckpt}', *a],

@@ -119,7 +119,7 @@ def test_other_shapes_settings_and_missing_datasets_are_refused(events):
   r.model.sample_rate = 22050
   with pytest.raises(ValueError, match='sample_rate=16000'):
     pipeline.make_iterator(r, process_index=0, process_count=1)
-  with pytest.raises(FileNotFoundError, match='data/prepare'):
+  with pytest.raises(FileNotFoundError, match='data.prepare'):
     pipeline.make_iterator(_tfds(c, 'axturbo_events/other', data_dir), process_index=0,
                            process_count=1)
   # The same name asked for from other settings: refused, not silently reused.
@@ -232,7 +232,7 @@ def test_bad_files_are_skipped_and_counted_in_the_dataset_info(media, tmp_path):
 def test_prepare_command_line(tmp_path):
   """`python -m data.prepare` builds config.data.tfds_name and says how to train on it."""
   r = subprocess.run(
-      [sys.executable, '-m', 'data/prepare', '--config=configs/tiny.py',
+      [sys.executable, '-m', 'data.prepare', '--config=configs/tiny.py',
        '--config.data.num_clips=4', '--config.data.heldout_clips=2', f'--data_dir={tmp_path}'],
       cwd=script_runs.REPO, env=script_runs.env(tmp_path), capture_output=True, text=True,
       timeout=300)
@@ -261,7 +261,7 @@ def test_prepare_command_line_errors_are_one_line(media, tmp_path):
   """A bad --config.data.* override and a manifest of only bad files: one line each, no
   traceback."""
   def prepare(*args):
-    r = subprocess.run([sys.executable, '-m', 'data/prepare', '--config=configs/tiny.py',
+    r = subprocess.run([sys.executable, '-m', 'data.prepare', '--config=configs/tiny.py',
                         f'--data_dir={tmp_path / "tfds"}', *args], cwd=script_runs.REPO,
                        env=script_runs.env(tmp_path, devices=1), capture_output=True, text=True,
                        timeout=300)
