@@ -348,7 +348,7 @@ def test_distill_refuses_a_wrong_teacher(micro, tmp_path):
     (('--config=/nonexistent/c.py',), '--config /nonexistent/c.py: no such file'),
     ((f'--config={MICRO}', '--config.data.batch_size=0'), 'config.data.batch_size must be >= 1'),
     ((f'--config={MICRO}', '--workdir={tmp}/file'), 'exists and is not a directory'),
-    ((f'--config={MICRO}', '--config.mesh.dcn=(2,1,1)'),
+    ((f'--config={MICRO}', '--config.mesh.shape=(2,-1,1)', '--config.mesh.dcn=(2,1,1)'),
      'config.mesh.dcn=(2, 1, 1) asks for 2 slices, but these cpu devices report none'),
 ])
 def test_train_usage_errors_are_one_line(tmp_path, args, needle):

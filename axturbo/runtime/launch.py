@@ -257,17 +257,23 @@ def one_line_errors():
   except (*USER_ERRORS, pipeline.SkipLimitError) as e:
     _traceback_logger().error('stopped by %s', type(e).__name__, exc_info=True)
     # grain appends a note on its traceback filtering after a dashed line
-    sys.exit(f'error: {_outside_world(e) or str(e).split(chr(10) + "-" * 20)[0]}')
+    _exit(f'error: {_outside_world(e) or str(e).split(chr(10) + "-" * 20)[0]}', 1)
   except preemption.Stopped as e:
     _traceback_logger().info('%s', e)
-    print(e, file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
+    _exit(str(e), e.exit_code)
   except KeyboardInterrupt:
     # Outside the step loop (loading, compiling, exporting): nothing new to save.
     _traceback_logger().error('interrupted', exc_info=True)
-    print('interrupted (Ctrl-C): stopped; checkpoints and exports on disk are whole',
-          file=sys.stderr, flush=True)
-    sys.exit(preemption.EXIT_INTERRUPTED)
+    _exit('interrupted (Ctrl-C): stopped; checkpoints and exports on disk are whole',
+          preemption.EXIT_INTERRUPTED)
+
+
+def _exit(line: str, code: int):
+  """Writes `line` and its newline in one write (the hosts of a multi-host run often share one
+  console file: two lines written in parts interleave), then exits with `code`."""
+  sys.stderr.write(line + '\n')
+  sys.stderr.flush()
+  sys.exit(code)
 
 
 _NO_SPACE = ('No space left on device', 'Disk quota exceeded')
