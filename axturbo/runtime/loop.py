@@ -20,7 +20,20 @@ def compile_logged(what: str, compile_fn: Callable[[], Any]) -> Any:
   logging.info('compiled %s in %.1f s%s', what, time.perf_counter() - t0,
                compile_cache.note_since(before))
   profiling.log_compile_report(what, compiled)
+  wait_for_every_host(f'compiled {what}')
   return compiled
+
+
+def wait_for_every_host(name: str, timeout_s: float = 3600.0) -> None:
+  """Multi-host: returns once every process has reached `name`. One host may load its programs
+  from the compilation cache in seconds while another compiles for minutes (JAX writes cache
+  entries from process 0 only); the first host's collectives would wait for the second, and on
+  CPU Gloo gives up after 30 s. The coordination service's barrier has no such limit."""
+  import jax
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed
+  distributed.global_state.client.wait_at_barrier(f'axturbo: {name}', int(timeout_s * 1000))
 
 
 def run_steps(step_fn: Callable[[Any, int, dict], tuple[Any, dict]], state: Any, *, section,
