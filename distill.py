@@ -62,6 +62,7 @@ def distill(config, teacher_dir: str, workdir: str):
   import jax
 
   from axturbo.distill import state as state_lib, step as step_lib
+  from axturbo.eval import during_training
   from axturbo.models import audiox
   from axturbo.runtime import checkpoints, evaluation, loop, sharding
   from axturbo.runtime import reporting
@@ -73,6 +74,7 @@ def distill(config, teacher_dir: str, workdir: str):
   state_lib.check_distill_config(config)
   launch.check_inputs(config, d.data_source)
   workdir, mesh, rules = launch.start_run(config, workdir, 'distill')
+  score = during_training.scorer(config, d, 'distill')   # before compiling: settings checked
   model = audiox.build_model(config.model)
   teacher, teacher_shardings = state_lib.load_teacher(teacher_dir, model, config.model, mesh, rules)
   if jax.process_index() == 0:
@@ -123,7 +125,8 @@ def distill(config, teacher_dir: str, workdir: str):
       mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='distill',
       evaluate=evaluation.make(
           config, d, 'distill', model,
-          lambda s: state_lib.student_export_params(s, teacher, d), mesh, rules))
+          lambda s: state_lib.student_export_params(s, teacher, d), mesh, rules,
+          score=score))
   reporter.close()
 
   out = workdir / 'export'

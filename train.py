@@ -36,6 +36,7 @@ def train(config, workdir: str) -> None:
   import jax
   import numpy as np
 
+  from axturbo.eval import during_training
   from axturbo.models import audiox
   from axturbo.runtime import checkpoints, evaluation, lora, loop, optim, reporting, sharding
   from axturbo.train import state as state_lib, step as step_lib
@@ -45,6 +46,7 @@ def train(config, workdir: str) -> None:
   launch.check_inputs(config, t.data_source, t.init_from, t.get('require_init_from', False))
   # Mesh and the abstract state: shapes and shardings, nothing materialised yet.
   workdir, mesh, rules = launch.start_run(config, workdir, 'train')
+  score = during_training.scorer(config, t, 'train')   # before compiling: its settings checked
   model = audiox.build_model(config.model)
   tx = optim.make_optimizer(t.optim, t.total_steps)
   init_fn = state_lib.make_init_fn(model, config, tx)
@@ -91,7 +93,8 @@ def train(config, workdir: str) -> None:
       mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='train',
       evaluate=evaluation.make(
           config, t, 'train', model,
-          lambda s: state_lib.inference_params(s, t, use_ema=t.ema.enabled), mesh, rules))
+          lambda s: state_lib.inference_params(s, t, use_ema=t.ema.enabled), mesh, rules,
+          score=score))
   curve = reporter.close()
 
   if t.export_ema or not t.ema.enabled:

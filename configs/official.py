@@ -154,6 +154,8 @@ def train_config() -> mlc.ConfigDict:
   t.log_every = 50
   t.eval_every = 0                 # held-out loss of the EMA weights (runtime/evaluation.py); 0 = off
   t.eval_sample_steps = 25         # and their Euler samples of one held-out clip per task; 0 = none
+  t.eval_event_clips = 0           # and the event benchmark on that many embedded held-out clips
+  t.eval_event_steps = (25,)       # at these Euler step counts, no CFG (eval/during_training.py)
   t.checkpoint_every = 10_000      # official defaults.ini
   t.keep_checkpoints = 3
   t.async_checkpointing = True
@@ -192,6 +194,8 @@ def distill_config() -> mlc.ConfigDict:
   d.log_every = 50
   d.eval_every = 0                 # held-out loss of the student's EMA (runtime/evaluation.py)
   d.eval_sample_steps = 4          # and its samples (student sampler) of a clip per task; 0 = none
+  d.eval_event_clips = 0           # and the event benchmark on that many embedded held-out clips
+  d.eval_event_steps = (1, 2, 4)   # at these student step counts (eval/during_training.py)
   d.checkpoint_every = 2_000
   d.keep_checkpoints = 3
   d.async_checkpointing = True

@@ -87,3 +87,58 @@ def test_one_step_samplers_are_the_x0_prediction_from_noise():
   expected = z - apply(z, jnp.ones(z.shape[0]), cond, method='velocity')
   np.testing.assert_allclose(np.asarray(euler), np.asarray(expected), atol=1e-5)
   np.testing.assert_allclose(np.asarray(student), np.asarray(expected), atol=1e-5)
+
+
+def _half_second_micro():
+  """The micro config with 0.5 s clips at 16 kHz (the embedded clips' shortest)."""
+  c = micro_train_config.get_config()
+  c.model.audio_samples = c.model.prompt_samples = 8000
+  c.model.trunk.seq_len = c.model.audio_prompt.latent_seq_len = 500   # patch codec hop 16
+  return c
+
+
+def test_event_scorer_is_the_cli_benchmark_on_the_weights_it_is_given():
+  """The in-training event benchmark (axturbo/eval/during_training.py) swaps weights into one
+  Generator: after the swap it generates what a fresh Generator of those weights generates,
+  and its metrics are the eval CLI path's (`benchmark.run_events`) on them."""
+  from axturbo.eval import benchmark, during_training
+  from axturbo.generation import Generator, Request, SamplerOptions
+  c = _half_second_micro()
+  c.train.eval_event_clips, c.train.eval_event_steps = 2, (2,)
+  score = during_training.scorer(c, c.train, 'train')
+  init = jax.jit(lambda k: nn.unbox(audiox.init_params(audiox.build_model(c.model), c.model, k)))
+  first, second = init(jax.random.PRNGKey(0)), init(jax.random.PRNGKey(1))
+  score(first)
+  got = score(second)
+  fresh = Generator(c.model, second, kind='teacher')
+  want = benchmark.run_events(score.clips, benchmark.model_generator(fresh, score.options(2)),
+                              c.model.sample_rate, during_training.TASKS)['metrics']
+  assert got == {f'events/{k}': v for k, v in want.items() if v is not None}
+  assert {'events/cat', 'events/sync_v2a', 'events/inpaint'} <= set(got)
+  options = SamplerOptions(sampler='teacher', steps=2, cfg_scale=1.0)
+  request = Request(text='a bell')
+  swapped = score.generator.generate(request, options)[0].waveform
+  np.testing.assert_array_equal(swapped, fresh.generate(request, options)[0].waveform)
+  assert not np.array_equal(swapped, Generator(c.model, first, kind='teacher').generate(
+      request, options)[0].waveform)
+
+
+@pytest.mark.parametrize('where,field,value,needle', [
+    ('distill', 'eval_event_steps', (3,), 'config.distill.eval_event_steps=(3,): '),
+    ('train', 'eval_event_clips', 2, "config.data.source is 'synthetic'"),
+])
+def test_event_scorer_settings_are_one_line_errors(where, field, value, needle):
+  from axturbo.eval import during_training
+  c = _half_second_micro()
+  section = c[where]
+  section.eval_event_clips = 2
+  section[field] = value
+  if needle.startswith('config.data'):
+    c.data.source = 'synthetic'
+  with pytest.raises(ValueError, match=needle.replace('(', r'\(').replace(')', r'\)')):
+    during_training.scorer(c, section, where)
+  c.model.audio_samples = 800   # 0.05 s clips: too short for the embedded dataset
+  c.data.source = 'embedded'
+  section.eval_event_steps = (4,) if where == 'distill' else (25,)
+  with pytest.raises(ValueError, match='held-out clips of this model cannot be made'):
+    during_training.scorer(c, section, where)

@@ -157,6 +157,14 @@ class Generator:
     return cls(m, params, kind=kind, meta=meta, source=str(checkpoint_dir),
                tokenizer=tokenizers.build_tokenizer(m.text, checkpoint_dir))
 
+  def replace_params(self, params: Any) -> None:
+    """New weights of the same tree (in-training evaluation): the compiled programs take the
+    parameters as an argument and stay; what was computed from the old weights is dropped."""
+    new = jax.tree.map(jnp.asarray, nn.unbox(params))
+    if jax.tree.structure(new) != jax.tree.structure(self.params):
+      raise ValueError(f'{self.source}: replace_params needs the same parameter tree')
+    self.params, self._silent_tokens = new, None
+
   # ------------------------------------------------------------------------------ stages
 
   def sync_features(self, video_path: str) -> np.ndarray:

@@ -94,11 +94,14 @@ class Evaluator:
   `params_fn(state)` and its samples of the fixed prompts.
 
   model: the AudioX module; params_fn: state -> the full parameter tree to score (EMA merged);
-  data_iter: the held-out split's iterator (its first batch is kept); seed: the noise.
+  data_iter: the held-out split's iterator (its first batch is kept); seed: the noise;
+  score: params -> more scalars (the event benchmark, `axturbo.eval.during_training`), or None.
   """
 
   def __init__(self, model, config, params_fn: Callable[[Any], Any], data_iter, mesh, rules,
-               seed: int, sample_steps: int = 0, student: bool = False):
+               seed: int, sample_steps: int = 0, student: bool = False,
+               score: Callable[[Any], dict[str, float]] | None = None):
+    self.score = score
     from jax.sharding import NamedSharding, PartitionSpec as P
     local = next(data_iter)
     self.sample_rate = config.model.sample_rate
@@ -156,17 +159,22 @@ class Evaluator:
       audio = np.asarray(jax.device_get(audio), np.float32)
       for (name, _), clip in zip(self.prompts, audio):
         clips[f'samples/{name}'] = np.clip(clip.mean(axis=-1), -1.0, 1.0)
-    return summarize(out['loss'], out['task'], out['valid']), clips
+    scalars = summarize(out['loss'], out['task'], out['valid'])
+    if self.score is not None:
+      scalars.update(self.score(params))
+    return scalars, clips
 
 
-def make(config, section, where: str, model, params_fn: Callable[[Any], Any], mesh, rules
-         ) -> Callable[[Any], dict] | None:
+def make(config, section, where: str, model, params_fn: Callable[[Any], Any], mesh, rules,
+         score: Callable[[Any], dict[str, float]] | None = None) -> Callable[[Any], dict] | None:
   """The evaluator of `section` (`config.train` or `config.distill`, named `where`), reading
-  the held-out split of its `data_source`; None when `section.eval_every` is 0."""
+  the held-out split of its `data_source`, with `score`'s scalars added; None when
+  `section.eval_every` is 0."""
   if not section.eval_every:
     return None
   from axturbo.runtime import launch
   heldout = launch.make_data_iterator(config, section.data_source, f'{where}.data_source',
                                       jax.process_index(), jax.process_count(), split='heldout')
   return Evaluator(model, config, params_fn, heldout, mesh, rules, seed=config.seed,
-                   sample_steps=section.eval_sample_steps, student=where == 'distill')
+                   sample_steps=section.eval_sample_steps, student=where == 'distill',
+                   score=score)

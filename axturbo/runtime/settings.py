@@ -78,6 +78,11 @@ def check_loop(section, where: str) -> None:
   number(section, 'checkpoint_every', where, low=1, integer=True)
   number(section, 'eval_every', where, low=0, integer=True)
   number(section, 'eval_sample_steps', where, low=0, integer=True)
+  number(section, 'eval_event_clips', where, low=0, integer=True)
+  steps = tuple(section.eval_event_steps)
+  if section.eval_event_clips and (not steps or any(
+      isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps)):
+    raise ValueError(f'{where}.eval_event_steps={steps}: one or more step counts >= 1')
   number(section, 'keep_checkpoints', where, low=1, integer=True)
   number(section, 'peak_flops_per_device', where, low=0, low_open=True)
   choice(section, 'data_source', where, ('pipeline', 'synthetic'))
