@@ -140,8 +140,8 @@ def start_run(config, workdir, log_name: str):
   (`workdir_lock`: one run at a time), starts its log file (`log_to_workdir`), logs this
   process's devices, builds the mesh from `config.mesh` (checking that
   `config.data.batch_size` divides over it), and records the run (`run_record`: config.json,
-  run_record.json; a resume under a changed `model.*` config stops here). Returns (absolute workdir as an epath.Path, mesh,
-  logical-axis rules)."""
+  run_record.json; a resume under a changed `model.*` config stops here). Returns (absolute
+  workdir as an epath.Path, mesh, logical-axis rules)."""
   import jax
 
   from axturbo.runtime import checkpoints, profiling, run_record, sharding, workdir_lock
