@@ -10,14 +10,18 @@ import math
 import tempfile
 
 import numpy as np
-import torch
-import transformers
 from safetensors.numpy import load_file
 
 from tests.fixture_io import FIXTURES, save_fixture
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
+# torch and transformers are imported where used: the fixture list (HF_FIXTURES) is read by
+# tests/test_fixtures_readme.py in the Python 3.12 environment, which has no torch.
+
+
+def _randomize(model, seed: int) -> None:
+  """Re-draws every parameter of a torch module in place."""
+  import torch
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
@@ -39,10 +43,14 @@ def _saved_state(model) -> dict:
 
 
 def _versions() -> dict:
+  import torch
+  import transformers
   return {'torch': torch.__version__, 'transformers': transformers.__version__}
 
 
 def make_t5(name: str, feed_forward_proj: str, seed: int, folder=FIXTURES) -> None:
+  import torch
+  import transformers
   cfg = transformers.T5Config(vocab_size=64, d_model=32, d_kv=6, d_ff=48, num_layers=2,
                               num_heads=4, relative_attention_num_buckets=16,
                               relative_attention_max_distance=20, dropout_rate=0.0,
@@ -73,6 +81,8 @@ def make_t5(name: str, feed_forward_proj: str, seed: int, folder=FIXTURES) -> No
 
 
 def make_clip(name: str, seed: int, folder=FIXTURES) -> None:
+  import torch
+  import transformers
   cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, image_size=32, patch_size=8,
                                       projection_dim=16, hidden_act='quick_gelu',
