@@ -217,14 +217,17 @@ def test_read_only_out_leaves_nothing_and_names_the_path(tmp_path):
     assert _outputs(out) == ['0000_a.json', '0000_a.wav']
 
 
-def test_late_tensorstore_writes_go_to_the_log_file(tmp_path):
-  """The full-disk race behind test_train_on_a_full_disk_is_one_line (orbax closes its event
-  loop while tensorstore writes are in flight): each late write's 'Event loop is closed' goes
-  to the run's log, never to the previous (console) hook; any other unraisable error does."""
+def test_late_library_async_errors_go_to_the_log_file(tmp_path):
+  """The full-disk and damaged-checkpoint races behind test_train_on_a_full_disk_is_one_line
+  and test_train_console_export_refresh_and_checkpoint_fallback: a late tensorstore write's
+  'Event loop is closed', an error raised inside orbax's code after the run stopped, and
+  an orbax coroutine never awaited all go to the run's log, never to the console; any other
+  unraisable error or warning does."""
   import asyncio
   import gc
   import logging
   import sys
+  import warnings
   from axturbo.runtime import launch
 
   class LateWriter:
@@ -236,9 +239,16 @@ def test_late_tensorstore_writes_go_to_the_log_file(tmp_path):
         raise self.error
       self.loop.call_soon_threadsafe(print)   # raises: the loop is closed
 
+  # An object whose finalizer runs code compiled as if it were orbax's.
+  orbax_file = f'{sys.prefix}/lib/site-packages/orbax/checkpoint/serialization.py'
+  namespace = {}
+  exec(compile('def read():\n  raise Exception("Encountered error while reading array")\n',
+               orbax_file, 'exec'), namespace)
+  orbax_read = type('OrbaxRead', (), {'__del__': lambda self: namespace['read']()})
+
   loop = asyncio.new_event_loop()
   loop.close()
-  console = []
+  console, shown = [], []
   log = logging.FileHandler(tmp_path / 'run.log')
   previous, logger = sys.unraisablehook, launch._traceback_logger()
   level = logger.level
@@ -248,13 +258,21 @@ def test_late_tensorstore_writes_go_to_the_log_file(tmp_path):
     sys.unraisablehook = launch._late_writer_hook(lambda u: console.append(u.exc_value))
     LateWriter(loop)
     gc.collect()
+    orbax_read()
+    gc.collect()
     LateWriter(loop, ValueError('a real bug'))
     gc.collect()
+    show = launch._unawaited_coroutines_to_log(lambda m, *a: shown.append(str(m)))
+    show(RuntimeWarning("coroutine '_write_array' was never awaited"), RuntimeWarning, 'sys', 1)
+    show(RuntimeWarning('overflow in exp'), RuntimeWarning, 'x.py', 3)
+    show(UserWarning('was never awaited'), UserWarning, 'y.py', 4)
   finally:
     sys.unraisablehook = previous
     logger.removeHandler(log)
     logger.setLevel(level)
     log.close()
   assert [str(e) for e in console] == ['a real bug']
+  assert shown == ['overflow in exp', 'was never awaited']
   text = (tmp_path / 'run.log').read_text()
-  assert 'late tensorstore write' in text and 'Event loop is closed' in text, text
+  assert 'Event loop is closed' in text and 'Encountered error while reading array' in text
+  assert "coroutine '_write_array' was never awaited" in text, text

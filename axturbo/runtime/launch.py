@@ -10,6 +10,7 @@ import logging as pylogging
 import os
 import pathlib
 import sys
+import warnings
 
 from absl import flags
 from absl import logging
@@ -185,24 +186,51 @@ class _RunLogHandler(pylogging.FileHandler):
     del record
 
 
+def _library_async_error(exc_type, exc_value, tb) -> bool:
+  """Whether an error nobody could catch comes from orbax's or tensorstore's async I/O."""
+  if exc_type is RuntimeError and str(exc_value) == 'Event loop is closed':
+    return True
+  while tb is not None:
+    if any(f'{os.sep}{name}{os.sep}' in tb.tb_frame.f_code.co_filename
+           for name in ('orbax', 'tensorstore')):
+      return True
+    tb = tb.tb_next
+  return False
+
+
 def _late_writer_hook(previous):
-  """sys.unraisablehook that sends one known library race to the log file: after an async
-  checkpoint write fails (a full disk), orbax closes its event loop while tensorstore's other
-  writes are still in flight; each of them, finishing later on its own thread, reports
-  'Event loop is closed' as an unraisable error: hundreds of tracebacks around the run's one
-  `error:` line. Everything else goes to `previous`."""
+  """sys.unraisablehook that sends orbax's and tensorstore's leftover async errors to the log
+  file. When one checkpoint read or write fails (a full disk, a damaged file), the run stops
+  with one `error:` line, but the sibling reads and writes still in flight fail later on their
+  own (a closed event loop, a coroutine closed mid-read) and Python prints each as 'Exception
+  ignored in': hundreds of tracebacks around that line. Everything else goes to `previous`."""
 
   def hook(unraisable):
-    if (unraisable.exc_type is RuntimeError
-        and str(unraisable.exc_value) == 'Event loop is closed'):
+    if _library_async_error(unraisable.exc_type, unraisable.exc_value,
+                            unraisable.exc_traceback):
       _traceback_logger().info(
-          'late tensorstore write after its event loop closed',
+          'late orbax/tensorstore error after the run handled the first one',
           exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
       return
     previous(unraisable)
 
   hook.axturbo_late_writer = True
   return hook
+
+
+def _unawaited_coroutines_to_log(previous):
+  """warnings.showwarning that sends 'coroutine ... was never awaited' to the log file: this
+  project has no coroutines, and orbax's, abandoned after a failed checkpoint write, warn at
+  exit, after the run's `error:` line."""
+
+  def show(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, RuntimeWarning) and 'was never awaited' in str(message):
+      _traceback_logger().info('%s:%s: %s', filename, lineno, message)
+      return
+    previous(message, category, filename, lineno, file, line)
+
+  show.axturbo_unawaited = True
+  return show
 
 
 def log_to_workdir(path) -> pathlib.Path:
@@ -224,6 +252,8 @@ def log_to_workdir(path) -> pathlib.Path:
   _traceback_logger().addHandler(handler)
   if not getattr(sys.unraisablehook, 'axturbo_late_writer', False):
     sys.unraisablehook = _late_writer_hook(sys.unraisablehook)
+  if not getattr(warnings.showwarning, 'axturbo_unawaited', False):
+    warnings.showwarning = _unawaited_coroutines_to_log(warnings.showwarning)
   absl_handler = logging.get_absl_handler()
   if not (flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].present):
     if _console_filter not in absl_handler.filters:
