@@ -22,6 +22,8 @@ def get_config(arg=None):
   t.total_steps = 6
   t.log_every = 2
   t.checkpoint_every = 2
+  t.eval_every = c.distill.eval_every = 0            # a test turns evaluation on itself
+  t.eval_event_clips = c.distill.eval_event_clips = 0
   t.ema.beta = 0.9
   t.optim.warmup_steps = 0                           # the first step already moves params
   # Adam divides by sqrt(v) + eps: with the default 1e-8 a parameter whose gradient is rounding

@@ -71,6 +71,26 @@ def test_scores_catch_wrong_outputs(clips):
     benchmark.make_requests(clips, ('t2a', 'speech'))
 
 
+def test_t2a_takes_more_clips_than_the_other_tasks(clips):
+  """clips_per_task: t2a over the first 12 clips, v2a over the first 5; each task's metrics
+  count exactly its own clips, and the first clips' judgments do not depend on how many follow."""
+  sr = tiny.model_config().sample_rate
+  res = benchmark.run_events(clips, benchmark.reference_generator(clips), sr, ('t2a', 'v2a'),
+                             {'t2a': 12, 'v2a': 5})
+  assert [(r['task'], r['clip']) for r in res['per_request']] == (
+      [('t2a', i) for i in range(12)] + [('v2a', i) for i in range(5)])
+  styles = [c['caption_style'] for c in clips[:12]]
+  assert res['num_clips']['cat'] == 12 and res['num_clips']['sync_v2a'] == 5
+  assert res['num_clips']['count'] == styles.count('count')
+  swapped = lambda reqs: [clips[(r.clip + 1) % len(clips)]['waveform'] for r in reqs]
+  few = benchmark.run_events(clips[:5], swapped, sr, ('t2a',))
+  many = benchmark.run_events(clips, swapped, sr, ('t2a',), {'t2a': 12})
+  assert many['per_request'][:5] == few['per_request']
+  for bad in (0, len(clips) + 1):
+    with pytest.raises(ValueError, match=f't2a: {bad} clips asked, {len(clips)} made'):
+      benchmark.make_requests(clips, ('t2a',), {'t2a': bad})
+
+
 # ---------------------------------------------------------------------------- efficiency
 
 def test_nfe_follows_the_samplers():
@@ -169,15 +189,15 @@ def _eval(tmp_path, *args):
 
 _SAMPLER_FLAGS = {'steps', 'teacher', 'cfg', 'seed'}
 _SUITE_FLAGS = {   # what each suite reads (axturbo/eval/cli.py), and --compile_cache
-    'events': {'checkpoint', 'out', 'clips', 'tasks', 'batch_size', 'keep_unmasked',
-               'duration_s', 'compile_cache'} | _SAMPLER_FLAGS,
+    'events': {'checkpoint', 'out', 'clips', 't2a_clips', 'tasks', 'batch_size',
+               'keep_unmasked', 'duration_s', 'compile_cache'} | _SAMPLER_FLAGS,
     'manifest': {'checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', 'clips',
                  'batch_size', 'compile_cache'} | _SAMPLER_FLAGS,
     'long': {'checkpoint', 'out', 'clips', 'tasks', 'batch_size', 'long_windows', 'overlap_s',
              'tail_s', 'join', 'short_s', 'compile_cache'} | _SAMPLER_FLAGS,
     'table': {'teacher_checkpoint', 'student_checkpoint', 'out', 'teacher_steps',
-              'student_steps', 'undistilled_steps', 'cfg', 'runs', 'warmup', 'clips', 'tasks',
-              'batch_size', 'seed', 'duration_s', 'compile_cache'},
+              'student_steps', 'undistilled_steps', 'cfg', 'runs', 'warmup', 'clips',
+              't2a_clips', 'tasks', 'batch_size', 'seed', 'duration_s', 'compile_cache'},
 }
 
 
@@ -255,8 +275,8 @@ def test_cli_table_suite(tiny_checkpoint, tiny_teacher_checkpoint, tmp_path):
   out = tmp_path / 'table'
   run = _cli(tmp_path, '--suite=table', f'--teacher_checkpoint={tiny_teacher_checkpoint}',
              f'--student_checkpoint={tiny_checkpoint}', '--teacher_steps=1',
-             '--undistilled_steps=1', '--student_steps=1', '--runs=2', '--warmup=1', '--clips=2', '--batch_size=2',
-             '--tasks=t2a', f'--out={out}')
+             '--undistilled_steps=1', '--student_steps=1', '--runs=2', '--warmup=1', '--clips=2',
+             '--t2a_clips=5', '--batch_size=2', '--tasks=t2a,v2a', f'--out={out}')
   assert run.returncode == 0, run.stderr[-3000:]
   res = json.loads((out / 'results.json').read_text())
   rows = res['rows']
@@ -265,9 +285,12 @@ def test_cli_table_suite(tiny_checkpoint, tiny_teacher_checkpoint, tmp_path):
   for r in rows:
     assert len(r['runs_s']) == 2 and r['latency_mean_s'] == pytest.approx(np.mean(r['runs_s']))
     assert r['rtf'] == pytest.approx(r['latency_mean_s'] / r['duration_s'])
-    assert set(r['metrics']) == {'cat', 'count', 'order', 'timestamp'}
+    assert set(r['metrics']) == {'cat', 'count', 'order', 'timestamp', 'sync_v2a'}
+    assert r['num_clips']['cat'] == 5 and r['num_clips']['sync_v2a'] == 2
     _check_fractions(r['metrics'], r['num_clips'])
+  assert (res['clips'], res['t2a_clips']) == (2, 5)
   md = (out / 'results.md').read_text()
+  assert '(5 held-out clips for t2a, 2 for the other tasks,' in md
   assert '| Model | Steps | NFE | Latency (s) | RTF | Cat (%)' in md
   assert md.count('| teacher (Euler, CFG 6) | 1 | 2 |') == 1
   assert md.count('| student (denoise-renoise) | 1 | 1 |') == 1

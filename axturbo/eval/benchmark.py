@@ -28,7 +28,7 @@ clip's annotations with `event_scores.score_clip`; all values are fractions in [
 import dataclasses
 import math
 import types
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -82,11 +82,18 @@ def heldout_clips(m, num_clips: int, duration_s: float | None = None) -> list[di
           for i in range(num_clips)]
 
 
-def make_requests(clips: Sequence[dict], tasks: Sequence[str] = TASKS) -> list[Request]:
-  """Requests grouped by task (same input structure, hence the same compiled shapes)."""
+def make_requests(clips: Sequence[dict], tasks: Sequence[str] = TASKS,
+                  clips_per_task: Mapping[str, int] | None = None) -> list[Request]:
+  """Requests grouped by task (same input structure, hence the same compiled shapes), each
+  task over the first `clips_per_task[task]` clips (default: all). T2A needs more than the
+  others: its Cnt, Ord and TS each judge only the clips whose caption asks for them."""
   unknown = [t for t in tasks if t not in TASKS]
   if unknown:
     raise ValueError(f'--tasks: unknown {unknown}; known: {list(TASKS)}')
+  counts = {t: len(clips) for t in tasks} | dict(clips_per_task or {})
+  for t in tasks:
+    if not 1 <= counts[t] <= len(clips):
+      raise ValueError(f'{t}: {counts[t]} clips asked, {len(clips)} made')
   build = {
       't2a': lambda c: {'text': c['caption']},
       'v2a': lambda c: {'text': '', 'video': c['video']},
@@ -96,7 +103,7 @@ def make_requests(clips: Sequence[dict], tasks: Sequence[str] = TASKS) -> list[R
       'continuation': lambda c: {'text': c['caption'], 'audio': c['continuation_prompt'],
                                  'continuation': True},
   }
-  return [Request(t, i, build[t](c)) for t in tasks for i, c in enumerate(clips)]
+  return [Request(t, i, build[t](c)) for t in tasks for i, c in enumerate(clips[:counts[t]])]
 
 
 # ---------------------------------------------------------------------------- generators
@@ -256,12 +263,13 @@ def summarize(records: Sequence[dict]) -> tuple[dict, dict, dict]:
 
 
 def run_events(clips: Sequence[dict], generate_fn: GenerateFn, sample_rate: int,
-               tasks: Sequence[str] = TASKS) -> dict:
-  """Generates every request with `generate_fn` and scores it.
+               tasks: Sequence[str] = TASKS,
+               clips_per_task: Mapping[str, int] | None = None) -> dict:
+  """Generates every request (`make_requests`) with `generate_fn` and scores it.
 
   Returns {'metrics', 'num_clips', 'details', 'per_request'} (see `summarize`).
   """
-  requests = make_requests(clips, tasks)
+  requests = make_requests(clips, tasks, clips_per_task)
   waves = generate_fn(requests)
   if len(waves) != len(requests):
     raise ValueError(f'the generator returned {len(waves)} outputs for {len(requests)} requests')

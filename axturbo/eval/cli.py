@@ -52,6 +52,9 @@ _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: 4 student
 _TEACHER = flags.DEFINE_bool('teacher', False, 'Use the teacher sampler (Euler + CFG).')
 _CFG = flags.DEFINE_float('cfg', None, 'CFG scale of the teacher sampler (default 6).')
 _CLIPS = flags.DEFINE_integer('clips', 64, 'Held-out clips (manifest: manifest lines).')
+_T2A_CLIPS = flags.DEFINE_integer(
+    't2a_clips', None, 'Held-out clips for t2a (default: --clips). Cnt, Ord and TS each judge '
+    'the clips whose caption asks for them, about a quarter: 288 gives each at least 64.')
 _TASKS = flags.DEFINE_list('tasks', list(benchmark.TASKS), 'Event benchmark tasks.')
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Prompts generated per call.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (clip i uses seed + i).')
@@ -81,15 +84,15 @@ _COMPILE_CACHE = compile_cache.define_flag()
 # refused (it would be silently ignored otherwise). --compile_cache and absl's own are shared.
 _SAMPLER = ('steps', 'teacher', 'cfg', 'seed')
 SUITES = {
-    'events': ('checkpoint', 'out', *_SAMPLER, 'clips', 'tasks', 'batch_size', 'keep_unmasked',
-               'duration_s'),
+    'events': ('checkpoint', 'out', *_SAMPLER, 'clips', 't2a_clips', 'tasks', 'batch_size',
+               'keep_unmasked', 'duration_s'),
     'manifest': ('checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', *_SAMPLER,
                  'clips', 'batch_size'),
     'long': ('checkpoint', 'out', *_SAMPLER, 'clips', 'tasks', 'batch_size', 'long_windows',
              'overlap_s', 'tail_s', 'join', 'short_s'),
     'table': ('teacher_checkpoint', 'student_checkpoint', 'out', 'teacher_steps',
-              'student_steps', 'undistilled_steps', 'cfg', 'runs', 'warmup', 'clips', 'tasks',
-              'batch_size', 'seed', 'duration_s'),
+              'student_steps', 'undistilled_steps', 'cfg', 'runs', 'warmup', 'clips',
+              't2a_clips', 'tasks', 'batch_size', 'seed', 'duration_s'),
 }
 _HELP = ('--help', '-help', '-h', '--helpshort', '-helpshort', '-?')
 
@@ -109,26 +112,47 @@ def _sampler_options(gen) -> SamplerOptions:
                                     steps=_STEPS.value, cfg_scale=_CFG.value, seed=_SEED.value))
 
 
+def _heldout(m) -> list[dict]:
+  """The held-out clips of --clips and --t2a_clips (the first max of the two)."""
+  for name, value in (('clips', _CLIPS.value), ('t2a_clips', _T2A_CLIPS.value)):
+    if value is not None and value < 1:
+      raise ValueError(f'--{name} must be >= 1, got {value}')
+  return benchmark.heldout_clips(m, max(_CLIPS.value, _T2A_CLIPS.value or 0), _DURATION.value)
+
+
+def _clips_per_task() -> dict[str, int]:
+  return {t: _T2A_CLIPS.value if t == 't2a' and _T2A_CLIPS.value else _CLIPS.value
+          for t in _TASKS.value}
+
+
+def _clips_phrase() -> str:
+  if _T2A_CLIPS.value in (None, _CLIPS.value) or 't2a' not in _TASKS.value:
+    return f'{_CLIPS.value} held-out clips'
+  return f'{_T2A_CLIPS.value} held-out clips for t2a, {_CLIPS.value} for the other tasks'
+
+
 def _events() -> tuple[dict, str]:
   from axturbo.eval import efficiency
   gen = _load(_CHECKPOINT.value)
   options = _sampler_options(gen)
   sampler, steps, cfg = options.sampler, options.steps, options.cfg_scale
-  clips = benchmark.heldout_clips(gen.config, _CLIPS.value, _DURATION.value)
-  requests = benchmark.make_requests(clips, _TASKS.value)
+  clips = _heldout(gen.config)
+  requests = benchmark.make_requests(clips, _TASKS.value, _clips_per_task())
   bar = jobs.Progress(len(requests), f'{sampler} {steps} steps')
   generate_fn = benchmark.model_generator(gen, options, batch_size=_BATCH.value,
                                           keep_unmasked=_KEEP.value, progress=bar)
-  result = benchmark.run_events(clips, generate_fn, gen.config.sample_rate, _TASKS.value)
+  result = benchmark.run_events(clips, generate_fn, gen.config.sample_rate, _TASKS.value,
+                                _clips_per_task())
   bar.close()
   header = {'suite': 'events', 'checkpoint': str(_CHECKPOINT.value), 'kind': gen.kind,
             'sampler': sampler, 'steps': steps, 'cfg_scale': cfg,
             'nfe': efficiency.nfe(sampler, steps, cfg), 'seed': _SEED.value,
-            'clips': len(clips), 'duration_s': clips[0]['duration_s'],
-            'sample_rate': gen.config.sample_rate, 'tasks': list(_TASKS.value),
+            'clips': _CLIPS.value, 't2a_clips': _T2A_CLIPS.value or _CLIPS.value,
+            'duration_s': clips[0]['duration_s'], 'sample_rate': gen.config.sample_rate,
+            'tasks': list(_TASKS.value),
             'keep_unmasked': _KEEP.value}
   title = (f'Event benchmark: {_CHECKPOINT.value}, {sampler} sampler, {steps} steps, '
-           f'CFG {cfg:g}, NFE {header["nfe"]}, {len(clips)} held-out clips')
+           f'CFG {cfg:g}, NFE {header["nfe"]}, {_clips_phrase()}')
   return {**header, **result}, benchmark.events_markdown(result, title)
 
 
@@ -216,15 +240,17 @@ def _table() -> tuple[dict, str]:
   if _STUDENT_CKPT.value:
     gens['student'] = _load(_STUDENT_CKPT.value, kind='student')
   m = next(iter(gens.values())).config
-  clips = benchmark.heldout_clips(m, _CLIPS.value, _DURATION.value)
+  clips = _heldout(m)
   results = efficiency.run_table(gens, rows, clips, runs=_RUNS.value, warmup=_WARMUP.value,
                                  batch_size=_BATCH.value, seed=_SEED.value, tasks=_TASKS.value,
+                                 clips_per_task=_clips_per_task(),
                                  progress_factory=jobs.Progress)
   result = {'suite': 'table', 'teacher_checkpoint': _TEACHER_CKPT.value,
-            'student_checkpoint': _STUDENT_CKPT.value, 'clips': len(clips),
+            'student_checkpoint': _STUDENT_CKPT.value, 'clips': _CLIPS.value,
+            't2a_clips': _T2A_CLIPS.value or _CLIPS.value,
             'runs': _RUNS.value, 'warmup': _WARMUP.value, 'seed': _SEED.value,
             'tasks': list(_TASKS.value), 'rows': results}
-  title = (f'Efficiency and event benchmark ({len(clips)} held-out clips, latency at batch '
+  title = (f'Efficiency and event benchmark ({_clips_phrase()}, latency at batch '
            f'size 1 over {_RUNS.value} runs after {_WARMUP.value} warm-ups)')
   return result, efficiency.table_markdown(results, title)
 

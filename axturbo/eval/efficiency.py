@@ -10,7 +10,7 @@ NFE = steps):
 """
 import dataclasses
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -111,20 +111,23 @@ def table_rows(teacher_steps: Sequence[int], student_steps: Sequence[int], cfg_s
 
 def run_table(generators: dict, rows: Sequence[RowConfig], clips: Sequence[dict], *,
               runs: int, warmup: int, batch_size: int, seed: int = 0,
-              tasks: Sequence[str] = benchmark.TASKS, progress_factory=None) -> list[dict]:
+              tasks: Sequence[str] = benchmark.TASKS,
+              clips_per_task: Mapping[str, int] | None = None, progress_factory=None) -> list[dict]:
   """Latency + event scores for every row; `generators` maps 'teacher'/'student' to a
-  `Generator`. `progress_factory(total, desc)` makes a progress bar (or None)."""
+  `Generator`; `clips_per_task` as `benchmark.make_requests`. `progress_factory(total, desc)`
+  makes a progress bar (or None)."""
   out = []
   for row in rows:
     gen = generators[row.model]
     timing = measure_latency(gen, row.sampler, row.steps, row.cfg_scale, runs=runs,
                              warmup=warmup, text=clips[0]['caption'], seed=seed)
-    n = len(benchmark.make_requests(clips, tasks))
+    n = len(benchmark.make_requests(clips, tasks, clips_per_task))
     bar = progress_factory(n, f'{row.label}, {row.steps} steps') if progress_factory else None
     options = SamplerOptions(sampler=row.sampler, steps=row.steps, cfg_scale=row.cfg_scale,
                              seed=seed)
     generate_fn = benchmark.model_generator(gen, options, batch_size=batch_size, progress=bar)
-    scores = benchmark.run_events(clips, generate_fn, gen.config.sample_rate, tasks)
+    scores = benchmark.run_events(clips, generate_fn, gen.config.sample_rate, tasks,
+                                  clips_per_task)
     if bar is not None:
       bar.close()
     out.append({'label': row.label, **dataclasses.asdict(row), **timing,

@@ -13,6 +13,7 @@ Deliberate difference: a still image is repeated as uint8 frames in [0, 255]. Th
 again (near-black frames); `official_image_scaling=True` reproduces that.
 """
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -165,17 +166,23 @@ def prepare_audio(wave: np.ndarray, rate: int, sample_rate: int, what: str = 'au
     return audio_io.conform(wave, rate, sample_rate, what)
 
 
+@functools.lru_cache(maxsize=256)
+def _note_once(message: str):
+  """Logs `message` the first time only: a benchmark pads every one of its (equal-length)
+  prompts the same way, and a line per prompt would bury the console."""
+  logging.info(message)
+
+
 def fit_prompt(wave: np.ndarray, n: int, pad: str = 'left') -> tuple[np.ndarray, int]:
   """(N, 2) -> ((n, 2), offset): the first n samples, zero-padded to n on `pad` ('left' is the
   official `load_and_process_audio`). `offset` is where the audio starts in the result."""
   if pad not in ('left', 'right'):
     raise ValueError(f"pad must be 'left' or 'right', got {pad!r}")
   if wave.shape[0] > n:
-    logging.info('audio prompt of %d samples cropped to its first %d', wave.shape[0], n)
+    _note_once(f'audio prompt of {wave.shape[0]} samples cropped to its first {n}')
   missing = max(0, n - wave.shape[0])
   if missing > 0:
-    logging.info('audio prompt of %d samples padded with %d zeros on the %s', wave.shape[0],
-                 missing, pad)
+    _note_once(f'audio prompt of {wave.shape[0]} samples padded with {missing} zeros on the {pad}')
   if pad == 'left':
     return audio_io.left_pad_crop(wave, n), missing
   return audio_io.pad_crop(wave, 0, n), 0
