@@ -1,15 +1,20 @@
 """PANNs CNN14 port: parity with the public PyTorch reference and the checkpoint loader.
 
-Fixture tests/fixtures/cnn14_small.npz was written by .fixture_gen/gen_cnn14.py (not in the
-repository): it imports the public reference, qiuqiangkong/audioset_tagging_cnn
-pytorch/models.py (Cnn14) with qiuqiangkong/torchlibrosa (Spectrogram, LogmelFilterBank),
-builds Cnn14(sample_rate=8000, window_size=256, hop_size=80, mel_bins=64, fmin=50, fmax=3500,
+Fixture tests/fixtures/cnn14_small.npz: `python -m tests.fixtures.make_official --only
+cnn14_small` (tests/fixtures/README.md says how to point it at the reference). It imports the
+public reference, qiuqiangkong/audioset_tagging_cnn pytorch/models.py (Cnn14, ConvBlock) at d2f4b8c
+with qiuqiangkong/torchlibrosa (Spectrogram, LogmelFilterBank) at d4e8add, builds (torch seed 0)
+Cnn14(sample_rate=8000, window_size=256, hop_size=80, mel_bins=64, fmin=50, fmax=3500,
 classes_num=527), and, because the reference hard-codes its widths, re-instantiates
-conv_block1..6 with the reference ConvBlock class at widths (8, 16, 16, 32, 32, 64) and fc1 /
-fc_audioset at 64 hidden units, randomizes every BatchNorm's statistics and affine terms, and
-runs the reference forward() in eval mode on two 1 s clips. It stores the state dict (STFT and
-mel buffers included), the inputs, log-mel, embedding, logits and clip-wise output, and the
-full-size 32 kHz model's state-dict shapes.
+conv_block1..6 with the reference ConvBlock class (its xavier init) at widths
+(8, 16, 16, 32, 32, 64) and fc1 / fc_audioset as torch-default nn.Linear at 64 hidden units. Every
+BatchNorm is re-drawn (torch generator seed 81): weight 1 + N(0, 0.2^2), bias N(0, 0.2^2), running
+mean N(0, 0.5^2), running variance U(0.5, 1.5); bn0, which sees the log-mel in dB, mean
+-40 + N(0, 5^2) and variance U(50, 100). The reference forward() runs in eval mode, in float64, on
+two 1 s clips (numpy seed 82, stored as float32): 440 Hz and 1510 Hz tones plus noise, and noise
+for 0.5 s then silence (log-mel floor -100 dB). It stores the state dict (STFT and mel buffers
+included; float32), the inputs, log-mel (a hook on logmel_extractor), embedding, logits (a hook
+on fc_audioset) and clip-wise output, and the full-size 32 kHz model's state-dict shapes.
 """
 import flax.linen as nn
 import jax

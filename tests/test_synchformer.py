@@ -1,7 +1,8 @@
 """Synchformer video features (axturbo.models.synchformer) and their converter.
 
-Fixture tests/fixtures/synchformer_small.npz: made by an out-of-tree script with the official
-code at af50898 (torch 2.13.0+cpu, torchvision 0.28.0, timm 1.0.29, omegaconf 2.3.1).
+Fixture tests/fixtures/synchformer_small.npz: `python -m tests.fixtures.make_official --only
+synchformer_small` with the official code at af50898 (torch 2.13.0+cpu, torchvision 0.28.0,
+timm 1.0.29, omegaconf 2.3.1; tests/fixtures/README.md says how to set that up).
   * The official `Synchformer()` was built with its MotionFormer config
     (divided_224_16x4.yaml) shrunk to VIT.EMBED_DIM 32, DEPTH 2, NUM_HEADS 4 (patch 16,
     tubelet 2, 16-frame windows, 224 x 224, MLP ratio 4 as released), by wrapping the
