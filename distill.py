@@ -10,6 +10,15 @@ train.py (--distributed, or --coordinator_address/--num_processes/--process_id).
 See docs/guide/distilling.md. Exit codes, preemption and the workdir lock: as train.py (0 done, 1 a
 one-line error, 75 stopped by SIGTERM after saving a checkpoint, 130 Ctrl-C).
 
+An adapted student (docs/finetuning.md, "Distilling an adapted student"): with
+--config.distill.lora.enabled=True and --config.distill.init_student_from=STUDENT (a student
+export of the same model config, e.g. the released AudioX-Turbo), the student is STUDENT (frozen)
++ LoRA adapters and the fake model the teacher (frozen) + adapters; only the adapters and the
+discriminator heads train. --teacher may be a fine-tuned teacher (train.py's LoRA run writes
+its merged <workdir>/export). The run writes <workdir>/adapter (the student's adapters, on
+STUDENT: `sample.py --checkpoint STUDENT --lora <workdir>/adapter`) and <workdir>/export (STUDENT
+with them merged). init_student_from without LoRA starts a full student from STUDENT.
+
 Order: mesh -> teacher (sharded, checked) -> abstract state and shardings -> restore the latest
 checkpoint or initialize from the teacher -> compile the student and fake steps -> loop (the host
 picks the step kind from `dmd.updates_at`, logs, checkpoints) -> export the student (EMA).
@@ -40,22 +49,29 @@ def _plan(d, step: int) -> list[tuple[str, bool]]:
   return calls + ([('fake', True)] if f else [])
 
 
-def _check_same_teacher(workdir, teacher: str) -> None:
-  """A resumed run must distil from the same teacher it started with."""
+def _check_same_teacher(workdir, teacher: str, init_student_from: str = '') -> None:
+  """A resumed run must distil from the same teacher (and student start) it started with."""
   from axturbo.runtime import checkpoints
   record = workdir / 'teacher.json'
   teacher = str(checkpoints.as_path(teacher))
+  start = str(checkpoints.as_path(init_student_from)) if init_student_from else ''
   if record.is_file():
     try:
-      was = json.loads(record.read_text())['teacher']
-    except (ValueError, KeyError, TypeError):
+      recorded = json.loads(record.read_text())
+      was, was_start = recorded['teacher'], recorded.get('init_student_from', '')
+    except (ValueError, KeyError, TypeError, AttributeError):
       raise ValueError(f'{record}: not a teacher record ({{"teacher": "<path>"}}); it is written '
                        'when a run starts: restore it, or use a new workdir') from None
     if was != teacher:
       raise ValueError(f'{workdir} was started with --teacher {was}, not {teacher}; use a new '
                        'workdir (or the same teacher) to resume')
+    if was_start != start:
+      raise ValueError(f'{workdir} was started with --config.distill.init_student_from='
+                       f'{was_start!r}, not {start!r}; use a new workdir (or the same student) '
+                       'to resume')
   else:
-    record.write_text(json.dumps({'teacher': teacher}))
+    record.write_text(json.dumps({'teacher': teacher, **({'init_student_from': start}
+                                                         if start else {})}))
 
 
 def distill(config, teacher_dir: str, workdir: str):
@@ -64,7 +80,7 @@ def distill(config, teacher_dir: str, workdir: str):
   from axturbo.distill import state as state_lib, step as step_lib
   from axturbo.eval import during_training
   from axturbo.models import audiox
-  from axturbo.runtime import checkpoints, evaluation, loop, sharding
+  from axturbo.runtime import checkpoints, evaluation, lora, loop, sharding
   from axturbo.runtime import reporting
 
   if config.distill.batch_size and config.distill.batch_size != config.data.batch_size:
@@ -77,8 +93,17 @@ def distill(config, teacher_dir: str, workdir: str):
   score = during_training.scorer(config, d, 'distill')   # before compiling: settings checked
   model = audiox.build_model(config.model)
   teacher, teacher_shardings = state_lib.load_teacher(teacher_dir, model, config.model, mesh, rules)
+  student_start, student_frozen = None, None
+  if d.init_student_from:
+    student_start, _ = state_lib.load_student_start(d.init_student_from, model, config.model,
+                                                    mesh, rules)
+    student_frozen = state_lib.frozen_part(student_start, d)
+    if not bool(state_lib._trees_equal(student_frozen, state_lib.frozen_part(teacher, d))):
+      logging.warning('%s: its frozen subtrees (conditioners, VAE) differ from the teacher\'s; '
+                      'the student trains on the teacher\'s conditioner features, its export '
+                      'keeps its own', d.init_student_from)
   if jax.process_index() == 0:
-    _check_same_teacher(workdir, teacher_dir)
+    _check_same_teacher(workdir, teacher_dir, d.init_student_from)
   logging.info('teacher loaded from %s; mesh %s', teacher_dir, dict(mesh.shape))
 
   txs = step_lib.make_optimizers(d)
@@ -93,8 +118,17 @@ def distill(config, teacher_dir: str, workdir: str):
                  int(state.step), int(state.student_updates), int(state.fake_updates),
                  int(state.skipped))
   else:
-    state = state_lib.init_state(init_fn, shardings, config.seed, teacher, d)
-    logging.info('student and fake initialised from the teacher (checked identical)')
+    state = state_lib.init_state(init_fn, shardings, config.seed, teacher, d, student_start)
+    logging.info('student initialised from %s, fake from the teacher (checked identical%s)',
+                 d.init_student_from or 'the teacher',
+                 '; LoRA adapters with B = 0' if state_lib.lora_enabled(d) else '')
+  del student_start   # its frozen part stays (student_frozen), for the export
+  if state_lib.lora_enabled(d):
+    adapters = state.student[lora.ADAPTERS]
+    logging.info('LoRA rank %d, alpha %g on %d kernels of the student and of the fake: %.3f M '
+                 'adapter parameters each train, the student base (%s) and the teacher are frozen',
+                 d.lora.rank, d.lora.alpha, len(lora.modules(adapters)),
+                 sum(x.size for x in jax.tree.leaves(adapters)) / 1e6, d.init_student_from)
 
   jitted = step_lib.jit_steps(model, txs, config, mesh, shardings, teacher_shardings)
   plan = {c for s in range(d.student_steps_per_cycle + d.fake_steps_per_cycle
@@ -125,7 +159,7 @@ def distill(config, teacher_dir: str, workdir: str):
       mesh=mesh, manager=manager, profile_steps=config.profile.steps, step_name='distill',
       evaluate=evaluation.make(
           config, d, 'distill', model,
-          lambda s: state_lib.student_export_params(s, teacher, d), mesh, rules,
+          lambda s: state_lib.student_export_params(s, teacher, d, student_frozen), mesh, rules,
           score=score))
   reporter.close()
 
@@ -133,14 +167,26 @@ def distill(config, teacher_dir: str, workdir: str):
   if checkpoints.export_is_current(out, config.model, step):
     logging.info('%s is already the export of step %d', out, step)
   else:
-    params = checkpoints.with_extras(state_lib.student_export_params(state, teacher, d),
-                                     teacher_dir)
+    params = checkpoints.with_extras(
+        state_lib.student_export_params(state, teacher, d, student_frozen),
+        d.init_student_from or teacher_dir)
     meta = {'kind': 'student', 'step': step, 'ema': bool(d.ema.enabled),
             'student_updates': int(state.student_updates),
             'fake_updates': int(state.fake_updates), 'skipped_steps': int(state.skipped),
             'data': reporting.data_stats(data_iter),
             'teacher': str(checkpoints.as_path(teacher_dir)), 'schedule': d.update_schedule,
             'num_steps': d.num_steps}
+    if d.init_student_from:
+      meta['init_student_from'] = str(checkpoints.as_path(d.init_student_from))
+    if state_lib.lora_enabled(d):
+      base = lora.base_identity(d.init_student_from)
+      adapters = state_lib.student_export_params(state, teacher, d, student_frozen,
+                                                 merge_adapters=False)
+      lora.save_adapter(workdir / 'adapter', adapters, config.model, d.lora, base,
+                        {k: v for k, v in meta.items() if k != 'kind'})
+      logging.info('student LoRA adapter of step %d (base %s) in %s', step,
+                   d.init_student_from, workdir / 'adapter')
+      meta['lora_base'] = base
     checkpoints.export(out, params, config.model, meta)
     logging.info('student inference checkpoint of step %d (EMA: %s) in %s', step,
                  d.ema.enabled, out)

@@ -90,15 +90,16 @@ def _num_stacked(names: tuple) -> int:
   return n
 
 
-def init_adapters(key: jax.Array, params: Any, lo: mlc.ConfigDict) -> dict:
+def init_adapters(key: jax.Array, params: Any, lo: mlc.ConfigDict,
+                  where: str = 'train.lora.targets') -> dict:
   """Boxed adapter tree for the targeted kernels of the boxed tree `params` (arrays or
-  ShapeDtypeStructs: only shapes and names are read).
+  ShapeDtypeStructs: only shapes and names are read); `where` names the targets' flag.
 
   A ~ N(0, 1/in) (so x @ A keeps x's scale), B = 0: the adapted model starts as the base.
   """
   adapters = {}
   r = int(lo.rank)
-  for i, (module, leaf) in enumerate(target_kernels(params, lo.targets).items()):
+  for i, (module, leaf) in enumerate(target_kernels(params, lo.targets, where).items()):
     shape = nn.unbox(leaf).shape
     names = _names(leaf, len(shape))
     s = _num_stacked(names)
