@@ -123,12 +123,14 @@ def setup(dirs):
   jitted = step_lib.jit_steps(model, txs, c, mesh, shardings, t_shard)
   batch = sharding.global_batch(next(synthetic_data.make_iterator(c)), mesh)
   frozen = state_lib.frozen_part(start, c.distill)
-  return c, teacher, state, abstract, jitted, jitted['inputs'](state, teacher, batch), frozen
+  inputs = jitted['inputs'](state, teacher, batch)
+  # The steps donate `state`; a host copy of it for the tests that run after them.
+  return c, teacher, state, abstract, jitted, inputs, frozen, _np(state)
 
 
 @pytest.mark.slow
 def test_steps_move_only_adapters_and_heads(setup):
-  c, teacher, state, abstract, jitted, inputs, _ = setup
+  c, teacher, state, abstract, jitted, inputs, _, _ = setup
   d = c.distill
   teacher0, before = _np(teacher), _np(state)
   student_base = state_lib.trainable_part(_params(3), d)
@@ -171,7 +173,7 @@ def test_steps_move_only_adapters_and_heads(setup):
 
 @pytest.mark.slow
 def test_zero_adapters_are_the_base_student(setup, dirs, tmp_path):
-  c, teacher, state, _, _, _, frozen = setup
+  c, teacher, _, _, _, _, frozen, state = setup
   _, student_dir = dirs
   params = _np(state_lib.student_export_params(state, teacher, c.distill, frozen))
   _same(checkpoints.load_params(student_dir), params, 'B = 0 export vs the student export')
