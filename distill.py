@@ -34,7 +34,9 @@ from axturbo.runtime import compile_cache, launch
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
 _TEACHER = flags.DEFINE_string('teacher', None, 'Teacher inference checkpoint directory '
-                               '(default: config.distill.teacher).')
+                               '(default: config.distill.teacher); a LoRA fine-tune: its merged '
+                               '<workdir>/export. With --config.distill.lora.enabled=True the '
+                               'student starts from --config.distill.init_student_from.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, export.')
 _MULTIHOST = launch.define_multihost_flags()
 
@@ -98,7 +100,7 @@ def distill(config, teacher_dir: str, workdir: str):
     student_start, _ = state_lib.load_student_start(d.init_student_from, model, config.model,
                                                     mesh, rules)
     student_frozen = state_lib.frozen_part(student_start, d)
-    if not bool(state_lib._trees_equal(student_frozen, state_lib.frozen_part(teacher, d))):
+    if not state_lib.same_frozen_parts(student_start, teacher, d):
       logging.warning('%s: its frozen subtrees (conditioners, VAE) differ from the teacher\'s; '
                       'the student trains on the teacher\'s conditioner features, its export '
                       'keeps its own', d.init_student_from)

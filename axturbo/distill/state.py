@@ -320,6 +320,11 @@ def frozen_part(params: Any, d: mlc.ConfigDict) -> Any:
   return optim.split_params(params, d.trainable, 'distill.trainable')[1]
 
 
+def same_frozen_parts(a: Any, b: Any, d: mlc.ConfigDict) -> bool:
+  """Whether two full AudioX trees have the same `frozen_part` (conditioners, VAE)."""
+  return bool(_trees_equal(frozen_part(a, d), frozen_part(b, d)))
+
+
 def student_export_params(state: DistillState, teacher: Any, d: mlc.ConfigDict,
                           frozen: Any = None, merge_adapters: bool = True) -> Any:
   """The full AudioX tree of the student: `frozen` (default: the teacher's `frozen_part`; with
