@@ -15,7 +15,8 @@ An adapted student (docs/finetuning.md, "Distilling an adapted student"): with
 export of the same model config, e.g. the released AudioX-Turbo), the student is STUDENT (frozen)
 + LoRA adapters and the fake model the teacher (frozen) + adapters; only the adapters and the
 discriminator heads train. --teacher may be a fine-tuned teacher (train.py's LoRA run writes
-its merged <workdir>/export). The run writes <workdir>/adapter (the student's adapters, on
+its merged <workdir>/export), or its base with --config.distill.teacher_lora=ADAPTER (that
+run's <workdir>/adapter, merged in at load). The run writes <workdir>/adapter (the student's adapters, on
 STUDENT: `sample.py --checkpoint STUDENT --lora <workdir>/adapter`) and <workdir>/export (STUDENT
 with them merged). init_student_from without LoRA starts a full student from STUDENT.
 
@@ -51,29 +52,30 @@ def _plan(d, step: int) -> list[tuple[str, bool]]:
   return calls + ([('fake', True)] if f else [])
 
 
-def _check_same_teacher(workdir, teacher: str, init_student_from: str = '') -> None:
-  """A resumed run must distil from the same teacher (and student start) it started with."""
+def _check_same_teacher(workdir, teacher: str, d) -> None:
+  """A resumed run must distil from the same teacher (its adapter, the student start) it started
+  with."""
   from axturbo.runtime import checkpoints
   record = workdir / 'teacher.json'
-  teacher = str(checkpoints.as_path(teacher))
-  start = str(checkpoints.as_path(init_student_from)) if init_student_from else ''
+  path = lambda p: str(checkpoints.as_path(p)) if p else ''
+  now = {'teacher': path(teacher), 'teacher_lora': path(d.teacher_lora),
+         'init_student_from': path(d.init_student_from)}
+  flag = {'teacher': '--teacher', 'teacher_lora': '--config.distill.teacher_lora',
+          'init_student_from': '--config.distill.init_student_from'}
   if record.is_file():
     try:
       recorded = json.loads(record.read_text())
-      was, was_start = recorded['teacher'], recorded.get('init_student_from', '')
-    except (ValueError, KeyError, TypeError, AttributeError):
+      was = {k: recorded.get(k, '') for k in now}
+      assert recorded['teacher']
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError):
       raise ValueError(f'{record}: not a teacher record ({{"teacher": "<path>"}}); it is written '
                        'when a run starts: restore it, or use a new workdir') from None
-    if was != teacher:
-      raise ValueError(f'{workdir} was started with --teacher {was}, not {teacher}; use a new '
-                       'workdir (or the same teacher) to resume')
-    if was_start != start:
-      raise ValueError(f'{workdir} was started with --config.distill.init_student_from='
-                       f'{was_start!r}, not {start!r}; use a new workdir (or the same student) '
-                       'to resume')
+    for k in now:
+      if was[k] != now[k]:
+        raise ValueError(f'{workdir} was started with {flag[k]}={was[k]!r}, not {now[k]!r}; use '
+                         'a new workdir (or the same one) to resume')
   else:
-    record.write_text(json.dumps({'teacher': teacher, **({'init_student_from': start}
-                                                         if start else {})}))
+    record.write_text(json.dumps({k: v for k, v in now.items() if v}))
 
 
 def distill(config, teacher_dir: str, workdir: str):
@@ -95,6 +97,10 @@ def distill(config, teacher_dir: str, workdir: str):
   score = during_training.scorer(config, d, 'distill')   # before compiling: settings checked
   model = audiox.build_model(config.model)
   teacher, teacher_shardings = state_lib.load_teacher(teacher_dir, model, config.model, mesh, rules)
+  if d.teacher_lora:
+    teacher = state_lib.apply_teacher_adapter(teacher, teacher_shardings, d.teacher_lora,
+                                              teacher_dir)
+    logging.info('teacher adapter %s merged into %s', d.teacher_lora, teacher_dir)
   student_start, student_frozen = None, None
   if d.init_student_from:
     student_start, _ = state_lib.load_student_start(d.init_student_from, model, config.model,
@@ -105,7 +111,7 @@ def distill(config, teacher_dir: str, workdir: str):
                       'the student trains on the teacher\'s conditioner features, its export '
                       'keeps its own', d.init_student_from)
   if jax.process_index() == 0:
-    _check_same_teacher(workdir, teacher_dir, d.init_student_from)
+    _check_same_teacher(workdir, teacher_dir, d)
   logging.info('teacher loaded from %s; mesh %s', teacher_dir, dict(mesh.shape))
 
   txs = step_lib.make_optimizers(d)
@@ -178,6 +184,8 @@ def distill(config, teacher_dir: str, workdir: str):
             'data': reporting.data_stats(data_iter),
             'teacher': str(checkpoints.as_path(teacher_dir)), 'schedule': d.update_schedule,
             'num_steps': d.num_steps}
+    if d.teacher_lora:
+      meta['teacher_lora'] = str(checkpoints.as_path(d.teacher_lora))
     if d.init_student_from:
       meta['init_student_from'] = str(checkpoints.as_path(d.init_student_from))
     if state_lib.lora_enabled(d):

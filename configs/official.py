@@ -187,6 +187,7 @@ def distill_config() -> mlc.ConfigDict:
   d.fake_steps_per_cycle = 1
   d.fake_updates_per_student_update = 5   # 'dmd2': fake every step, student every 5th
   d.teacher = ''                   # teacher inference checkpoint (distill.py --teacher overrides)
+  d.teacher_lora = ''              # an adapter (train.py's <workdir>/adapter) merged into it at load
   d.trainable = ('maf', 'trunk')   # student and fake train these; the conditioners are frozen
   # A student export (distill.py's <workdir>/export, a converted AudioX-Turbo) to start the
   # student from instead of the teacher; its model config must be the teacher's. Its

@@ -105,6 +105,36 @@ def test_bad_settings_are_one_line_naming_the_flag(dirs, tmp_path):
     state_lib.make_init_fn(model, c, *step_lib.make_optimizers(c.distill))
 
 
+@pytest.mark.slow
+def test_teacher_adapter_merged_at_load(dirs, tmp_path):
+  """distill.teacher_lora: the teacher with the adapter merged in its shards equals the adapter
+  applied on the host (what `python -m axturbo.lora merge` writes); another base is refused."""
+  teacher_dir, student_dir = dirs
+  c = _config(student_dir)
+  mesh = sharding.make_mesh(c.mesh.shape)
+  model = audiox.build_model(c.model)
+  boxed = jax.eval_shape(lambda k: audiox.init_params(model, c.model, k), jax.random.key(0))
+  keys = iter(jax.random.split(jax.random.key(5), 100))
+  adapters = jax.tree_util.tree_map_with_path(
+      lambda p, x: np.asarray(0.1 * jax.random.normal(next(keys), x.shape)
+                              if jax.tree_util.keystr(p).endswith("'lora_b']") else x),
+      nn.unbox(lora.init_adapters(jax.random.key(1), boxed, c.distill.lora)))
+  good = lora.save_adapter(tmp_path / 'good', adapters, c.model, c.distill.lora,
+                           lora.base_identity(teacher_dir))
+  bad = lora.save_adapter(tmp_path / 'bad', adapters, c.model, c.distill.lora,
+                          lora.base_identity(student_dir))
+  teacher, shardings = state_lib.load_teacher(teacher_dir, model, c.model, mesh)
+  merged = state_lib.apply_teacher_adapter(teacher, shardings, good, teacher_dir)
+  assert jax.tree.map(lambda x: x.sharding, merged) == shardings
+  _same(lora.apply(_params(7), adapters, lora.scale(c.distill.lora)), merged,
+        'teacher + adapter in shards vs on the host')
+  with pytest.raises(ValueError) as e:
+    state_lib.apply_teacher_adapter(teacher, shardings, bad, teacher_dir)
+  message = str(e.value)
+  assert message.startswith('--config.distill.teacher_lora: ') and '\n' not in message
+  assert str(student_dir) in message and str(teacher_dir) in message, message
+
+
 # ------------------------------------------------------------------- steps on 8 devices
 
 @pytest.fixture(scope='module')

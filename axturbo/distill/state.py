@@ -148,6 +148,19 @@ def load_teacher(directory: str | os.PathLike, model: audiox.AudioX, m: mlc.Conf
   return _load_model('--teacher', directory, model, m, mesh, rules, refuse='student')
 
 
+def apply_teacher_adapter(teacher: Any, shardings: Any, adapter_dir: str | os.PathLike,
+                          teacher_dir: str | os.PathLike) -> Any:
+  """The teacher with the adapter file `distill.teacher_lora` merged in (in its shards); one
+  line naming both when the adapter was trained on another base."""
+  try:
+    adapters, info = lora.load_adapter(adapter_dir)
+    lora.check_base(adapter_dir, info, teacher_dir)
+  except ValueError as e:
+    raise ValueError(f'--config.distill.teacher_lora: {e}') from None
+  # Op by op, as `lora.apply_adapter_file` at load: the same values as a merged export.
+  return jax.device_put(lora.apply(teacher, adapters, info['alpha'] / info['rank']), shardings)
+
+
 def load_student_start(directory: str | os.PathLike, model: audiox.AudioX, m: mlc.ConfigDict,
                        mesh: Mesh, rules=sharding.DEFAULT_RULES) -> tuple[Any, Any]:
   """(the `distill.init_student_from` student export in its shards, their shardings), with the
