@@ -312,7 +312,10 @@ def init_state(init_fn, shardings: DistillState, seed: int, teacher: Any,
     if not all(bool(jnp.all(x == 0)) for x in b):
       raise checkpoints.TreeMismatchError('LoRA adapters must start with B = 0')
     student, fake = split_student(student, d)[1], t_part
-  if jax.process_count() == 1:   # names the first differing key
+  if jax.process_count() == 1 and student_start is None:   # names the first differing key
+    checkpoints.assert_distill_init(jax.device_get(t_part), jax.device_get(student),
+                                     jax.device_get(fake))
+  elif jax.process_count() == 1:
     checkpoints.assert_same_tree(jax.device_get(s_part), jax.device_get(student),
                                  'student start vs student init')
     checkpoints.assert_same_tree(jax.device_get(t_part), jax.device_get(fake),
