@@ -69,8 +69,11 @@ def _b_leaves(tree):
 
 # ------------------------------------------------------------------------------ refusals
 
-def test_bad_settings_are_one_line_naming_the_flag(dirs, tmp_path):
-  teacher, student = dirs
+def test_bad_settings_are_one_line_naming_the_flag(tmp_path):
+  # Stand-ins: every refusal here comes before any parameter is read.
+  m, tiny = _config().model, {'x': np.zeros(1)}
+  teacher = checkpoints.save_params(tmp_path / 'teacher', tiny, m, {'kind': 'teacher'})
+  student = checkpoints.export(tmp_path / 'student', tiny, m, {'kind': 'student', 'step': 5})
   c = _config()   # LoRA on, no student export
   with pytest.raises(ValueError, match=r'^--config\.distill\.lora\.enabled=True needs '
                      r'--config\.distill\.init_student_from'):
