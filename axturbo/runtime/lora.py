@@ -5,8 +5,9 @@ adapts, {'trunk': {'layers': {'block_0': {'q': {'lora_a': A, 'lora_b': B}}}}}, a
 
     kernel' = kernel + (alpha / rank) * A @ B          (Hu et al. 2021, Eq. 3, merged form)
 
-is applied to the parameter tree before `model.apply` (in the train step, at load time, or once
-and written out by `python -m axturbo.lora merge`). A kernel of shape (*lead, in, *out) whose
+is applied to the parameter tree before `model.apply` (in the train step, in distill.py's
+student and fake steps under `distill.lora`, at load time, or once and written out by
+`python -m axturbo.lora merge`). A kernel of shape (*lead, in, *out) whose
 leading axes are stacked layers or convolution taps gets A (*lead, in, r) and B (*lead, r, *out):
 one rank-r update per layer and per tap. B starts at zero, so a new adapter is the base exactly.
 
