@@ -2,7 +2,9 @@
 8 CPU devices (fsdp): student and fake steps move only their adapters (and the heads), never
 a base weight; zero-B adapters are the base student exactly; the merged export equals the
 student export with the adapter file applied at load (same samples from `Generator`); bad
-settings are refused with one line naming the flag; distill.py resumes and writes both exports.
+settings are refused with one line naming the flag; distill.py resumes and writes both exports;
+a teacher adapter merges at load (distill.teacher_lora); init_student_from alone starts a full
+student from the export.
 """
 import functools
 import subprocess
@@ -269,3 +271,26 @@ def test_distill_py_lora_resumes_and_exports_adapter_and_merged_student(dirs, tm
   [c] = Generator.load(student_dir).generate(request, options)
   np.testing.assert_array_equal(a.waveform, b.waveform)
   assert np.all(np.isfinite(a.waveform)) and not np.array_equal(a.waveform, c.waveform)
+
+
+@pytest.mark.slow
+def test_init_student_from_without_lora_starts_a_full_student(dirs):
+  """distill.init_student_from alone: the student (and its EMA) start as the export's MAF + trunk,
+  the fake as the teacher's, and the export keeps the student export's frozen subtrees."""
+  teacher_dir, student_dir = dirs
+  c = _config(student_dir)
+  c.distill.lora.enabled = False
+  state_lib.check_distill_config(c)
+  mesh = sharding.make_mesh(c.mesh.shape)
+  model = audiox.build_model(c.model)
+  teacher, _ = state_lib.load_teacher(teacher_dir, model, c.model, mesh)
+  start, _ = state_lib.load_student_start(student_dir, model, c.model, mesh)
+  txs = step_lib.make_optimizers(c.distill)
+  init_fn = state_lib.make_init_fn(model, c, *txs)
+  _, shardings = state_lib.abstract_state(init_fn, model, c, mesh)
+  state = _np(state_lib.init_state(init_fn, shardings, c.seed, teacher, c.distill, start))
+  _same(state_lib.trainable_part(_params(3), c.distill), state.student, 'student vs export')
+  _same(state.student, state.ema, 'EMA vs student')
+  _same(state_lib.trainable_part(_params(7), c.distill), state.fake, 'fake vs teacher')
+  _same(_params(3), state_lib.student_export_params(
+      state, teacher, c.distill, state_lib.frozen_part(start, c.distill)), 'export vs student')
