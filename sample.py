@@ -39,6 +39,7 @@ A duration shorter than a window generates one window and trims it.
   python sample.py --checkpoint ckpt/ --teacher --steps 100 --cfg 6 --prompt "..." --out out/
   python sample.py --checkpoint ckpt/ --prompt "rain on a roof" --duration 60 --out out/
   python sample.py --checkpoint base/ --lora finetune/adapter --teacher --prompt "..." --out out/
+  python sample.py --checkpoint turbo/ --lora lora_student/adapter --prompt "..." --out out/
   python sample.py --checkpoint ckpt/ --captions_file captions.txt --duration 60 --out out/
 """
 import dataclasses
@@ -51,9 +52,10 @@ from absl import logging
 from axturbo.runtime import compile_cache
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (axturbo format).')
-_LORA = flags.DEFINE_string('lora', None, 'LoRA adapter directory (train.py with train.lora: '
-                            '<workdir>/adapter) merged into --checkpoint, the base it was '
-                            'trained on, at load time.')
+_LORA = flags.DEFINE_string('lora', None, 'LoRA adapter directory (<workdir>/adapter of '
+                            'train.py with train.lora, or of distill.py with distill.lora) '
+                            'merged into --checkpoint, the base it was trained on, at load '
+                            'time.')
 _PROMPT = flags.DEFINE_string('prompt', '', 'Text prompt ("" is allowed with other conditions).')
 _VIDEO = flags.DEFINE_string('video', None, 'Video file (video-to-audio / -music, text+video).')
 _SYNC = flags.DEFINE_string('sync', None, 'Synchformer features (.npy / .pth) for --video.')

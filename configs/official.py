@@ -119,6 +119,15 @@ def optimizer_config(lr: float = 1e-5) -> mlc.ConfigDict:
   return o
 
 
+def lora_config() -> mlc.ConfigDict:
+  """LoRA adapters (axturbo/runtime/lora.py): `train.lora` and `distill.lora`. `targets` are
+  fnmatch patterns of module paths; the default is the trunk's attention and FFN kernels."""
+  return mlc.ConfigDict(dict(
+      enabled=False, rank=16, alpha=16.0, dropout=0.0,
+      targets=tuple(f'trunk/layers/*/{m}' for m in ('q', 'k', 'v', 'attn_out', 'ffn_w1',
+                                                    'ffn_w2', 'ffn_w3'))))
+
+
 def train_config() -> mlc.ConfigDict:
   """Teacher training (train.py): optimizer, schedule, EMA, flow-matching options.
 
@@ -144,10 +153,7 @@ def train_config() -> mlc.ConfigDict:
   # adapters on the kernels whose module paths match `targets` (fnmatch patterns) are trained;
   # every base weight is frozen (`trainable` is not used) and the EMA covers the adapters
   # (`ema.subtrees` is not used). Needs `init_from`, the base the adapters adapt.
-  t.lora = mlc.ConfigDict(dict(
-      enabled=False, rank=16, alpha=16.0, dropout=0.0,
-      targets=tuple(f'trunk/layers/*/{m}' for m in ('q', 'k', 'v', 'attn_out', 'ffn_w1',
-                                                    'ffn_w2', 'ffn_w3'))))
+  t.lora = lora_config()
   t.cfg_dropout_prob = 0.1         # whole post-MAF condition zeroed per sample
   t.timestep_sampler = 'uniform'   # stratified uniform (official: scrambled Sobol); 'logit_normal'
   # Loop, checkpoints, observability.
@@ -181,7 +187,18 @@ def distill_config() -> mlc.ConfigDict:
   d.fake_steps_per_cycle = 1
   d.fake_updates_per_student_update = 5   # 'dmd2': fake every step, student every 5th
   d.teacher = ''                   # teacher inference checkpoint (distill.py --teacher overrides)
+  d.teacher_lora = ''              # an adapter (train.py's <workdir>/adapter) merged into it at load
   d.trainable = ('maf', 'trunk')   # student and fake train these; the conditioners are frozen
+  # A student export (distill.py's <workdir>/export, a converted AudioX-Turbo) to start the
+  # student from instead of the teacher; its model config must be the teacher's. Its
+  # conditioners and VAE go into the export (the student still reads the teacher's features).
+  d.init_student_from = ''
+  # LoRA distillation (docs/finetuning.md, "Distilling an adapted student"): when enabled the
+  # student is `init_student_from` (frozen) + adapters and the fake model the teacher (frozen) +
+  # adapters; only the adapters and the discriminator heads train, the EMA covers the student's
+  # adapters, and the run also writes <workdir>/adapter (the student's adapters alone, on
+  # `init_student_from`). Needs `init_student_from`; targets must lie under `trainable`.
+  d.lora = lora_config()
   d.total_steps = 100_000
   d.data_source = 'pipeline'       # 'pipeline' or 'synthetic' (as train.data_source)
   d.batch_size = 0                 # global batch; 0 = config.data.batch_size

@@ -8,6 +8,10 @@ from fold_in(state.rng, n), so on a DMD2 step that updates both groups they see 
 index and times (the fake step, run second, rolls out the just-updated student), and a resumed run
 repeats the same draws. The rollout target index is one replicated draw (identical on every
 device) setting the trip count of the detached rollout loop: one compiled program per step kind.
+
+Under `distill.lora` each step differentiates the adapters of its network only (the student's;
+the fake's and the heads), merging them into the frozen kernels first (`state.student_network`,
+`state.fake_network`); the other network enters with its adapters merged, without dropout.
 """
 import functools
 from typing import Any
@@ -20,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from axturbo.distill import objectives as obj
+from axturbo.distill import state as state_lib
 from axturbo.distill.state import DistillState, build_heads
 from axturbo.models import audiox
 from axturbo.runtime import optim, reporting, sharding
@@ -36,7 +41,7 @@ def make_optimizers(d: mlc.ConfigDict) -> tuple[optax.GradientTransformation, ..
 def _keys(state: DistillState) -> dict[str, jax.Array]:
   base = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   return {name: jax.random.fold_in(base, i) for i, name in enumerate(('prompt', 'latents',
-                                                                      'draws'))}
+                                                                      'draws', 'lora'))}
 
 
 def step_inputs(state: DistillState, teacher: Any, batch: dict, *, model: audiox.AudioX
@@ -59,22 +64,31 @@ def student_step(state: DistillState, teacher: Any, inputs: dict, *, model: audi
   nets = obj.audiox_networks(model, build_heads(config.model), config.model.time_shift)
   draws = obj.draw_step_randomness(_keys(state)['draws'], inputs['x_real'].shape, d,
                                    nets.time_shift)
-  (loss, aux), grads = jax.value_and_grad(obj.student_objective, has_aux=True)(
-      state.student, teacher, state.fake, state.heads, nets, inputs['features'], draws,
-      draws['index'], d)
+  trained, frozen = state_lib.split_student(state.student, d)
+  fake = state_lib.fake_network(state.fake, teacher, d)
+  dropout_key = _keys(state)['lora']
 
-  def next_ema(student):
+  def objective(trained):
+    student = state_lib.student_network(optim.merge_params(trained, frozen) if frozen
+                                        else trained, d, dropout_key)
+    return obj.student_objective(student, teacher, fake, state.heads, nets, inputs['features'],
+                                 draws, draws['index'], d)
+
+  (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(trained)
+
+  def next_ema(trained):
     decay = optim.ema_decay(state.student_updates, d.ema.beta, d.ema.power,
                             d.ema.update_after_step)
-    return optim.ema_update(state.ema, student, decay)
+    return optim.ema_update(state.ema, trained, decay)
 
-  student, opt, ema, finite, grad_norm = optim.apply_if_finite(
-      tx, loss, grads, state.student_opt, state.student, next_ema if d.ema.enabled else None,
+  trained, opt, ema, finite, grad_norm = optim.apply_if_finite(
+      tx, loss, grads, state.student_opt, trained, next_ema if d.ema.enabled else None,
       state.ema)
   new = state.replace(
       student_updates=state.student_updates + finite.astype(jnp.int32),
       skipped=state.skipped + (~finite).astype(jnp.int32),
-      student=student, student_opt=opt, ema=ema)
+      student=optim.merge_params(trained, frozen) if frozen else trained, student_opt=opt,
+      ema=ema)
   metrics = dict(loss_student=loss, loss_dm=aux['loss_dm'], loss_adv=aux['loss_adv'],
                  g_abs_mean=aux['g_abs_mean'],
                  nonfinite_fraction=aux['nonfinite'] / aux['x0'].size,
@@ -95,9 +109,16 @@ def fake_step(state: DistillState, teacher: Any, inputs: dict, *, model: audiox.
   nets = obj.audiox_networks(model, build_heads(config.model), config.model.time_shift)
   features, x_real = inputs['features'], inputs['x_real']
   draws = obj.draw_step_randomness(_keys(state)['draws'], x_real.shape, d, nets.time_shift)
-  x0 = obj.student_sample(nets, state.student, features, draws, draws['index'], d)
-  (loss, aux), grads = jax.value_and_grad(obj.fake_objective, has_aux=True)(
-      (state.fake, state.heads), teacher, nets, features, x0, x_real, draws, d)
+  x0 = obj.student_sample(nets, state_lib.student_network(state.student, d), features, draws,
+                          draws['index'], d)
+  dropout_key = jax.random.fold_in(_keys(state)['lora'], 1)   # not the student's masks
+
+  def objective(fake_and_heads):
+    fake, heads = fake_and_heads
+    return obj.fake_objective((state_lib.fake_network(fake, teacher, d, dropout_key), heads),
+                              teacher, nets, features, x0, x_real, draws, d)
+
+  (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)((state.fake, state.heads))
   (fake, heads), opt, _, finite, grad_norm = optim.apply_if_finite(
       tx, loss, grads, state.fake_opt, (state.fake, state.heads))
   new = state.replace(

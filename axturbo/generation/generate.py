@@ -118,8 +118,9 @@ class Generator:
            ) -> 'Generator':
     """A checkpoint written by `axturbo.runtime.checkpoints.save_params`.
 
-    `lora`: an adapter file (`train.py` with `train.lora`, <workdir>/adapter) merged into the
-    checkpoint's kernels at load time; it must have been trained on this checkpoint.
+    `lora`: an adapter file (<workdir>/adapter of `train.py` with `train.lora` or of
+    `distill.py` with `distill.lora`) merged into the checkpoint's kernels at load time; it
+    must have been trained on this checkpoint.
 
     `kind` ('student' or 'teacher') must agree with meta.json's 'kind' when both are given
     (a teacher is not silently run as a student); a checkpoint with no recorded kind is taken

@@ -5,8 +5,9 @@ adapts, {'trunk': {'layers': {'block_0': {'q': {'lora_a': A, 'lora_b': B}}}}}, a
 
     kernel' = kernel + (alpha / rank) * A @ B          (Hu et al. 2021, Eq. 3, merged form)
 
-is applied to the parameter tree before `model.apply` (in the train step, at load time, or once
-and written out by `python -m axturbo.lora merge`). A kernel of shape (*lead, in, *out) whose
+is applied to the parameter tree before `model.apply` (in the train step, in distill.py's
+student and fake steps under `distill.lora`, at load time, or once and written out by
+`python -m axturbo.lora merge`). A kernel of shape (*lead, in, *out) whose
 leading axes are stacked layers or convolution taps gets A (*lead, in, r) and B (*lead, r, *out):
 one rank-r update per layer and per tap. B starts at zero, so a new adapter is the base exactly.
 
@@ -90,15 +91,16 @@ def _num_stacked(names: tuple) -> int:
   return n
 
 
-def init_adapters(key: jax.Array, params: Any, lo: mlc.ConfigDict) -> dict:
+def init_adapters(key: jax.Array, params: Any, lo: mlc.ConfigDict,
+                  where: str = 'train.lora.targets') -> dict:
   """Boxed adapter tree for the targeted kernels of the boxed tree `params` (arrays or
-  ShapeDtypeStructs: only shapes and names are read).
+  ShapeDtypeStructs: only shapes and names are read); `where` names the targets' flag.
 
   A ~ N(0, 1/in) (so x @ A keeps x's scale), B = 0: the adapted model starts as the base.
   """
   adapters = {}
   r = int(lo.rank)
-  for i, (module, leaf) in enumerate(target_kernels(params, lo.targets).items()):
+  for i, (module, leaf) in enumerate(target_kernels(params, lo.targets, where).items()):
     shape = nn.unbox(leaf).shape
     names = _names(leaf, len(shape))
     s = _num_stacked(names)
