@@ -10,7 +10,7 @@ timm 1.0.29, omegaconf 2.3.1; tests/fixtures/README.md says how to set that up).
     N(0, 0.25), LayerNorm weights 1 + N(0, 0.01), biases N(0, 0.01), other weights
     N(0, 1/fan_in); stored as float32, run in float64 (outputs stored as float32).
   * Case 'clip': `data/utils.py:encode_video_with_synchformer('clip.mp4', 0, 10, 'cpu')` with
-    `read_video` replaced by one that returns `synthetic_frames(237, seed=1)` (below) as
+    `read_video` replaced by one that returns `synthetic_frames(237, seed=1)` (tests/fixtures/make_official.py) as
     (N, C, H, W) uint8 passed through the official `adjust_video_duration(frames, 10, 25)`
     (so padded to 250 frames by repeating the last one), and the cached extractor replaced by
     the shrunk `FeaturesUtils` behind a wrapper that records the transform's output and casts
@@ -42,21 +42,11 @@ from axturbo.models import synchformer as sf
 from tests import optional
 from tests.fixture_io import load_fixture, rel_err, write_hf_folder
 from tests.key_recorder import KeyRecorder
+from tests.fixtures.make_official import synthetic_frames   # the fixture's frames
 from tests.logical_mesh import logical_mesh
 
 TOL = 1e-5
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def synthetic_frames(num: int, seed: int) -> np.ndarray:
-  """(num, 224, 224, 3) uint8 from integer arithmetic only, as the fixture script made them."""
-  t = np.arange(num, dtype=np.int64)[:, None, None, None]
-  y = np.arange(224, dtype=np.int64)[None, :, None, None]
-  x = np.arange(224, dtype=np.int64)[None, None, :, None]
-  c = np.arange(3, dtype=np.int64)[None, None, None, :]
-  v = (97 * seed + 3 * t + 5 * y + 7 * x + 11 * c + 6 * ((x * y + 13 * t) % 29)
-       + 17 * ((x // 9) ^ (y // 7)) + 31 * ((t * (x + 2 * y)) % 7))
-  return (v % 256).astype(np.uint8)
 
 
 def _sha(a: np.ndarray) -> str:
