@@ -10,8 +10,8 @@ timm 1.0.29, omegaconf 2.3.1; tests/fixtures/README.md says how to set that up).
     N(0, 0.25), LayerNorm weights 1 + N(0, 0.01), biases N(0, 0.01), other weights
     N(0, 1/fan_in); stored as float32, run in float64 (outputs stored as float32).
   * Case 'clip': `data/utils.py:encode_video_with_synchformer('clip.mp4', 0, 10, 'cpu')` with
-    `read_video` replaced by one that returns `synthetic_frames(237, seed=1)` (tests/fixtures/make_official.py) as
-    (N, C, H, W) uint8 passed through the official `adjust_video_duration(frames, 10, 25)`
+    `read_video` replaced by one that returns `synthetic_frames(237, seed=1)`
+    (tests/fixtures/make_official.py) as (N, C, H, W) uint8 passed through the official `adjust_video_duration(frames, 10, 25)`
     (so padded to 250 frames by repeating the last one), and the cached extractor replaced by
     the shrunk `FeaturesUtils` behind a wrapper that records the transform's output and casts
     it to float64. Stored: the features (1, 240, 32), the transform output's per-frame,
