@@ -23,9 +23,10 @@ def test_non_utf8_batch_and_captions_files_are_named(tmp_path):
 def test_empty_teacher_record_is_named(tmp_path):
   # distill.py's module defines absl flags; a fresh interpreter keeps them out of this one.
   (tmp_path / 'teacher.json').write_text('')
-  code = ('import pathlib, sys; import distill\n'
+  code = ('import pathlib, sys; import distill; from configs import tiny\n'
           'try:\n'
-          f'  distill._check_same_teacher(pathlib.Path({str(tmp_path)!r}), "/t")\n'
+          f'  distill._check_same_teacher(pathlib.Path({str(tmp_path)!r}), "/t",\n'
+          '                              tiny.get_config().distill)\n'
           'except ValueError as e:\n'
           '  print(e)\n')
   r = subprocess.run([sys.executable, '-c', code], cwd=script_runs.REPO,
