@@ -11,6 +11,17 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import pytest  # pylint: disable=g-import-not-at-top
 
 
+@pytest.fixture(scope='session', autouse=True)
+def shared_compile_cache(tmp_path_factory):
+  """One persistent compilation cache for the scripts of every test (`script_runs.env`): CI's
+  end-to-end tests compile the same micro train and distill steps in dozens of subprocesses."""
+  from tests import script_runs
+  folder = tmp_path_factory.mktemp('jax_cache_shared')
+  os.environ[script_runs.SHARED_CACHE_VAR] = str(folder)
+  yield folder
+  os.environ.pop(script_runs.SHARED_CACHE_VAR, None)
+
+
 @pytest.fixture(scope='session')
 def tiny_params():
   """Unboxed random parameters of configs/tiny.py's model (seed 0); treat as read-only."""

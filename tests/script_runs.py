@@ -10,12 +10,19 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+# Set by tests/conftest.py to a folder of the test session: every script a test runs then reuses
+# the programs that an earlier test's scripts compiled (most run the same micro configs).
+SHARED_CACHE_VAR = 'AXTURBO_TESTS_JAX_CACHE'
+
+
 def env(tmp: pathlib.Path, devices: int = 8) -> dict:
-  """CPU with `devices` fake devices; later runs reuse the first run's compiled programs."""
+  """CPU with `devices` fake devices; later runs reuse earlier runs' compiled programs (of the
+  session when conftest set SHARED_CACHE_VAR, else of `tmp`)."""
+  cache = pathlib.Path(os.environ.get(SHARED_CACHE_VAR) or tmp)
   return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
               JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
-              JAX_COMPILATION_CACHE_DIR=str(tmp / f'jax_cache_{devices}'),
+              JAX_COMPILATION_CACHE_DIR=str(cache / f'jax_cache_{devices}'),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 
 
