@@ -94,6 +94,10 @@ def data_config() -> mlc.ConfigDict:
   # stay uniform). Equal weights keep the original draw. A TFDS events dataset keeps the mix
   # it was built with (`data.prepare` records it and refuses to reuse it under another).
   d.caption_styles = mlc.ConfigDict(dict(category=1.0, count=1.0, order=1.0, timestamp=1.0))
+  # Embedded training clips without these categories / each with at least one of them (held-out
+  # clips keep all): a base that never heard a sound, then a fine-tune on it (docs/finetuning.md).
+  d.exclude_categories = ()
+  d.require_categories = ()
   d.random_crop = True            # official crop: offsets on a crop_grid_s grid
   d.crop_grid_s = 10.0
   d.phase_flip_p = 0.5            # official PhaseFlipper

@@ -114,6 +114,21 @@ def test_caption_styles_weight_training_captions_only():
   assert len({held.clips[i]['caption_style'] for i in range(10)}) > 1
 
 
+def test_category_filter_applies_to_training_clips_only():
+  c = _config(exclude_categories=('hiss',))
+  c.data.heldout_clips = 64
+  train, _ = pipeline.base_source(c, 'train')
+  held, _ = pipeline.base_source(c, 'heldout')
+  assert not any('hiss' in train.clips[i]['annotations']['category'] for i in range(16))
+  # Held-out clips keep every category (the ones a fine-tune is scored on among them).
+  uniform = embedded.EmbeddedDataset('heldout', 64, 16000, 2.0)
+  assert [held.clips[i]['caption'] for i in range(64)] == [x['caption'] for x in uniform]
+  assert any('hiss' in x['annotations']['category'] for x in uniform)
+  c = _config(source='manifest', manifest='m.jsonl', require_categories=('bell',))
+  with pytest.raises(ValueError, match="require_categories pick the embedded source's clips"):
+    pipeline.check_data_config(c.data)
+
+
 def test_restore_replays_bit_identical_batches():
   c = _config()
   it = pipeline.make_iterator(c, process_index=0, process_count=1)

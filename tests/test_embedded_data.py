@@ -166,6 +166,33 @@ def test_caption_style_weights():
     embedded.make_clip(0, caption_probs=(0.5, 0.5))
 
 
+def test_category_filter_keeps_categories_out_of_or_in_every_training_clip():
+  exclude = embedded.category_filter(exclude=('hiss',))
+  require = embedded.category_filter(require=('hiss', 'bell'))
+  assert exclude == (('hiss',), ()) and require == ((), ('bell', 'hiss'))
+  assert embedded.category_filter() is None
+  base = _clips(n=80, duration_s=2.0)
+  assert sum('hiss' in c['annotations']['category'] for c in base) >= 8  # the filter has work
+  without = _clips(n=80, duration_s=2.0, categories=exclude)
+  assert not any('hiss' in c['annotations']['category'] for c in without)
+  held = _clips(n=80, duration_s=2.0, categories=require)
+  assert all({'hiss', 'bell'} & set(c['annotations']['category']) for c in held)
+  # Every clip is still a valid training clip of 1-4 events (2 s), and its captions name it.
+  for c in without + held:
+    assert embedded.combination_split(c['annotations']['category']) == 'train'
+    assert 1 <= len(c['events']) <= 4
+    assert set(_names_in(c['captions']['category'])) == set(c['annotations']['category'])
+  assert {len(c['annotations']['category']) for c in held} == {1, 2, 3, 4}
+  with pytest.raises(ValueError, match="data.exclude_categories: unknown categories \\['hum'\\]"):
+    embedded.category_filter(exclude=('hum',))
+  with pytest.raises(ValueError, match="share \\['hiss'\\]"):
+    embedded.category_filter(exclude=('hiss',), require=('hiss', 'bell'))
+  # The set {buzz} is held out, so buzz alone with every other category excluded leaves none.
+  assert embedded.combination_split(['buzz']) == 'heldout'
+  with pytest.raises(ValueError, match='leave no training clip'):
+    embedded.category_filter(exclude=set(ev.CATEGORIES) - {'buzz'}, require=('buzz',))
+
+
 def test_heldout_prompts_disjoint_from_train():
   for size in range(1, 6):
     train, held = embedded.allowed_sets('train', size), embedded.allowed_sets('heldout', size)

@@ -91,6 +91,34 @@ def test_t2a_takes_more_clips_than_the_other_tasks(clips):
       benchmark.make_requests(clips, ('t2a',), {'t2a': bad})
 
 
+def test_category_split_scores_the_clips_that_hold_it_apart(clips):
+  sr = tiny.model_config().sample_rate
+  name = 'hiss'
+  holds = [i for i, c in enumerate(clips) if name in c['annotations']['category']]
+  assert 0 < len(holds) < len(clips)
+  truth = benchmark.run_events(clips, benchmark.reference_generator(clips), sr, ('t2a', 'v2a'))
+  split = benchmark.category_split(truth, clips, name)
+  assert split['found'] == 1.0 and split['found_clips'] == len(holds)
+  assert split['with']['num_clips']['cat'] == len(holds)
+  assert split['without']['num_clips']['cat'] == len(clips) - len(holds)
+  assert all(v in (1.0, None) for part in ('with', 'without')
+             for v in split[part]['metrics'].values())
+  # Outputs that never hold the category: it is found nowhere, the other clips are untouched.
+  other = next(i for i, c in enumerate(clips) if name not in c['annotations']['category'])
+  never = lambda reqs: [clips[r.clip if r.clip not in holds else other]['waveform']
+                        for r in reqs]
+  res = benchmark.run_events(clips, never, sr, ('t2a',))
+  split = benchmark.category_split(res, clips, name)
+  assert split['found'] == 0.0 and split['with']['metrics']['cat'] == 0.0
+  assert split['without']['metrics']['cat'] == 1.0
+  table = benchmark.category_markdown(split)
+  assert f'| hiss detected | 0.0 | {len(holds)} |' in table
+  for bad, tasks, message in (('hum', ('t2a',), "unknown category 'hum'"),
+                              (name, ('v2a',), 'add t2a to --tasks')):
+    with pytest.raises(ValueError, match=message):
+      benchmark.check_category(bad, tasks)
+
+
 # ---------------------------------------------------------------------------- efficiency
 
 def test_nfe_follows_the_samplers():

@@ -132,9 +132,11 @@ def test_other_shapes_settings_and_missing_datasets_are_refused(events):
 
 def test_events_dataset_keeps_the_training_caption_mix(tmp_path):
   c = _config(num_clips=8, heldout_clips=4, batch_size=4,
-              caption_styles=dict(category=0.0, count=1.0, order=0.0, timestamp=0.0))
+              caption_styles=dict(category=0.0, count=1.0, order=0.0, timestamp=0.0),
+              exclude_categories=('hiss', 'bell'))
   builder = _build(c, 'counts', tmp_path)
   assert tuple(builder.info.metadata['settings']['caption_probs']) == (0.0, 1.0, 0.0, 0.0)
+  assert tuple(builder.info.metadata['settings']['exclude_categories']) == ('bell', 'hiss')
   r = _tfds(c, 'axturbo_events/counts', tmp_path)
   _assert_same(_batches(r, n=2, process_index=0, process_count=1),
                _batches(c, n=2, process_index=0, process_count=1))

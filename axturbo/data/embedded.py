@@ -48,11 +48,50 @@ def allowed_sets(split, size):
   return tuple(c for c in combos if combination_split(c) == split)
 
 
-def _sample_events(rng, split, total_ticks, max_events):
-  """List of (category, start_tick, end_tick), sorted by time."""
-  n = int(rng.integers(1, min(max_events, total_ticks // 5) + 1))
-  k = int(rng.integers(1, n + 1))
-  options = allowed_sets(split, k)
+@functools.lru_cache(maxsize=None)
+def category_sets(split, size, exclude=(), require=()):
+  """`allowed_sets(split, size)` without the `exclude` categories and, when `require` names
+  some, only the sets that hold at least one of them."""
+  return tuple(s for s in allowed_sets(split, size)
+               if not set(s) & set(exclude) and (not require or set(s) & set(require)))
+
+
+def category_filter(exclude=(), require=()) -> tuple[tuple, tuple] | None:
+  """(data.exclude_categories, data.require_categories) checked and sorted; None when both are
+  empty (clips then keep their original draw)."""
+  exclude, require = tuple(sorted(set(exclude))), tuple(sorted(set(require)))
+  for name, cats in (('exclude_categories', exclude), ('require_categories', require)):
+    unknown = [c for c in cats if c not in ev.CATEGORIES]
+    if unknown:
+      raise ValueError(f'data.{name}: unknown categories {unknown}; known: {ev.CATEGORIES}')
+  if set(exclude) & set(require):
+    raise ValueError(f'data.exclude_categories and data.require_categories share '
+                     f'{sorted(set(exclude) & set(require))}')
+  if not exclude and not require:
+    return None
+  if not any(category_sets('train', k, exclude, require) for k in range(1, MAX_EVENTS + 1)):
+    raise ValueError(f'data.exclude_categories={list(exclude)} and data.require_categories='
+                     f'{list(require)} leave no training clip')
+  return exclude, require
+
+
+def _sample_events(rng, split, total_ticks, max_events, categories=None):
+  """List of (category, start_tick, end_tick), sorted by time. `categories`: None, or the
+  (exclude, require) of `category_filter`: the event and category counts are then drawn among
+  those that some allowed category set fits."""
+  most = min(max_events, total_ticks // 5)
+  if categories is None:
+    n = int(rng.integers(1, most + 1))
+    k = int(rng.integers(1, n + 1))
+    options = allowed_sets(split, k)
+  else:
+    fits = [k for k in range(1, most + 1) if category_sets(split, k, *categories)]
+    if not fits:
+      raise ValueError(f'no {split} clip of <= {most} events fits the categories {categories}')
+    n = int(rng.integers(fits[0], most + 1))
+    sizes = [k for k in fits if k <= n]
+    k = sizes[int(rng.integers(len(sizes)))]
+    options = category_sets(split, k, *categories)
   cats = list(options[rng.integers(len(options))])
   rng.shuffle(cats)
   cuts = np.sort(rng.choice(np.arange(1, n), size=k - 1, replace=False))
@@ -181,7 +220,7 @@ def caption_style_probs(weights) -> tuple[float, ...] | None:
 
 def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
               video_size=32, caption_style=None, max_events=MAX_EVENTS,
-              continuation_fraction=0.5, caption_probs=None):
+              continuation_fraction=0.5, caption_probs=None, categories=None):
   """Builds one deterministic clip (see the module docstring).
 
   Args:
@@ -194,6 +233,8 @@ def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
     caption_style: None (drawn from CAPTION_STYLES) or one of CAPTION_STYLES.
     caption_probs: None (uniform) or the probabilities of CAPTION_STYLES when drawn
       (`caption_style_probs`).
+    categories: None, or (exclude, require) from `category_filter`: the clip holds none of
+      `exclude` and, when `require` names some, at least one of them.
     max_events: upper bound on the number of events, in [1, 5].
     continuation_fraction: length of the continuation prompt / duration.
 
@@ -220,7 +261,7 @@ def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
   seq = np.random.SeedSequence([int(seed), SPLITS.index(split), 0xA0D10])
   r_events, r_audio, r_video, r_text, r_prompt = (
       np.random.default_rng(s) for s in seq.spawn(5))
-  evts = _sample_events(r_events, split, ticks, max_events)
+  evts = _sample_events(r_events, split, ticks, max_events, categories)
   n = _to_samples(ticks, sample_rate)
   bounds = np.array([[_to_samples(s, sample_rate), _to_samples(e, sample_rate)]
                      for _, s, e in evts], np.int64)

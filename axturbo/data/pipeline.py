@@ -41,7 +41,8 @@ DATA_FIELDS = (
     'source', 'batch_size', 'seed', 'shuffle', 'num_workers', 'read_threads', 'read_buffer',
     'fail_fast', 'max_skip_fraction', 'manifest', 'heldout_manifest', 'root', 'tfds_name',
     'tfds_data_dir', 'num_clips', 'heldout_clips', 'duration_s', 'task_probs', 'caption_styles',
-    'random_crop', 'crop_grid_s', 'phase_flip_p', 'inpaint_ratio', 'continuation_ratio')
+    'exclude_categories', 'require_categories', 'random_crop', 'crop_grid_s', 'phase_flip_p',
+    'inpaint_ratio', 'continuation_ratio')
 # A train stream that fails this many samples in a row is broken, not noisy: stop.
 MAX_CONSECUTIVE_SKIPS = 1000
 # `data.max_skip_fraction` is judged only after this many samples (a fraction of 3 is noise).
@@ -82,6 +83,12 @@ def check_data_config(d, split: str = 'train') -> None:
                        f'{tuple(d[key])}')
   tasks.task_probabilities(d.task_probs)
   embedded.caption_style_probs(d.caption_styles)
+  # Like caption_styles, they pick the embedded clips: a TFDS events dataset is made with them
+  # (python -m data.prepare records them) and read as built; a manifest has no such clips.
+  if embedded.category_filter(d.exclude_categories, d.require_categories) and (
+      d.source == 'manifest'):
+    raise ValueError("config.data.exclude_categories / require_categories pick the embedded "
+                     "source's clips; source 'manifest' reads its files as listed")
 
 
 def embedded_duration(m, d) -> float:
@@ -97,18 +104,19 @@ class EmbeddedSource:
   """Random-access base examples of the procedural dataset (data/embedded.py), no files.
 
   `caption_probs` (`embedded.caption_style_probs`) weights the caption styles of the train
-  split only: held-out clips keep the uniform mix they are scored on.
+  split only, and `categories` (`embedded.category_filter`) picks its clips' categories:
+  held-out clips keep the uniform mix and every category they are scored on.
   """
 
-  def __init__(self, split, num_clips, m, duration_s, caption_probs=None):
+  def __init__(self, split, num_clips, m, duration_s, caption_probs=None, categories=None):
     if split != 'train':
-      caption_probs = None
+      caption_probs, categories = None, None
     if duration_s * m.sample_rate > m.audio_samples:
       raise ValueError(f'config.data.duration_s={duration_s} s does not fit '
                        f'model.audio_samples={m.audio_samples} at {m.sample_rate} Hz')
     self.clips = embedded.EmbeddedDataset(split, num_clips, m.sample_rate, duration_s,
                                           fps=m.video_fps, video_size=m.clip.image_size,
-                                          caption_probs=caption_probs)
+                                          caption_probs=caption_probs, categories=categories)
     self.m = m
 
   def __len__(self):
@@ -147,7 +155,9 @@ def base_source(config, split: str):
   if d.source == 'embedded':
     num = d.num_clips if split == 'train' else d.heldout_clips
     return EmbeddedSource(split, num, m, embedded_duration(m, d),
-                          embedded.caption_style_probs(d.caption_styles)), None
+                          embedded.caption_style_probs(d.caption_styles),
+                          embedded.category_filter(d.exclude_categories,
+                                                   d.require_categories)), None
   if d.source == 'tfds':
     return tfds_source.TfdsSource(d.tfds_name, d.tfds_data_dir, split, m), None
   path = d.manifest if split == 'train' else d.heldout_manifest

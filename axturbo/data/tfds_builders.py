@@ -86,6 +86,8 @@ class EventsConfig(ShapesConfig):
   heldout_clips: int = 0       # 0 = no heldout split
   duration_s: float = 0.0
   caption_probs: tuple = ()    # the train split's caption-style probabilities; () = uniform
+  exclude_categories: tuple = ()   # categories no train clip holds
+  require_categories: tuple = ()   # () or categories one of which every train clip holds
 
 
 def shapes_of(c: ShapesConfig) -> dict:
@@ -331,8 +333,9 @@ class AxturboEvents(_Builder, skip_registration=True):
     m = model_view(shapes_of(c))
     sizes = {'train': c.num_clips, 'heldout': c.heldout_clips}
     probs = tuple(c.caption_probs) or None
+    categories = embedded.category_filter(c.exclude_categories, c.require_categories)
     return {split: (f'embedded clips ({split})',
-                    pipeline.EmbeddedSource(split, n, m, c.duration_s, probs).clips,
+                    pipeline.EmbeddedSource(split, n, m, c.duration_s, probs, categories).clips,
                     EventsExample(m))
             for split, n in sizes.items() if n}
 
@@ -351,6 +354,8 @@ def builder_config(config, name: str, sync_checkpoint: str = '') -> ShapesConfig
     return EventsConfig(name=name, num_clips=int(d.num_clips),
                         heldout_clips=int(d.heldout_clips), duration_s=duration,
                         caption_probs=embedded.caption_style_probs(d.caption_styles) or (),
+                        exclude_categories=tuple(sorted(set(d.exclude_categories))),
+                        require_categories=tuple(sorted(set(d.require_categories))),
                         description=f'{duration:g} s clips', **shapes)
   if d.source != 'manifest':
     raise ValueError(f"config.data.source={d.source!r}: a dataset is built from 'embedded' or "

@@ -33,6 +33,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from axturbo.data import embedded
+from axturbo.data import event_sounds as ev
 from axturbo.data import pipeline
 from axturbo.eval import event_scores
 from axturbo.eval import event_detector
@@ -278,6 +279,31 @@ def run_events(clips: Sequence[dict], generate_fn: GenerateFn, sample_rate: int,
   return {'metrics': metrics, 'num_clips': counts, 'details': details, 'per_request': records}
 
 
+def check_category(name: str, tasks: Sequence[str]) -> None:
+  """`--category`'s value, before anything is generated."""
+  if name not in ev.CATEGORIES:
+    raise ValueError(f'--category: unknown category {name!r}; known: {ev.CATEGORIES}')
+  if 't2a' not in tasks:
+    raise ValueError('--category splits the t2a clips: add t2a to --tasks')
+
+
+def category_split(result: dict, clips: Sequence[dict], name: str) -> dict:
+  """The t2a metrics of `run_events`' result over the clips whose annotations hold category
+  `name` ('with') and over the others ('without'), each {'metrics', 'num_clips'} as
+  `summarize`; 'found': the fraction of the `found_clips` 'with' clips in whose output `name`
+  is detected."""
+  check_category(name, [r['task'] for r in result['per_request']])
+  t2a = [r for r in result['per_request'] if r['task'] == 't2a']
+  holds = [r for r in t2a if name in clips[r['clip']]['annotations']['category']]
+  rest = [r for r in t2a if name not in clips[r['clip']]['annotations']['category']]
+  out = {'name': name, 'found': _mean(any(d[0] == name for d in r['detected']) for r in holds),
+         'found_clips': len(holds)}
+  for part, recs in (('with', holds), ('without', rest)):
+    metrics, counts, _ = summarize(recs) if recs else ({}, {}, {})
+    out[part] = {'metrics': metrics, 'num_clips': counts}
+  return out
+
+
 # ---------------------------------------------------------------------------- reporting
 
 def fmt_pct(value) -> str:
@@ -295,3 +321,14 @@ def events_markdown(result: dict, title: str) -> str:
   rows = [(header, fmt_pct(result['metrics'][key]), result['num_clips'][key])
           for key, (_, header) in METRICS.items() if key in result['metrics']]
   return f'# {title}\n\n' + markdown_table(('Metric', 'Accuracy (%)', 'Clips'), rows)
+
+
+def category_markdown(split: dict) -> str:
+  """`category_split` as a table: T2A metrics (%) and clip counts with and without it."""
+  name, w, wo = split['name'], split['with'], split['without']
+  rows = [(f'{name} detected', fmt_pct(split['found']), split['found_clips'], '', '')]
+  for key in ('cat', 'count', 'order', 'timestamp'):
+    rows.append((METRICS[key][1], fmt_pct(w['metrics'].get(key)), w['num_clips'].get(key, 0),
+                 fmt_pct(wo['metrics'].get(key)), wo['num_clips'].get(key, 0)))
+  return (f'\n## Text-to-audio clips that hold `{name}`, and the others\n\n' + markdown_table(
+      ('Metric', f'with {name} (%)', 'Clips', f'without {name} (%)', 'Clips'), rows))

@@ -9,7 +9,8 @@ without a suite runs events):
             Ord / TS accuracy of text-to-audio, video sync of video-to-audio and text+video,
             inpainting and continuation accuracy.
               python -m axturbo.eval events --checkpoint ckpt/ --out eval/ \
-                  [--steps 4] [--teacher --cfg 6] [--clips 64] [--batch_size 8]
+                  [--steps 4] [--teacher --cfg 6] [--clips 64] [--batch_size 8] \
+                  [--t2a_clips 288] [--category hiss]
   manifest  FD / KL / IS (PANNs CNN14) of generations for the captions of an official manifest
             vs its audio (axturbo/eval/manifest_suite.py); needs a local CNN14 checkpoint.
               python -m axturbo.eval manifest --checkpoint ckpt/ \
@@ -56,6 +57,9 @@ _T2A_CLIPS = flags.DEFINE_integer(
     't2a_clips', None, 'Held-out clips for t2a (default: --clips). Cnt, Ord and TS each judge '
     'the clips whose caption asks for them, about a quarter: 288 gives each at least 64.')
 _TASKS = flags.DEFINE_list('tasks', list(benchmark.TASKS), 'Event benchmark tasks.')
+_CATEGORY = flags.DEFINE_string(
+    'category', None, 'Also score the t2a clips that hold this category apart from the others, '
+    'and how often it is detected in them (a fine-tune on a new sound: docs/finetuning.md).')
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Prompts generated per call.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (clip i uses seed + i).')
 _KEEP = flags.DEFINE_bool('keep_unmasked', False,
@@ -84,8 +88,8 @@ _COMPILE_CACHE = compile_cache.define_flag()
 # refused (it would be silently ignored otherwise). --compile_cache and absl's own are shared.
 _SAMPLER = ('steps', 'teacher', 'cfg', 'seed')
 SUITES = {
-    'events': ('checkpoint', 'out', *_SAMPLER, 'clips', 't2a_clips', 'tasks', 'batch_size',
-               'keep_unmasked', 'duration_s'),
+    'events': ('checkpoint', 'out', *_SAMPLER, 'clips', 't2a_clips', 'tasks', 'category',
+               'batch_size', 'keep_unmasked', 'duration_s'),
     'manifest': ('checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', *_SAMPLER,
                  'clips', 'batch_size'),
     'long': ('checkpoint', 'out', *_SAMPLER, 'clips', 'tasks', 'batch_size', 'long_windows',
@@ -133,6 +137,8 @@ def _clips_phrase() -> str:
 
 def _events() -> tuple[dict, str]:
   from axturbo.eval import efficiency
+  if _CATEGORY.value is not None:
+    benchmark.check_category(_CATEGORY.value, _TASKS.value)
   gen = _load(_CHECKPOINT.value)
   options = _sampler_options(gen)
   sampler, steps, cfg = options.sampler, options.steps, options.cfg_scale
@@ -153,7 +159,11 @@ def _events() -> tuple[dict, str]:
             'keep_unmasked': _KEEP.value}
   title = (f'Event benchmark: {_CHECKPOINT.value}, {sampler} sampler, {steps} steps, '
            f'CFG {cfg:g}, NFE {header["nfe"]}, {_clips_phrase()}')
-  return {**header, **result}, benchmark.events_markdown(result, title)
+  markdown = benchmark.events_markdown(result, title)
+  if _CATEGORY.value is not None:
+    header['category'] = benchmark.category_split(result, clips, _CATEGORY.value)
+    markdown += benchmark.category_markdown(header['category'])
+  return {**header, **result}, markdown
 
 
 def _long() -> tuple[dict, str]:
