@@ -217,7 +217,7 @@ def _eval(tmp_path, *args):
 
 _SAMPLER_FLAGS = {'steps', 'teacher', 'cfg', 'seed'}
 _SUITE_FLAGS = {   # what each suite reads (axturbo/eval/cli.py), and --compile_cache
-    'events': {'checkpoint', 'out', 'clips', 't2a_clips', 'tasks', 'batch_size',
+    'events': {'checkpoint', 'out', 'clips', 't2a_clips', 'tasks', 'category', 'batch_size',
                'keep_unmasked', 'duration_s', 'compile_cache'} | _SAMPLER_FLAGS,
     'manifest': {'checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', 'clips',
                  'batch_size', 'compile_cache'} | _SAMPLER_FLAGS,
