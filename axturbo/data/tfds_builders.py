@@ -351,11 +351,12 @@ def builder_config(config, name: str, sync_checkpoint: str = '') -> ShapesConfig
                      "config.data.source='embedded' has none to read")
   if d.source == 'embedded':
     duration = pipeline.embedded_duration(m, d)
+    exclude, require = (embedded.category_filter(d.exclude_categories, d.require_categories)
+                        or ((), ()))
     return EventsConfig(name=name, num_clips=int(d.num_clips),
                         heldout_clips=int(d.heldout_clips), duration_s=duration,
                         caption_probs=embedded.caption_style_probs(d.caption_styles) or (),
-                        exclude_categories=tuple(sorted(set(d.exclude_categories))),
-                        require_categories=tuple(sorted(set(d.require_categories))),
+                        exclude_categories=exclude, require_categories=require,
                         description=f'{duration:g} s clips', **shapes)
   if d.source != 'manifest':
     raise ValueError(f"config.data.source={d.source!r}: a dataset is built from 'embedded' or "
