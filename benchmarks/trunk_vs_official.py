@@ -15,8 +15,9 @@ What is timed, per size (width x depth x batch), in float32 on CPU with random w
     under `torch.inference_mode()`, noise drawn inside (as `generate_diffusion_cond_dmd`);
   * ours: `MMDiT` at the same sizes in `sampling.sample_student` (4 steps), one jitted call
     drawing its noise on the device, the result on the host; 'inference' is the layout
-    `audiox.build_model(..., inference=True)` picks (blocks unrolled on the scanned tree),
-    'scanned' the training config's scan.
+    `audiox.build_model(..., inference=True)` picks (no layer scan, the scanned tree split
+    per block by `mmdit.unstack_blocks`, outside the timed call), 'scanned' the training
+    config's scan.
 Official sizes: the config's `num_heads` C is a head width (docs/official.md): 512 / C 16 is
 32 heads of 16, 1536 / C 24 is 64 heads of 24 (the released split); FFN hidden 1536 and 4096;
 conditioning (B, 384, 768), 236 latent frames of 64 channels (hard-wired in the official code).
@@ -139,15 +140,19 @@ def worker_ours(args, width, depth, batch, layout) -> float:
   import jax.numpy as jnp
   import numpy as np
   from axturbo.generation import sampling
-  from axturbo.models.mmdit import MMDiT
+  from axturbo.models import mmdit
   heads = width // OFFICIAL_C[width]
-  model = MMDiT(io_channels=IO, embed_dim=width, depth=depth, num_heads=heads,
-                head_dim=width // heads, cond_dim=COND_DIM, cond_len=COND_LEN, seq_len=SEQ,
-                mlp_hidden=mlp_hidden(width), scan_layers=True,
-                unroll_layers=layout == 'inference')
+  sizes = dict(io_channels=IO, embed_dim=width, depth=depth, num_heads=heads,
+               head_dim=width // heads, cond_dim=COND_DIM, cond_len=COND_LEN, seq_len=SEQ,
+               mlp_hidden=mlp_hidden(width))
   x, t = jnp.zeros((batch, SEQ, IO)), jnp.zeros((batch,))
   cond = jax.random.normal(jax.random.PRNGKey(1), (batch, COND_LEN, COND_DIM))
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), x, t, cond)['params']
+  # The training tree (scanned), as a checkpoint holds it; 'inference' converts it as
+  # Generator and Pipeline do.
+  params = jax.jit(mmdit.MMDiT(**sizes).init)(jax.random.PRNGKey(0), x, t, cond)['params']
+  model = mmdit.MMDiT(**sizes, scan_layers=layout != 'inference')
+  if layout == 'inference':
+    params = mmdit.unstack_blocks(params)
 
   @jax.jit
   def sample(params, cond, key):

@@ -36,7 +36,9 @@ import pytest
 from axturbo.convert.common import ConversionError, StateDict
 from axturbo.convert.mmdit import DEAD_TENSORS, mmdit_params
 from axturbo.flow import cfg_velocity
+from axturbo.models import layers
 from axturbo.models.mmdit import MMDiT
+from axturbo.models.mmdit import unstack_blocks
 from tests.fixture_io import load_fixture, rel_err
 from tests.logical_mesh import logical_mesh
 
@@ -126,30 +128,47 @@ def test_scan_and_loop_layouts_identical(fixture):
   assert rel_err(v[True], v[False]) <= 1e-6  # fp32 rounding only (different fusion)
 
 
-def test_inference_layout_runs_the_scanned_tree_unrolled(fixture):
-  """unroll_layers (what inference builds, issue 38): the scanned parameter tree, the scanned
-  outputs to float32 rounding, official parity, read-outs included, and no scan in the program."""
+def test_inference_layout_runs_the_scanned_tree_per_block(fixture):
+  """The inference layout (issue 38): the scanned tree split per block by `unstack_blocks` is
+  the unscanned model's tree, holds the same values, gives the scanned outputs to float32
+  rounding and official parity (read-outs included), and has no loop in its program."""
   sd, args, outs, _ = fixture
   scanned = MMDiT(**SMALL)
-  unrolled = MMDiT(**SMALL, unroll_layers=True)
-  params = convert(sd, scanned)
-  assert jax.tree.structure(_init_shapes(unrolled)) == jax.tree.structure(params)
-  v = run(unrolled, params, *args)
-  assert rel_err(v, run(scanned, params, *args)) <= 1e-6
+  unscanned = MMDiT(**SMALL, scan_layers=False)
+  stacked = convert(sd, scanned)
+  params = unstack_blocks(stacked)
+  assert jax.tree.structure(_init_shapes(unscanned)) == jax.tree.structure(params)
+  jax.tree.map(np.testing.assert_array_equal, params, convert(sd, unscanned))
+  assert unstack_blocks(params) is params   # already per block: unchanged
+  v = run(unscanned, params, *args)
+  assert rel_err(v, run(scanned, stacked, *args)) <= 1e-6
   assert rel_err(v, outs['v']) <= 1e-5
-  r = run(unrolled, params, *args, num_blocks=2)
+  r = run(unscanned, params, *args, num_blocks=2)
   for i in range(2):
     assert rel_err(r[i], outs[f'readout_{i + 1}']) <= 1e-5
-  jaxpr = str(jax.make_jaxpr(lambda p: unrolled.apply({'params': p}, *args))(params))
+  jaxpr = str(jax.make_jaxpr(lambda p: unscanned.apply({'params': p}, *args))(params))
   assert 'scan' not in jaxpr and 'while' not in jaxpr
-  assert 'scan' in str(jax.make_jaxpr(lambda p: scanned.apply({'params': p}, *args))(params))
+  assert 'scan' in str(jax.make_jaxpr(lambda p: scanned.apply({'params': p}, *args))(stacked))
+
+
+@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_heads_major_attention_equals_xla_attention(dtype, tol):
+  """The CPU attention form (`layers.attention` picks it there, issue 38) against
+  jax.nn.dot_product_attention, with large logits (the max subtraction matters) and Tq != Tk."""
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+  q = (8 * jax.random.normal(kq, (2, 7, 3, 16))).astype(dtype)
+  k = (8 * jax.random.normal(kk, (2, 11, 3, 16))).astype(dtype)
+  v = jax.random.normal(kv, (2, 11, 3, 16)).astype(dtype)
+  got = layers.heads_major_attention(q, k, v)
+  want = jax.nn.dot_product_attention(q, k, v)
+  assert got.dtype == dtype and got.shape == want.shape
+  assert rel_err(np.asarray(got, np.float32), np.asarray(want, np.float32)) <= tol
 
 
 @pytest.mark.parametrize('c_in,c_out,batch', [(48, 32, 2), (32, 48, 1), (96, 256, 3)])
 def test_shifted_matmul_conv_equals_lax_conv(c_in, c_out, batch):
   """The FFN's two forms (layers.conv_as_matmul picks one per backend): one matmul over the
   three shifted copies equals lax.conv on the same parameter, to float32 rounding."""
-  from axturbo.models import layers
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, 15, c_in))
   conv = layers.conv1d(c_out, 3, ('embed', 'mlp'), use_bias=False)
   params = nn.unbox(conv.init(jax.random.PRNGKey(1), x))
@@ -191,12 +210,14 @@ def test_remat_keeps_outputs_and_gradients(fixture):
 
 
 @pytest.mark.parametrize('policy, heads, ffn', [
-    ('none', 6, 6), ('save_attention_ffn', 4, 1), ('save_attention', 4, 0), ('save_qkv', 3, 0),
+    ('none', 4, 6), ('save_attention_ffn', 4, 1), ('save_attention', 4, 0), ('save_qkv', 3, 0),
     ('full', 0, 0)])
 def test_named_remat_policies_keep_their_activations(fixture, policy, heads, ffn):
   """What the scanned trunk keeps per block for the parameter gradient: (depth, B, L, N, H)
   head activations (q, k, v, attention) and (depth, B, L, mlp_hidden) FFN hiddens, read from
-  JAX's list of saved residuals (tracing only, nothing compiled)."""
+  JAX's list of saved residuals (tracing only, nothing compiled). With no policy the CPU
+  attention (`layers.heads_major_attention`) keeps its internals head-major, (B, N, L, H):
+  only the four named ones have the (B, L, N, H) layout."""
   sd, args, _, _ = fixture
   model = MMDiT(**SMALL, remat_policy=policy)
   params = convert(sd, model)

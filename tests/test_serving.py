@@ -82,14 +82,19 @@ def test_bf16_weights_are_stored_in_bf16(setup):
 
 @pytest.mark.slow   # compiles whole generation pipelines
 def test_inference_layout_is_the_same_network(setup):
-  """Generator and Pipeline run the trunk unrolled on the scanned tree (issue 38); the
-  training layout (unroll_layers=False) gives the same waveform."""
+  """Generator and Pipeline run the trunk without its scan on the scanned tree split per
+  block (issue 38); the training layout (unroll_layers=False) gives the same waveform."""
   m, params, gen, pipe = setup
-  assert m.trunk.scan_layers and gen.model.trunk.unroll_layers and pipe.model.trunk.unroll_layers
-  assert jax.tree.structure(gen.params) == jax.tree.structure(nn.unbox(params))
+  assert m.trunk.scan_layers
+  assert not gen.model.trunk.scan_layers and not pipe.model.trunk.scan_layers
+  per_block = audiox.inference_params(nn.unbox(params))
+  assert 'block' in nn.unbox(params)['trunk']['layers']
+  assert jax.tree.structure(gen.params) == jax.tree.structure(per_block)
+  assert jax.tree.structure(pipe.params) == jax.tree.structure(per_block)
   scanned = serving.Pipeline(m, params, dtype='float32', unroll_layers=False,
                              tokenizer=tokenizers.ByteTokenizer(m.text.max_length))
-  assert not scanned.model.trunk.unroll_layers
+  assert scanned.model.trunk.scan_layers
+  assert jax.tree.structure(scanned.params) == jax.tree.structure(nn.unbox(params))
   bell, seed = Request(text='a bell'), SamplerOptions(seed=4)
   np.testing.assert_allclose(scanned(bell, seed), pipe(bell, seed), rtol=1e-5,
                              atol=1e-6)

@@ -76,8 +76,8 @@ class Generator:
     if kind not in KINDS:
       raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
     self.config = model_config
-    self.model = audiox.build_model(model_config, inference=True)   # unrolled trunk, same tree
-    self.params = jax.tree.map(jnp.asarray, nn.unbox(params))
+    self.model = audiox.build_model(model_config, inference=True)
+    self.params = _inference_params(params)
     self.kind, self.source = kind, source
     self.meta = dict(meta or {})
     self.tokenizer = (tokenizer if tokenizer is not None
@@ -161,7 +161,7 @@ class Generator:
   def replace_params(self, params: Any) -> None:
     """New weights of the same tree (in-training evaluation): the compiled programs take the
     parameters as an argument and stay; what was computed from the old weights is dropped."""
-    new = jax.tree.map(jnp.asarray, nn.unbox(params))
+    new = _inference_params(params)
     if jax.tree.structure(new) != jax.tree.structure(self.params):
       raise ValueError(f'{self.source}: replace_params needs the same parameter tree')
     self.params, self._silent_tokens = new, None
@@ -399,6 +399,11 @@ def _pinned(known_latents, n: int, latent_shape: tuple[int, int]):
     raise ValueError(f'known_latents must be ({(n,) + latent_shape}, {(n, latent_shape[0])}), '
                      f'got ({known.shape}, {mask.shape})')
   return jnp.asarray(known, jnp.float32), jnp.asarray(mask.astype(bool)[..., None])
+
+
+def _inference_params(params) -> dict:
+  """Device arrays in the inference layout (`audiox.inference_params`)."""
+  return audiox.inference_params(jax.tree.map(jnp.asarray, nn.unbox(params)))
 
 
 UNUSED_SUBTREES = ('synchformer', 'disc')  # top-level subtrees the sampler itself never reads

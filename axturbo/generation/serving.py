@@ -75,9 +75,10 @@ class Pipeline:
       casts them in every call, as `Generator` does).
     decode_dtype: compute and storage dtype of the latent decoder.
     attention_impl: None (XLA) or 'cudnn'; overrides `model_config.attention_impl`.
-    unroll_layers: the inference layout (default): the trunk's blocks unrolled on the same
-      parameter tree (`audiox.build_model(..., inference=True)`); False keeps the config's
-      layout (the training scan), for comparison.
+    unroll_layers: the inference layout (default): the trunk without its layer scan, each
+      block's weights separate arrays (`audiox.build_model(..., inference=True)`,
+      `audiox.inference_params`); False keeps the config's layout (the training scan), for
+      comparison.
     matmul_precision: e.g. 'highest' for strict float32 matmuls (no TF32), as the official
       float32 inference; None keeps JAX's default.
     tokenizer: defaults to the config's own (`tokenizers.build_tokenizer`); pass one for
@@ -103,7 +104,9 @@ class Pipeline:
     params = nn.unbox(params)
     self.abstract = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
     run = jax.eval_shape if self.abstract else (lambda f, *a: f(*a))
-    self.params = run(jax.jit(cast_params, static_argnums=(1, 2)),
+    layout = audiox.inference_params if unroll_layers else (lambda p: p)
+    self.params = run(jax.jit(lambda p, to, decode_to: layout(cast_params(p, to, decode_to)),
+                              static_argnums=(1, 2)),
                       params, _DTYPES[weights_dtype or dtype], _DTYPES[decode_dtype])
     if tokenizer is None:
       if m.text.tokenizer == 'hf':

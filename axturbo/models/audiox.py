@@ -194,9 +194,9 @@ def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = Tr
                 inference: bool = False) -> AudioX:
   """The AudioX module for a `config.model` section (see configs/official.py).
 
-  `inference=True` picks the inference layout whatever the training config says: the trunk's
-  blocks unrolled (`MMDiT.unroll_layers`), on the same parameter tree (generation, serving
-  and evaluation use it; training keeps the config's scan).
+  `inference=True` picks the inference layout whatever the training config says: the trunk
+  without the layer scan, to be run on `inference_params(params)` (generation, serving and
+  evaluation use it; training keeps the config's scan).
 
   `check=False` skips the cross-network size checks: the converter maps each network on its
   own and may be given a section-by-section config whose networks do not fit together.
@@ -214,9 +214,17 @@ def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = Tr
           codec=codec_lib.build_codec(m) if _prompt_via_codec(m) else None, dtype=jnp.float32),
       maf=maf_lib.MAFBlock(**{**m.maf, 'modality_order': tuple(m.maf.modality_order)},
                            attention_impl=attn, dtype=dt),
-      trunk=mmdit_lib.MMDiT(**{**m.trunk, 'unroll_layers': inference or
-                               m.trunk.get('unroll_layers', False)}, attention_impl=attn, dtype=dt),
+      trunk=mmdit_lib.MMDiT(**{**m.trunk, 'scan_layers': m.trunk.get('scan_layers', True) and not inference},
+                            attention_impl=attn, dtype=dt),
       vae=codec_lib.build_codec(m, dtype=jnp.float32))
+
+
+def inference_params(params: dict) -> dict:
+  """A parameter tree (any layout) for `build_model(..., inference=True)`: the trunk's
+  scanned blocks as one subtree per block (`mmdit.unstack_blocks`), everything else as is."""
+  if 'trunk' not in params:
+    return params
+  return {**params, 'trunk': mmdit_lib.unstack_blocks(params['trunk'])}
 
 
 def dummy_batch(m: mlc.ConfigDict, batch_size: int = 1) -> dict[str, Any]:

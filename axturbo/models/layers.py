@@ -103,9 +103,28 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str |
               ) -> jax.Array:
   """Unmasked softmax attention. q: (B, Tq, N, H), k/v: (B, Tk, N, H) -> (B, Tq, N, H).
 
-  `implementation=None` lets XLA choose (CPU/TPU); 'cudnn' selects the cuDNN flash kernel on GPU.
+  `implementation=None`: on CPU `heads_major_attention` (faster there, docs/benchmarks.md),
+  elsewhere XLA's `jax.nn.dot_product_attention`; 'cudnn' selects the cuDNN flash kernel on GPU.
+  Decided at trace time from the default backend.
   """
+  if implementation is None and jax.default_backend() == 'cpu':
+    return heads_major_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """`attention` as batched (B, N) matmuls on head-major copies, normalised after the
+  value product: softmax(s) @ v = (exp(s - max s) @ v) / sum exp(s - max s), so the division
+  runs over (Tq, H) instead of (Tq, Tk) per head. Same shapes as `attention`."""
+  scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  qh = jnp.transpose(q * scale, (0, 2, 1, 3))   # (B, N, Tq, H)
+  kh = jnp.transpose(k, (0, 2, 3, 1))           # (B, N, H, Tk)
+  vh = jnp.transpose(v, (0, 2, 1, 3))           # (B, N, Tk, H)
+  s = jnp.matmul(qh, kh, preferred_element_type=jnp.float32)
+  p = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+  o = jnp.matmul(p.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+  o = o / jnp.sum(p, axis=-1, keepdims=True)
+  return jnp.transpose(o, (0, 2, 1, 3)).astype(q.dtype)
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:

@@ -122,7 +122,6 @@ class StackFields(BlockFields):
   scan_layers: bool = True
   remat_policy: str = 'none'
   scan_unroll: int = 1
-  unroll_layers: bool = False
 
 
 def _fields_of(module: nn.Module, base: type[nn.Module]) -> dict:
@@ -209,20 +208,6 @@ class LayerStack(StackFields):
         outs.append(y)
       return h, (jnp.stack(outs) if emit else None)
 
-    if self.unroll_layers and not self.is_initializing():
-      # The inference layout (issue 38): the blocks one after another in the program, no loop,
-      # each reading its slice of the stacked parameters, so the tree stays the scanned one.
-      # XLA slices each layer's weights once per call (hoisted out of a sampler's step loop);
-      # a scan slices them in every iteration and cannot hoist the blocks' conditioning-only
-      # work (the adaLN maps) out of that loop. Initialisation takes the scan below.
-      def per_block(variables):
-        return {col: {f'block_{i}': jax.tree.map(lambda a, i=i: a[i], nn.unbox(tree))
-                      for i in range(num_blocks)} for col, tree in variables.items()}
-      unrolled = nn.map_variables(LayerStack, 'params', trans_in_fn=per_block, mutable=False)
-      fields = {**_fields_of(self, StackFields), 'scan_layers': False}
-      return unrolled(**fields, name='block')(h, cond_act, rope, temb, num_blocks=num_blocks,
-                                              emit=emit)
-
     scanned = nn.scan(cls, variable_axes={'params': 0}, split_rngs={'params': True},
                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=num_blocks,
                       unroll=min(self.scan_unroll, num_blocks),
@@ -234,6 +219,26 @@ class LayerStack(StackFields):
           scanned, 'params', mutable=False,
           trans_in_fn=lambda vs: jax.tree.map(lambda a: a[:num_blocks], vs))
     return scanned(**fields, emit=emit, name='block')(h, cond_act, rope, temb)
+
+
+def unstack_blocks(trunk_params: dict) -> dict:
+  """The scanned trunk tree ('layers'/'block', every leaf (depth, ...)) as the tree of the same
+  trunk with `scan_layers=False` ('layers'/'block_0' ... 'block_{depth-1}'); a tree already
+  in that form comes back unchanged. Leaves may be numpy or jax arrays.
+
+  Inference runs the unscanned trunk on this tree (`audiox.inference_params`): each block's
+  weights are arrays of their own, so the compiled sampler neither copies a block's slice of
+  the stack on every call (as an unrolled program over the stacked tree does) nor slices it in
+  every iteration of a layer loop (as the scan does). docs/benchmarks.md has the timings.
+  """
+  stack = trunk_params.get('layers', {})
+  if 'block' not in stack:
+    return trunk_params
+  blocks = stack['block']
+  depth = jax.tree.leaves(blocks)[0].shape[0]
+  split = {f'block_{i}': jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(depth)}
+  rest = {k: v for k, v in stack.items() if k != 'block'}
+  return {**trunk_params, 'layers': {**rest, **split}}
 
 
 class MMDiT(StackFields):
@@ -260,10 +265,6 @@ class MMDiT(StackFields):
     remat_policy: a name in REMAT_POLICIES: what each block keeps for the backward pass.
     scan_unroll: blocks per iteration of the scanned loop (`depth` unrolls it fully: no loop
       overhead between blocks, a longer compile; same parameters, same math).
-    unroll_layers: run the blocks as an unrolled Python loop even with `scan_layers`, each
-      block reading its slice of the stacked parameters (same tree, same math, no scan in the
-      program): the inference layout `audiox.build_model(..., inference=True)` picks, faster
-      than the scan (or `scan_unroll`) at every size measured (docs/benchmarks.md).
   """
   io_channels: int = 64
   cond_dim: int = 768
