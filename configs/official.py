@@ -98,6 +98,7 @@ def data_config() -> mlc.ConfigDict:
   # clips keep all): a base that never heard a sound, then a fine-tune on it (docs/finetuning.md).
   d.exclude_categories = ()
   d.require_categories = ()
+  d.require_share = 1.0           # the share of those clips drawn with require_categories
   d.random_crop = True            # official crop: offsets on a crop_grid_s grid
   d.crop_grid_s = 10.0
   d.phase_flip_p = 0.5            # official PhaseFlipper

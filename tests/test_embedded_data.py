@@ -169,7 +169,7 @@ def test_caption_style_weights():
 def test_category_filter_keeps_categories_out_of_or_in_every_training_clip():
   exclude = embedded.category_filter(exclude=('hiss',))
   require = embedded.category_filter(require=('hiss', 'bell'))
-  assert exclude == (('hiss',), ()) and require == ((), ('bell', 'hiss'))
+  assert exclude == (('hiss',), (), 1.0) and require == ((), ('bell', 'hiss'), 1.0)
   assert embedded.category_filter() is None
   base = _clips(n=80, duration_s=2.0)
   assert sum('hiss' in c['annotations']['category'] for c in base) >= 8  # the filter has work
@@ -191,6 +191,24 @@ def test_category_filter_keeps_categories_out_of_or_in_every_training_clip():
   assert embedded.combination_split(['buzz']) == 'heldout'
   with pytest.raises(ValueError, match='leave no training clip'):
     embedded.category_filter(exclude=set(ev.CATEGORIES) - {'buzz'}, require=('buzz',))
+
+
+def test_require_share_mixes_required_and_ordinary_clips():
+  """data.require_share: that share of the training clips hold a required category, the others
+  are ordinary clips (no excluded category); each clip's draw is fixed by its seed."""
+  mixed = embedded.category_filter(exclude=('bell',), require=('hiss',), share=0.5)
+  assert mixed == (('bell',), ('hiss',), 0.5)
+  clips = _clips(n=120, duration_s=2.0, categories=mixed)
+  with_hiss = sum('hiss' in c['annotations']['category'] for c in clips)
+  # Half the seeds require hiss; about 1 in 5 of the others holds it by chance.
+  assert 55 <= with_hiss <= 95
+  assert not any('bell' in c['annotations']['category'] for c in clips)
+  assert all(embedded.combination_split(c['annotations']['category']) == 'train' for c in clips)
+  again = _clips(n=120, duration_s=2.0, categories=mixed)
+  assert [c['caption'] for c in again] == [c['caption'] for c in clips]
+  for share, require in ((0.0, ('hiss',)), (1.5, ('hiss',)), (0.5, ())):
+    with pytest.raises(ValueError, match=f'data.require_share={share:g}'):
+      embedded.category_filter(exclude=('bell',), require=require, share=share)
 
 
 def test_heldout_prompts_disjoint_from_train():

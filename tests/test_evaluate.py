@@ -29,6 +29,16 @@ def clips():
   return benchmark.heldout_clips(tiny.model_config(), 16)  # every caption style occurs
 
 
+def test_heldout_clips_from_a_first_clip(clips):
+  """--first_clip: clips from number `first` on, the same clips as in a longer list."""
+  later = benchmark.heldout_clips(tiny.model_config(), 4, first=12)
+  assert [c['seed'] for c in later] == [12, 13, 14, 15]
+  assert [c['caption'] for c in later] == [c['caption'] for c in clips[12:]]
+  np.testing.assert_array_equal(later[0]['waveform'], clips[12]['waveform'])
+  with pytest.raises(ValueError, match='--first_clip must be >= 0'):
+    benchmark.heldout_clips(tiny.model_config(), 4, first=-1)
+
+
 # ---------------------------------------------------------------------------- scoring path
 
 def test_ground_truth_scores_perfectly_and_silence_fails(clips):
@@ -217,7 +227,8 @@ def _eval(tmp_path, *args):
 
 _SAMPLER_FLAGS = {'steps', 'teacher', 'cfg', 'seed'}
 _SUITE_FLAGS = {   # what each suite reads (axturbo/eval/cli.py), and --compile_cache
-    'events': {'checkpoint', 'out', 'clips', 't2a_clips', 'tasks', 'category', 'batch_size',
+    'events': {'checkpoint', 'out', 'clips', 't2a_clips', 'first_clip', 'tasks', 'category',
+               'batch_size',
                'keep_unmasked', 'duration_s', 'compile_cache'} | _SAMPLER_FLAGS,
     'manifest': {'checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', 'clips',
                  'batch_size', 'compile_cache'} | _SAMPLER_FLAGS,

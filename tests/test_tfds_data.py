@@ -133,10 +133,13 @@ def test_other_shapes_settings_and_missing_datasets_are_refused(events):
 def test_events_dataset_keeps_the_training_caption_mix(tmp_path):
   c = _config(num_clips=8, heldout_clips=4, batch_size=4,
               caption_styles=dict(category=0.0, count=1.0, order=0.0, timestamp=0.0),
-              exclude_categories=('hiss', 'bell'))
+              exclude_categories=('hiss', 'tone'), require_categories=('bell',),
+              require_share=0.5)
   builder = _build(c, 'counts', tmp_path)
-  assert tuple(builder.info.metadata['settings']['caption_probs']) == (0.0, 1.0, 0.0, 0.0)
-  assert tuple(builder.info.metadata['settings']['exclude_categories']) == ('bell', 'hiss')
+  settings = builder.info.metadata['settings']
+  assert tuple(settings['caption_probs']) == (0.0, 1.0, 0.0, 0.0)
+  assert tuple(settings['exclude_categories']) == ('hiss', 'tone')
+  assert tuple(settings['require_categories']) == ('bell',) and settings['require_share'] == 0.5
   r = _tfds(c, 'axturbo_events/counts', tmp_path)
   _assert_same(_batches(r, n=2, process_index=0, process_count=1),
                _batches(c, n=2, process_index=0, process_count=1))

@@ -56,10 +56,12 @@ def category_sets(split, size, exclude=(), require=()):
                if not set(s) & set(exclude) and (not require or set(s) & set(require)))
 
 
-def category_filter(exclude=(), require=()) -> tuple[tuple, tuple] | None:
-  """(data.exclude_categories, data.require_categories) checked and sorted; None when both are
-  empty (clips then keep their original draw)."""
-  exclude, require = tuple(sorted(set(exclude))), tuple(sorted(set(require)))
+def category_filter(exclude=(), require=(), share=1.0) -> tuple[tuple, tuple, float] | None:
+  """(data.exclude_categories, data.require_categories, data.require_share) checked, the
+  categories sorted; None when both lists are empty (clips then keep their original draw).
+  `share`: the fraction of clips drawn with `require`, in (0, 1]; the others hold none of
+  `exclude` and may hold any other category (a fine-tune that also replays ordinary clips)."""
+  exclude, require, share = tuple(sorted(set(exclude))), tuple(sorted(set(require))), float(share)
   for name, cats in (('exclude_categories', exclude), ('require_categories', require)):
     unknown = [c for c in cats if c not in ev.CATEGORIES]
     if unknown:
@@ -67,19 +69,27 @@ def category_filter(exclude=(), require=()) -> tuple[tuple, tuple] | None:
   if set(exclude) & set(require):
     raise ValueError(f'data.exclude_categories and data.require_categories share '
                      f'{sorted(set(exclude) & set(require))}')
+  if not 0 < share <= 1 or (share < 1 and not require):
+    raise ValueError(f'data.require_share={share:g}: must be in (0, 1], and below 1 only with '
+                     'data.require_categories')
   if not exclude and not require:
     return None
   if not any(category_sets('train', k, exclude, require) for k in range(1, MAX_EVENTS + 1)):
     raise ValueError(f'data.exclude_categories={list(exclude)} and data.require_categories='
                      f'{list(require)} leave no training clip')
-  return exclude, require
+  return exclude, require, share
 
 
 def _sample_events(rng, split, total_ticks, max_events, categories=None):
   """List of (category, start_tick, end_tick), sorted by time. `categories`: None, or the
-  (exclude, require) of `category_filter`: the event and category counts are then drawn among
-  those that some allowed category set fits."""
+  (exclude, require, share) of `category_filter`: the event and category counts are then drawn
+  among those that some allowed category set fits (`require` in a `share` of the clips)."""
   most = min(max_events, total_ticks // 5)
+  if categories is not None:
+    exclude, require, share = categories
+    if share < 1 and rng.random() >= share:
+      require = ()
+    categories = (exclude, require)
   if categories is None:
     n = int(rng.integers(1, most + 1))
     k = int(rng.integers(1, n + 1))
@@ -233,8 +243,9 @@ def make_clip(seed, split='train', sample_rate=16000, duration_s=4.0, fps=5,
     caption_style: None (drawn from CAPTION_STYLES) or one of CAPTION_STYLES.
     caption_probs: None (uniform) or the probabilities of CAPTION_STYLES when drawn
       (`caption_style_probs`).
-    categories: None, or (exclude, require) from `category_filter`: the clip holds none of
-      `exclude` and, when `require` names some, at least one of them.
+    categories: None, or (exclude, require, share) from `category_filter`: the clip holds
+      none of `exclude` and, when `require` names some, at least one of them (in a `share`
+      of the seeds).
     max_events: upper bound on the number of events, in [1, 5].
     continuation_fraction: length of the continuation prompt / duration.
 

@@ -41,7 +41,7 @@ DATA_FIELDS = (
     'source', 'batch_size', 'seed', 'shuffle', 'num_workers', 'read_threads', 'read_buffer',
     'fail_fast', 'max_skip_fraction', 'manifest', 'heldout_manifest', 'root', 'tfds_name',
     'tfds_data_dir', 'num_clips', 'heldout_clips', 'duration_s', 'task_probs', 'caption_styles',
-    'exclude_categories', 'require_categories', 'random_crop', 'crop_grid_s', 'phase_flip_p',
+    'exclude_categories', 'require_categories', 'require_share', 'random_crop', 'crop_grid_s', 'phase_flip_p',
     'inpaint_ratio', 'continuation_ratio')
 # A train stream that fails this many samples in a row is broken, not noisy: stop.
 MAX_CONSECUTIVE_SKIPS = 1000
@@ -85,7 +85,7 @@ def check_data_config(d, split: str = 'train') -> None:
   embedded.caption_style_probs(d.caption_styles)
   # Like caption_styles, they pick the embedded clips: a TFDS events dataset is made with them
   # (python -m data.prepare records them) and read as built; a manifest has no such clips.
-  if embedded.category_filter(d.exclude_categories, d.require_categories) and (
+  if embedded.category_filter(d.exclude_categories, d.require_categories, d.require_share) and (
       d.source == 'manifest'):
     raise ValueError("config.data.exclude_categories / require_categories pick the embedded "
                      "source's clips; source 'manifest' reads its files as listed")
@@ -157,7 +157,8 @@ def base_source(config, split: str):
     return EmbeddedSource(split, num, m, embedded_duration(m, d),
                           embedded.caption_style_probs(d.caption_styles),
                           embedded.category_filter(d.exclude_categories,
-                                                   d.require_categories)), None
+                                                   d.require_categories,
+                                                   d.require_share)), None
   if d.source == 'tfds':
     return tfds_source.TfdsSource(d.tfds_name, d.tfds_data_dir, split, m), None
   path = d.manifest if split == 'train' else d.heldout_manifest

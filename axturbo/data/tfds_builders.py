@@ -88,6 +88,7 @@ class EventsConfig(ShapesConfig):
   caption_probs: tuple = ()    # the train split's caption-style probabilities; () = uniform
   exclude_categories: tuple = ()   # categories no train clip holds
   require_categories: tuple = ()   # () or categories one of which every train clip holds
+  require_share: float = 1.0       # the share of train clips drawn with require_categories
 
 
 def shapes_of(c: ShapesConfig) -> dict:
@@ -333,7 +334,8 @@ class AxturboEvents(_Builder, skip_registration=True):
     m = model_view(shapes_of(c))
     sizes = {'train': c.num_clips, 'heldout': c.heldout_clips}
     probs = tuple(c.caption_probs) or None
-    categories = embedded.category_filter(c.exclude_categories, c.require_categories)
+    categories = embedded.category_filter(c.exclude_categories, c.require_categories,
+                                          c.require_share)
     return {split: (f'embedded clips ({split})',
                     pipeline.EmbeddedSource(split, n, m, c.duration_s, probs, categories).clips,
                     EventsExample(m))
@@ -351,12 +353,14 @@ def builder_config(config, name: str, sync_checkpoint: str = '') -> ShapesConfig
                      "config.data.source='embedded' has none to read")
   if d.source == 'embedded':
     duration = pipeline.embedded_duration(m, d)
-    exclude, require = (embedded.category_filter(d.exclude_categories, d.require_categories)
-                        or ((), ()))
+    exclude, require, share = (embedded.category_filter(d.exclude_categories,
+                                                        d.require_categories, d.require_share)
+                               or ((), (), 1.0))
     return EventsConfig(name=name, num_clips=int(d.num_clips),
                         heldout_clips=int(d.heldout_clips), duration_s=duration,
                         caption_probs=embedded.caption_style_probs(d.caption_styles) or (),
                         exclude_categories=exclude, require_categories=require,
+                        require_share=share,
                         description=f'{duration:g} s clips', **shapes)
   if d.source != 'manifest':
     raise ValueError(f"config.data.source={d.source!r}: a dataset is built from 'embedded' or "

@@ -73,14 +73,18 @@ def clip_duration(m) -> float:
   return pipeline.embedded_duration(m, types.SimpleNamespace(duration_s=None))
 
 
-def heldout_clips(m, num_clips: int, duration_s: float | None = None) -> list[dict]:
-  """The first `num_clips` held-out clips at the model's rate, video fps and frame size."""
+def heldout_clips(m, num_clips: int, duration_s: float | None = None, first: int = 0
+                  ) -> list[dict]:
+  """`num_clips` held-out clips from number `first` on, at the model's rate, video fps and
+  frame size (tune a setting on some clips, report it on others: `--first_clip`)."""
   if num_clips < 1:
     raise ValueError(f'--clips must be >= 1, got {num_clips}')
+  if first < 0:
+    raise ValueError(f'--first_clip must be >= 0, got {first}')
   duration = duration_s or clip_duration(m)
   return [embedded.make_clip(i, 'heldout', sample_rate=m.sample_rate, duration_s=duration,
                              fps=m.video_fps, video_size=m.clip.image_size)
-          for i in range(num_clips)]
+          for i in range(first, first + num_clips)]
 
 
 def make_requests(clips: Sequence[dict], tasks: Sequence[str] = TASKS,

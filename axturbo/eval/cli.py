@@ -10,7 +10,7 @@ without a suite runs events):
             inpainting and continuation accuracy.
               python -m axturbo.eval events --checkpoint ckpt/ --out eval/ \
                   [--steps 4] [--teacher --cfg 6] [--clips 64] [--batch_size 8] \
-                  [--t2a_clips 288] [--category hiss]
+                  [--t2a_clips 288] [--first_clip 0] [--category hiss]
   manifest  FD / KL / IS (PANNs CNN14) of generations for the captions of an official manifest
             vs its audio (axturbo/eval/manifest_suite.py); needs a local CNN14 checkpoint.
               python -m axturbo.eval manifest --checkpoint ckpt/ \
@@ -56,6 +56,8 @@ _CLIPS = flags.DEFINE_integer('clips', 64, 'Held-out clips (manifest: manifest l
 _T2A_CLIPS = flags.DEFINE_integer(
     't2a_clips', None, 'Held-out clips for t2a (default: --clips). Cnt, Ord and TS each judge '
     'the clips whose caption asks for them, about a quarter: 288 gives each at least 64.')
+_FIRST = flags.DEFINE_integer('first_clip', 0, 'Number of the first held-out clip scored (tune '
+                              'on some clips, report on others).')
 _TASKS = flags.DEFINE_list('tasks', list(benchmark.TASKS), 'Event benchmark tasks.')
 _CATEGORY = flags.DEFINE_string(
     'category', None, 'Also score the t2a clips that hold this category apart from the others, '
@@ -88,7 +90,8 @@ _COMPILE_CACHE = compile_cache.define_flag()
 # refused (it would be silently ignored otherwise). --compile_cache and absl's own are shared.
 _SAMPLER = ('steps', 'teacher', 'cfg', 'seed')
 SUITES = {
-    'events': ('checkpoint', 'out', *_SAMPLER, 'clips', 't2a_clips', 'tasks', 'category',
+    'events': ('checkpoint', 'out', *_SAMPLER, 'clips', 't2a_clips', 'first_clip', 'tasks',
+               'category',
                'batch_size', 'keep_unmasked', 'duration_s'),
     'manifest': ('checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', *_SAMPLER,
                  'clips', 'batch_size'),
@@ -117,11 +120,12 @@ def _sampler_options(gen) -> SamplerOptions:
 
 
 def _heldout(m) -> list[dict]:
-  """The held-out clips of --clips and --t2a_clips (the first max of the two)."""
+  """The held-out clips of --clips and --t2a_clips (the max of the two, from --first_clip)."""
   for name, value in (('clips', _CLIPS.value), ('t2a_clips', _T2A_CLIPS.value)):
     if value is not None and value < 1:
       raise ValueError(f'--{name} must be >= 1, got {value}')
-  return benchmark.heldout_clips(m, max(_CLIPS.value, _T2A_CLIPS.value or 0), _DURATION.value)
+  return benchmark.heldout_clips(m, max(_CLIPS.value, _T2A_CLIPS.value or 0), _DURATION.value,
+                                 _FIRST.value)
 
 
 def _clips_per_task() -> dict[str, int]:
@@ -130,9 +134,10 @@ def _clips_per_task() -> dict[str, int]:
 
 
 def _clips_phrase() -> str:
+  first = f' from number {_FIRST.value}' if _FIRST.value else ''
   if _T2A_CLIPS.value in (None, _CLIPS.value) or 't2a' not in _TASKS.value:
-    return f'{_CLIPS.value} held-out clips'
-  return f'{_T2A_CLIPS.value} held-out clips for t2a, {_CLIPS.value} for the other tasks'
+    return f'{_CLIPS.value} held-out clips{first}'
+  return f'{_T2A_CLIPS.value} held-out clips for t2a, {_CLIPS.value} for the other tasks{first}'
 
 
 def _events() -> tuple[dict, str]:
@@ -154,7 +159,7 @@ def _events() -> tuple[dict, str]:
             'sampler': sampler, 'steps': steps, 'cfg_scale': cfg,
             'nfe': efficiency.nfe(sampler, steps, cfg), 'seed': _SEED.value,
             'clips': _CLIPS.value, 't2a_clips': _T2A_CLIPS.value or _CLIPS.value,
-            'duration_s': clips[0]['duration_s'], 'sample_rate': gen.config.sample_rate,
+            'first_clip': _FIRST.value, 'duration_s': clips[0]['duration_s'], 'sample_rate': gen.config.sample_rate,
             'tasks': list(_TASKS.value),
             'keep_unmasked': _KEEP.value}
   title = (f'Event benchmark: {_CHECKPOINT.value}, {sampler} sampler, {steps} steps, '
