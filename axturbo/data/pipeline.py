@@ -41,8 +41,8 @@ DATA_FIELDS = (
     'source', 'batch_size', 'seed', 'shuffle', 'num_workers', 'read_threads', 'read_buffer',
     'fail_fast', 'max_skip_fraction', 'manifest', 'heldout_manifest', 'root', 'tfds_name',
     'tfds_data_dir', 'num_clips', 'heldout_clips', 'duration_s', 'task_probs', 'caption_styles',
-    'exclude_categories', 'require_categories', 'require_share', 'random_crop', 'crop_grid_s', 'phase_flip_p',
-    'inpaint_ratio', 'continuation_ratio')
+    'exclude_categories', 'require_categories', 'require_share', 'random_crop', 'crop_grid_s',
+    'phase_flip_p', 'inpaint_ratio', 'continuation_ratio')
 # A train stream that fails this many samples in a row is broken, not noisy: stop.
 MAX_CONSECUTIVE_SKIPS = 1000
 # `data.max_skip_fraction` is judged only after this many samples (a fraction of 3 is noise).

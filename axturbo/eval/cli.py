@@ -91,8 +91,7 @@ _COMPILE_CACHE = compile_cache.define_flag()
 _SAMPLER = ('steps', 'teacher', 'cfg', 'seed')
 SUITES = {
     'events': ('checkpoint', 'out', *_SAMPLER, 'clips', 't2a_clips', 'first_clip', 'tasks',
-               'category',
-               'batch_size', 'keep_unmasked', 'duration_s'),
+               'category', 'batch_size', 'keep_unmasked', 'duration_s'),
     'manifest': ('checkpoint', 'out', 'manifest', 'root', 'cnn14', 'cnn14_variant', *_SAMPLER,
                  'clips', 'batch_size'),
     'long': ('checkpoint', 'out', *_SAMPLER, 'clips', 'tasks', 'batch_size', 'long_windows',
@@ -159,7 +158,8 @@ def _events() -> tuple[dict, str]:
             'sampler': sampler, 'steps': steps, 'cfg_scale': cfg,
             'nfe': efficiency.nfe(sampler, steps, cfg), 'seed': _SEED.value,
             'clips': _CLIPS.value, 't2a_clips': _T2A_CLIPS.value or _CLIPS.value,
-            'first_clip': _FIRST.value, 'duration_s': clips[0]['duration_s'], 'sample_rate': gen.config.sample_rate,
+            'first_clip': _FIRST.value, 'duration_s': clips[0]['duration_s'],
+            'sample_rate': gen.config.sample_rate,
             'tasks': list(_TASKS.value),
             'keep_unmasked': _KEEP.value}
   title = (f'Event benchmark: {_CHECKPOINT.value}, {sampler} sampler, {steps} steps, '

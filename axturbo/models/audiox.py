@@ -214,7 +214,8 @@ def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = Tr
           codec=codec_lib.build_codec(m) if _prompt_via_codec(m) else None, dtype=jnp.float32),
       maf=maf_lib.MAFBlock(**{**m.maf, 'modality_order': tuple(m.maf.modality_order)},
                            attention_impl=attn, dtype=dt),
-      trunk=mmdit_lib.MMDiT(**{**m.trunk, 'scan_layers': m.trunk.get('scan_layers', True) and not inference},
+      trunk=mmdit_lib.MMDiT(**{**m.trunk,
+                               'scan_layers': m.trunk.get('scan_layers', True) and not inference},
                             attention_impl=attn, dtype=dt),
       vae=codec_lib.build_codec(m, dtype=jnp.float32))
 
