@@ -402,8 +402,9 @@ def _pinned(known_latents, n: int, latent_shape: tuple[int, int]):
 
 
 def _inference_params(params) -> dict:
-  """Device arrays in the inference layout (`audiox.inference_params`)."""
-  return audiox.inference_params(jax.tree.map(jnp.asarray, nn.unbox(params)))
+  """Device arrays in the inference layout (`audiox.inference_params`). Split before the
+  transfer: host (numpy) blocks are views, so the device holds the trunk once, not twice."""
+  return jax.tree.map(jnp.asarray, audiox.inference_params(nn.unbox(params)))
 
 
 UNUSED_SUBTREES = ('synchformer', 'disc')  # top-level subtrees the sampler itself never reads
