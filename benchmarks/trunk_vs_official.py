@@ -136,6 +136,7 @@ def worker_official(args, width, depth, batch) -> float:
 
 
 def worker_ours(args, width, depth, batch, layout) -> float:
+  import flax.linen
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -150,9 +151,11 @@ def worker_ours(args, width, depth, batch, layout) -> float:
   # The training tree (scanned), as a checkpoint holds it; 'inference' converts it as
   # Generator and Pipeline do.
   params = jax.jit(mmdit.MMDiT(**sizes).init)(jax.random.PRNGKey(0), x, t, cond)['params']
-  model = mmdit.MMDiT(**sizes, scan_layers=layout != 'inference')
+  params = flax.linen.unbox(params)
+  model = mmdit.MMDiT(**sizes, scan_layers=layout != 'inference',
+                      winograd=layout == 'inference' and mmdit.inference_winograd(3))
   if layout == 'inference':
-    params = mmdit.unstack_blocks(params)
+    params = mmdit.inference_layout(params)
 
   @jax.jit
   def sample(params, cond, key):

@@ -38,7 +38,10 @@ from axturbo.convert.mmdit import DEAD_TENSORS, mmdit_params
 from axturbo.flow import cfg_velocity
 from axturbo.models import layers
 from axturbo.models.mmdit import MMDiT
+from axturbo.models.mmdit import inference_layout
+from axturbo.models.mmdit import inference_winograd
 from axturbo.models.mmdit import unstack_blocks
+from axturbo.models.mmdit import winograd_blocks
 from tests.fixture_io import load_fixture, rel_err
 from tests.logical_mesh import logical_mesh
 
@@ -131,7 +134,8 @@ def test_scan_and_loop_layouts_identical(fixture):
 def test_inference_layout_runs_the_scanned_tree_per_block(fixture):
   """The inference layout (issue 38): the scanned tree split per block by `unstack_blocks` is
   the unscanned model's tree, holds the same values, gives the scanned outputs to float32
-  rounding and official parity (read-outs included), and has no loop in its program."""
+  rounding and official parity (read-outs included), and has no loop in its program. With
+  its convolution kernels as Winograd filters (the CPU inference layout) too."""
   sd, args, outs, _ = fixture
   scanned = MMDiT(**SMALL)
   unscanned = MMDiT(**SMALL, scan_layers=False)
@@ -148,6 +152,23 @@ def test_inference_layout_runs_the_scanned_tree_per_block(fixture):
     assert rel_err(r[i], outs[f'readout_{i + 1}']) <= 1e-5
   jaxpr = str(jax.make_jaxpr(lambda p: unscanned.apply({'params': p}, *args))(params))
   assert 'scan' not in jaxpr and 'while' not in jaxpr
+
+  wino = MMDiT(**SMALL, scan_layers=False, winograd=True)
+  filters = winograd_blocks(params)
+  assert jax.tree.structure(_init_shapes(wino)) == jax.tree.structure(filters)
+  assert jax.tree.map(jnp.shape, _init_shapes(wino)) == jax.tree.map(jnp.shape, filters)
+  assert filters['layers']['block_2']['ffn_w2']['kernel'].shape == (4, 32, 48)
+  assert jax.tree.all(jax.tree.map(lambda a, b: a is b, winograd_blocks(filters), filters))
+  with pytest.raises(ValueError, match='unstack_blocks first'):
+    winograd_blocks(stacked)
+  jax.tree.map(np.testing.assert_array_equal, inference_layout(stacked),
+               filters if inference_winograd(3) else params)
+  v = run(wino, filters, *args)
+  assert rel_err(v, run(scanned, stacked, *args)) <= 2e-6
+  assert rel_err(v, outs['v']) <= 1e-5
+  r = run(wino, filters, *args, num_blocks=2)
+  for i in range(2):
+    assert rel_err(r[i], outs[f'readout_{i + 1}']) <= 1e-5
   assert 'scan' in str(jax.make_jaxpr(lambda p: scanned.apply({'params': p}, *args))(stacked))
 
 
@@ -165,22 +186,33 @@ def test_heads_major_attention_equals_xla_attention(dtype, tol):
   assert rel_err(np.asarray(got, np.float32), np.asarray(want, np.float32)) <= tol
 
 
-@pytest.mark.parametrize('c_in,c_out,batch', [(48, 32, 2), (32, 48, 1), (96, 256, 3)])
-def test_shifted_matmul_conv_equals_lax_conv(c_in, c_out, batch):
-  """The FFN's two forms (layers.conv_as_matmul picks one per backend): one matmul over the
-  three shifted copies equals lax.conv on the same parameter, to float32 rounding."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (batch, 15, c_in))
-  conv = layers.conv1d(c_out, 3, ('embed', 'mlp'), use_bias=False)
-  params = nn.unbox(conv.init(jax.random.PRNGKey(1), x))
-  taps = layers.TapsConv1d(c_out, 3, ('embed', 'mlp'))
-  assert jax.tree.map(jnp.shape, nn.unbox(taps.init(jax.random.PRNGKey(1), x.repeat(3, -1)))) \
-      == jax.tree.map(jnp.shape, params)
-  want = conv.apply(params, x)
-  got = taps.apply(params, layers.conv_taps(x, 3))
-  assert rel_err(np.asarray(got), np.asarray(want)) <= 1e-6
+@pytest.mark.parametrize('length,batch', [(15, 2), (16, 1), (1, 3)])
+@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_winograd_conv_equals_lax_conv(length, batch, dtype, tol):
+  """`SameConv1d(winograd=True)` on the converted kernel (the CPU inference form) equals the
+  plain convolution on the kernel, at odd and even lengths, to rounding; its initial kernel
+  is the plain one's, converted; numpy kernels convert in numpy."""
+  c_in, c_out = 24, 40
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, length, c_in)).astype(dtype)
+  plain = layers.SameConv1d(c_out, 3, ('embed', 'mlp'), dtype=dtype)
+  wino = layers.SameConv1d(c_out, 3, ('embed', 'mlp'), winograd=True, dtype=dtype)
+  params = nn.unbox(plain.init(jax.random.PRNGKey(1), x))['params']
+  params['bias'] = jax.random.normal(jax.random.PRNGKey(2), (c_out,))
+  filters = layers.winograd_filters(params['kernel'])
+  assert filters.shape == (4, c_in, c_out)
+  np.testing.assert_array_equal(
+      nn.unbox(wino.init(jax.random.PRNGKey(1), x))['params']['kernel'], filters)
+  np.testing.assert_array_equal(layers.winograd_filters(np.asarray(params['kernel'])), filters)
+  want = np.asarray(plain.apply({'params': params}, x), np.float32)
+  got = wino.apply({'params': {**params, 'kernel': filters}}, x)
+  assert got.dtype == dtype and got.shape == (batch, length, c_out)
+  assert rel_err(np.asarray(got, np.float32), want) <= tol
   # The edges see zero padding: position 0 has no left neighbour.
-  np.testing.assert_allclose(got[:, 0], x[:, :2].reshape(batch, -1) @ params['params'][
-      'kernel'][1:].reshape(-1, c_out), rtol=1e-5, atol=1e-5)
+  if dtype == jnp.float32 and length > 1:
+    edge = x[:, :2].reshape(batch, -1) @ params['kernel'][1:].reshape(-1, c_out) + params['bias']
+    np.testing.assert_allclose(got[:, 0], edge, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='kernel_size 3'):
+    layers.SameConv1d(c_out, 5, ('embed', 'mlp'), winograd=True).init(jax.random.PRNGKey(1), x)
 
 
 @pytest.mark.slow

@@ -216,16 +216,19 @@ def build_model(m: mlc.ConfigDict, *, dtype: str | None = None, check: bool = Tr
                            attention_impl=attn, dtype=dt),
       trunk=mmdit_lib.MMDiT(**{**m.trunk,
                                'scan_layers': m.trunk.get('scan_layers', True) and not inference},
+                            winograd=inference and mmdit_lib.inference_winograd(
+                                m.trunk.get('kernel_size', 3)),
                             attention_impl=attn, dtype=dt),
       vae=codec_lib.build_codec(m, dtype=jnp.float32))
 
 
 def inference_params(params: dict) -> dict:
   """A parameter tree (any layout) for `build_model(..., inference=True)`: the trunk's
-  scanned blocks as one subtree per block (`mmdit.unstack_blocks`), everything else as is."""
+  scanned blocks as one subtree per block and, on CPU, their convolution kernels as Winograd
+  filters (`mmdit.inference_layout`); everything else as is."""
   if 'trunk' not in params:
     return params
-  return {**params, 'trunk': mmdit_lib.unstack_blocks(params['trunk'])}
+  return {**params, 'trunk': mmdit_lib.inference_layout(params['trunk'])}
 
 
 def dummy_batch(m: mlc.ConfigDict, batch_size: int = 1) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = jnp.dtype
 
@@ -44,41 +45,86 @@ def conv1d(features: int, kernel_size: int, axes: tuple[str | None, str | None],
                  bias_init=named_init(nn.initializers.zeros_init(), axes[1:]), name=name)
 
 
-def conv_taps(x: jax.Array, kernel_size: int) -> jax.Array:
-  """(B, T, C) -> (B, T, kernel_size * C): the zero-padded neighbourhood of each position
-  ('same' padding, odd kernel), tap-major, so `conv_taps(x, k) @ kernel.reshape(k * C, F)`
-  equals the stride-1 `conv1d` with kernel (k, C, F)."""
-  pad = (kernel_size - 1) // 2
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
-  return jnp.concatenate([xp[:, i:i + x.shape[1]] for i in range(kernel_size)], axis=-1)
+def winograd_filters(kernel: jax.Array) -> jax.Array:
+  """A kernel-3 Conv1d kernel (3, C, F) as the 4 filters of Winograd's F(2, 3) (4, C, F):
+  (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2), computed in float32 (one rounding) and
+  returned in the kernel's dtype. numpy in, numpy out; jax in, jax out."""
+  if kernel.shape[0] != 3:
+    raise ValueError(f'winograd_filters needs a kernel-3 Conv1d kernel (3, C, F), '
+                     f'got {tuple(kernel.shape)}')
+  stack = np.stack if isinstance(kernel, np.ndarray) else jnp.stack
+  g0, g1, g2 = (kernel[i].astype(np.float32) for i in range(3))
+  return stack([g0, (g0 + g1 + g2) * 0.5, (g0 - g1 + g2) * 0.5, g2]).astype(kernel.dtype)
 
 
-def conv_as_matmul() -> bool:
-  """Whether the trunk's FFN input convolutions run as one matmul over `conv_taps` (the
-  shifted-matmul form) instead of `lax.conv`: on CPU, where XLA's convolution of the D -> hidden
-  FFN shapes measured slower than the matmul form (docs/benchmarks.md, issue 38); elsewhere
-  `lax.conv` (not measured on GPU/TPU). Decided at trace time from the default backend."""
+def winograd_conv3(x: jax.Array, filters: jax.Array) -> jax.Array:
+  """Stride-1 'same'-padded kernel-3 Conv1d (cross-correlation, as `conv1d`) by Winograd's
+  minimal filtering F(2, 3): each pair of outputs from 4 matmuls instead of 6.
+
+  With d0..d3 = x[2m-1 .. 2m+2], taps g0, g1, g2 (each (C, F)) and `winograd_filters` u:
+    y[2m] = m0 + m1 + m2,  y[2m+1] = m1 - m2 - m3,  where
+    m0 = (d0 - d2) u0,  m1 = (d1 + d2) u1,  m2 = (d2 - d1) u2,  m3 = (d1 - d3) u3.
+  So the convolution costs 2/3 of the matmul FLOPs of `lax.conv` or of a matmul over shifted
+  copies, as one batched product of 4 x (B * ceil(T/2)) rows. x: (B, T, C); filters:
+  (4, C, F) from `winograd_filters` -> (B, T, F) in x's dtype.
+  """
+  b, length, c = x.shape
+  half = -(-length // 2)
+  # xp[j] = x[j - 1], zero outside; its even and odd positions give d0, d2 and d1, d3.
+  xp = jnp.pad(x, ((0, 0), (1, 2 * half + 1 - length), (0, 0))).reshape(b, half + 1, 2, c)
+  even, odd = xp[:, :, 0], xp[:, :, 1]
+  d = jnp.stack([even[:, :-1] - even[:, 1:], odd[:, :-1] + even[:, 1:],
+                 even[:, 1:] - odd[:, :-1], odd[:, :-1] - odd[:, 1:]]).reshape(4, b * half, c)
+  m = jax.lax.dot_general(d, filters.astype(x.dtype), (((2,), (1,)), ((0,), (0,))))
+  m = m.reshape(4, b, half, -1)
+  y = jnp.stack([m[0] + m[1] + m[2], m[1] - m[2] - m[3]], axis=2)   # (B, half, 2, F)
+  return y.reshape(b, 2 * half, -1)[:, :length]
+
+
+def winograd_backend() -> bool:
+  """Whether the inference layout runs kernel-3 convolutions as `winograd_conv3`: on CPU,
+  where it measured faster than `lax.conv` at the trunk's shapes (docs/benchmarks.md, issue
+  38); elsewhere `lax.conv` (not measured on GPU/TPU)."""
   return jax.default_backend() == 'cpu'
 
 
-class TapsConv1d(nn.Module):
-  """A bias-free, 'same'-padded stride-1 Conv1d with `conv1d`'s parameter (kernel (k, in,
-  out), names ('conv_width', *axes)), applied to precomputed `conv_taps` columns: one matmul.
-  Several convolutions of one input share the columns."""
+class SameConv1d(nn.Module):
+  """A stride-1 'same'-padded Conv1d (odd kernel) with `conv1d`'s parameters: kernel (k, in,
+  out) named ('conv_width', *axes), bias (out,). (B, T, C_in) -> (B, T, features).
+
+  `winograd=True` (kernel_size 3 only) holds the kernel as its `winograd_filters` (4, in, out)
+  and runs `winograd_conv3`: the same function, for a tree converted once at load.
+  """
   features: int
   kernel_size: int
   axes: tuple[str | None, str | None]
+  use_bias: bool = True
+  winograd: bool = False
   dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
-  def __call__(self, taps: jax.Array) -> jax.Array:
-    """taps (B, T, k * C_in) from `conv_taps` -> (B, T, features)."""
-    c_in = taps.shape[-1] // self.kernel_size
-    kernel = self.param('kernel', named_init(self.kernel_init, ('conv_width',) + tuple(self.axes)),
-                        (self.kernel_size, c_in, self.features), jnp.float32)
-    kernel = kernel.astype(self.dtype).reshape(self.kernel_size * c_in, self.features)
-    return jnp.dot(taps.astype(self.dtype), kernel)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.winograd and self.kernel_size != 3:
+      raise ValueError(f'winograd convolutions need kernel_size 3, got {self.kernel_size}')
+    shape = (self.kernel_size, x.shape[-1], self.features)
+    init = self.kernel_init
+    if self.winograd:   # the same draw as the plain kernel, converted
+      init = lambda key, shape, dtype, f=init: winograd_filters(f(key, shape, dtype))
+    kernel = self.param('kernel', named_init(init, ('conv_width',) + tuple(self.axes)), shape,
+                        jnp.float32)
+    x = x.astype(self.dtype)
+    if self.winograd:
+      y = winograd_conv3(x, kernel)
+    else:
+      pad = (self.kernel_size - 1) // 2
+      y = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), (1,), [(pad, pad)],
+                                       dimension_numbers=('NWC', 'WIO', 'NWC'))
+    if self.use_bias:
+      bias = self.param('bias', named_init(nn.initializers.zeros_init(), self.axes[1:]),
+                        (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 def layer_norm(*, use_affine: bool = True, eps: float = 1e-5, axis_name: str = 'norm',

@@ -114,6 +114,7 @@ class BlockFields(nn.Module):
   kernel_size: int = 3
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
+  winograd: bool = False
 
 
 class StackFields(BlockFields):
@@ -157,7 +158,8 @@ class MMDiTBlock(BlockFields):
     a = checkpoint_name(layers.attention(q, k, v, implementation=self.attention_impl),
                         'attention')
     a = a.reshape(*a.shape[:2], n * hd)
-    a = layers.conv1d(d, self.kernel_size, ('heads', 'embed'), dtype=dt, name='attn_out')(a)
+    a = layers.SameConv1d(d, self.kernel_size, ('heads', 'embed'), winograd=self.winograd,
+                          dtype=dt, name='attn_out')(a)
     h = h + a * gate1
 
     # The degenerate single-key time attention: its output is the normalised value row.
@@ -166,15 +168,10 @@ class MMDiTBlock(BlockFields):
 
     y = layers.layer_norm(use_affine=False, eps=1e-5, dtype=dt, name='norm2')(h)
     y = y * (1 + scale2) + shift2
-    conv = lambda f, axes, name: layers.conv1d(f, self.kernel_size, axes, use_bias=False,
-                                               dtype=dt, name=name)
-    if layers.conv_as_matmul():   # same parameters; w1 and w3 share one set of columns
-      taps = layers.conv_taps(y, self.kernel_size)
-      conv_in = lambda name: layers.TapsConv1d(self.mlp_hidden, self.kernel_size,
-                                               ('embed', 'mlp'), dt, name=name)(taps)
-    else:
-      conv_in = lambda name: conv(self.mlp_hidden, ('embed', 'mlp'), name)(y)
-    u = nn.silu(conv_in('ffn_w1')) * conv_in('ffn_w3')
+    conv = lambda f, axes, name: layers.SameConv1d(f, self.kernel_size, axes, use_bias=False,
+                                                   winograd=self.winograd, dtype=dt, name=name)
+    u = nn.silu(conv(self.mlp_hidden, ('embed', 'mlp'), 'ffn_w1')(y)) * conv(
+        self.mlp_hidden, ('embed', 'mlp'), 'ffn_w3')(y)
     u = checkpoint_name(layers.constrain(u, ('act_batch', 'act_length', 'act_mlp')),
                         'ffn_hidden')
     h = h + conv(d, ('mlp', 'embed'), 'ffn_w2')(u) * gate2
@@ -241,6 +238,44 @@ def unstack_blocks(trunk_params: dict) -> dict:
   return {**trunk_params, 'layers': {**rest, **split}}
 
 
+# The block's kernel-3 convolutions, whose kernels `winograd_blocks` converts.
+CONVS = ('attn_out', 'ffn_w1', 'ffn_w2', 'ffn_w3')
+
+
+def inference_winograd(kernel_size: int) -> bool:
+  """Whether the inference layout runs the blocks' convolutions by Winograd's F(2, 3) (on
+  their `winograd_blocks` tree): kernel 3, on the backends `layers.winograd_backend` names."""
+  return kernel_size == 3 and layers.winograd_backend()
+
+
+def winograd_blocks(trunk_params: dict) -> dict:
+  """The unscanned trunk tree (`unstack_blocks`) with every block's kernel-3 convolution
+  kernels (`CONVS`, (3, in, out)) as their `layers.winograd_filters` (4, in, out): the tree
+  of `MMDiT(scan_layers=False, winograd=True)`. Converted once at load, so a sampler does not
+  transform the filters on every call; a tree already converted comes back unchanged."""
+  stack = trunk_params['layers']
+  if 'block' in stack:
+    raise ValueError('winograd_blocks needs the unscanned tree: apply unstack_blocks first')
+  def convert(block):
+    out = dict(block)
+    for name in CONVS:
+      kernel = block[name]['kernel']
+      if kernel.shape[0] == 3:
+        out[name] = {**block[name], 'kernel': layers.winograd_filters(kernel)}
+    return out
+  blocks = {k: convert(v) if k.startswith('block_') else v for k, v in stack.items()}
+  return {**trunk_params, 'layers': blocks}
+
+
+def inference_layout(trunk_params: dict) -> dict:
+  """The trunk tree (any layout) for the inference trunk, `MMDiT(scan_layers=False,
+  winograd=inference_winograd(kernel_size))`: `unstack_blocks`, then on the Winograd backends
+  `winograd_blocks`. Idempotent."""
+  trunk = unstack_blocks(trunk_params)
+  kernel_size = trunk['layers']['block_0']['attn_out']['kernel'].shape[0]
+  return winograd_blocks(trunk) if inference_winograd(kernel_size) else trunk
+
+
 class MMDiT(StackFields):
   """AudioX-Turbo velocity predictor (official `MMDiffusionTransformer`, prepend mode).
 
@@ -261,6 +296,9 @@ class MMDiT(StackFields):
     rope_theta: RoPE base.
     dtype: compute dtype (params are float32; Fourier features and RoPE stay float32).
     attention_impl: None (XLA) or 'cudnn'.
+    winograd: run the kernel-3 convolutions by Winograd's F(2, 3) on kernels held as their
+      `layers.winograd_filters` (the inference layout on CPU: `winograd_blocks` converts a
+      tree; the same function in 2/3 of the matmul FLOPs). Needs scan_layers=False.
     scan_layers: stack the blocks with nn.scan (params under 'layers' with a leading axis).
     remat_policy: a name in REMAT_POLICIES: what each block keeps for the backward pass.
     scan_unroll: blocks per iteration of the scanned loop (`depth` unrolls it fully: no loop
