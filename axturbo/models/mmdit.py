@@ -298,7 +298,7 @@ class MMDiT(StackFields):
     attention_impl: None (XLA) or 'cudnn'.
     winograd: run the kernel-3 convolutions by Winograd's F(2, 3) on kernels held as their
       `layers.winograd_filters` (the inference layout on CPU: `winograd_blocks` converts a
-      tree; the same function in 2/3 of the matmul FLOPs). Needs scan_layers=False.
+      tree; the same function in 2/3 of the matmul FLOPs).
     scan_layers: stack the blocks with nn.scan (params under 'layers' with a leading axis).
     remat_policy: a name in REMAT_POLICIES: what each block keeps for the backward pass.
     scan_unroll: blocks per iteration of the scanned loop (`depth` unrolls it fully: no loop
