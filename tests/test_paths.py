@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from axturbo.models import audiox
 from axturbo.runtime import checkpoints
 from tests import fake_gcs
 from tests import script_runs
@@ -61,5 +62,5 @@ def test_train_distill_and_generator_on_gs_urls(tmp_path):
     assert gen.kind == 'student'
     assert checkpoints.load_meta('gs://bucket/student/export')['teacher'] == (
         'gs://bucket/teacher/export')
-  local = checkpoints.load_params(bucket / 'student' / 'export')
+  local = audiox.inference_params(checkpoints.load_params(bucket / 'student' / 'export'))
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, gen.params), local)
