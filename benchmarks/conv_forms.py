@@ -5,7 +5,8 @@ r"""The trunk's kernel-3 convolutions in three forms, on this machine's default 
 Per shape (B, 237 positions, C_in -> C_out; each width's attention-output and FFN shapes:
 512 -> 512, 512 -> 1536, 1536 -> 512 and the official 1536 -> 1536, 1536 -> 4096,
 4096 -> 1536), float32, random inputs:
-  * `lax.conv` on the (3, C_in, C_out) kernel (the training layout, and inference off CPU);
+  * `lax.conv` (`layers.same_conv1d`) on the (3, C_in, C_out) kernel (the training layout,
+    and inference off CPU);
   * the shifted matmul: one (B*T, 3*C_in) @ (3*C_in, C_out) product over three shifted copies
     (the previous CPU form, kept here only as a reference);
   * Winograd F(2, 3), `layers.winograd_conv3` on filters converted beforehand, as the
@@ -35,12 +36,6 @@ def shifted_matmul(x, kernel):
   return taps @ kernel.reshape(-1, kernel.shape[-1])
 
 
-def lax_conv(x, kernel):
-  import jax
-  return jax.lax.conv_general_dilated(x, kernel, (1,), [(1, 1)],
-                                      dimension_numbers=('NWC', 'WIO', 'NWC'))
-
-
 def main(argv):
   del argv
   import jax
@@ -57,7 +52,7 @@ def main(argv):
         k = (rng.standard_normal((3, c_in, c_out)) / np.sqrt(3 * c_in)).astype(np.float32)
         xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (0, 0)))
         exact = sum(xp[:, i:i + LENGTH] @ k[i].astype(np.float64) for i in range(3))
-        forms = [(jax.jit(lax_conv), k), (jax.jit(shifted_matmul), k),
+        forms = [(jax.jit(layers.same_conv1d), k), (jax.jit(shifted_matmul), k),
                  (jax.jit(layers.winograd_conv3), layers.winograd_filters(k))]
         args = [(jax.device_put(x), jax.device_put(a)) for _, a in forms]
         errs = [float(np.abs(np.asarray(f(*a)) - exact).max() / np.abs(exact).max())

@@ -81,6 +81,14 @@ def winograd_conv3(x: jax.Array, filters: jax.Array) -> jax.Array:
   return y.reshape(b, 2 * half, -1)[:, :length]
 
 
+def same_conv1d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 'same'-padded Conv1d by `lax.conv` (as `conv1d`, odd kernel). x: (B, T, C);
+  kernel: (k, C, F) -> (B, T, F) in x's dtype."""
+  pad = (kernel.shape[0] - 1) // 2
+  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1,), [(pad, pad)],
+                                      dimension_numbers=('NWC', 'WIO', 'NWC'))
+
+
 def winograd_backend() -> bool:
   """Whether the inference layout runs kernel-3 convolutions as `winograd_conv3`: on CPU,
   where it measured faster than `lax.conv` at the trunk's shapes (docs/benchmarks.md, issue
@@ -114,12 +122,7 @@ class SameConv1d(nn.Module):
     kernel = self.param('kernel', named_init(init, ('conv_width',) + tuple(self.axes)), shape,
                         jnp.float32)
     x = x.astype(self.dtype)
-    if self.winograd:
-      y = winograd_conv3(x, kernel)
-    else:
-      pad = (self.kernel_size - 1) // 2
-      y = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), (1,), [(pad, pad)],
-                                       dimension_numbers=('NWC', 'WIO', 'NWC'))
+    y = winograd_conv3(x, kernel) if self.winograd else same_conv1d(x, kernel)
     if self.use_bias:
       bias = self.param('bias', named_init(nn.initializers.zeros_init(), self.axes[1:]),
                         (self.features,), jnp.float32)
